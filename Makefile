@@ -1,0 +1,45 @@
+# bigtrain: `make demo` and `make test` each create .venv if missing and install what they need.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.bigtrain-installed
+DATA    ?= data/mnist5k
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
+	# torch first, pinned (DEVELOPERS.md): a CUDA build that also runs on the CPU
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# DeepSpeed's ops are JIT-built on demand; none are needed on the CPU
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-build-isolation deepspeed
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+$(DATA)/dataset.json: | $(STAMP)
+	$(BIN)/bigtrain prepare builtin:mnist5k $(DATA) --resolution 32 --samples-per-shard 500
+
+demo: $(STAMP) $(DATA)/dataset.json
+	$(BIN)/bigtrain train experiment=mnist_dcgan data.path=$(DATA)
+
+lint: $(STAMP)
+	$(BIN)/ruff check bigtrain tests benchmarks
+	$(BIN)/ruff format --check bigtrain tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format bigtrain tests benchmarks
+	$(BIN)/ruff check --fix bigtrain tests benchmarks
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/stream.py
+	$(BIN)/python benchmarks/gan_step.py
+
+clean:
+	rm -rf runs mlflow.db mlruns .pytest_cache

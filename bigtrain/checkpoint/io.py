@@ -1,0 +1,209 @@
+"""Training checkpoints: ``run.dir/checkpoints/step-XXXXXXXX/``, written atomically, keep-last-k.
+
+A checkpoint is a folder with one ``.pt`` file per component (``G``, ``D``, ``G_ema``, ``opt_G``,
+... shared by all ranks; ``rng.rankR`` and ``data.rankR`` per rank), the resolved ``config.yaml``,
+and ``meta.json`` written last with the step and a content digest of every component. Everything
+is written into ``.tmp-step-XXXXXXXX`` first and renamed into place, so a crash mid-save leaves the
+previous checkpoint untouched and the half-written folder is never mistaken for a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bigtrain import distributed as bdist
+from bigtrain.checkpoint.digest import digest
+
+log = logging.getLogger(__name__)
+
+STEP_RE = re.compile(r"^step-(\d{8})$")
+META = "meta.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message is one line and names the path."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    meta: dict[str, Any]
+
+    def component_names(self) -> list[str]:
+        return sorted(self.meta.get("digests", {}))
+
+    def load(self, name: str) -> Any:
+        f = self.path / f"{name}.pt"
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {self.path} has no component '{name}'")
+        try:
+            return torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torch raises many types for a damaged zip/pickle
+            raise CheckpointError(f"cannot read {f}: {type(exc).__name__}: {exc}") from exc
+
+    def verify(self) -> None:
+        """Recompute every component's digest and compare with meta.json (raises on a mismatch)."""
+        for name, expected in self.meta.get("digests", {}).items():
+            if digest(self.load(name)) != expected:
+                raise CheckpointError(
+                    f"checkpoint component {self.path / (name + '.pt')} does not match its digest"
+                )
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path).expanduser()
+    meta_file = path / META
+    if not meta_file.is_file():
+        raise CheckpointError(f"not a complete checkpoint (no {META}): {path}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"unreadable {meta_file}: {exc}") from exc
+    return Checkpoint(path, int(meta["step"]), meta)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_RE.match(p.name) and (p / META).is_file()]
+    return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def latest_valid(run_dir: str | Path, verify: bool = True) -> Checkpoint | None:
+    """The newest checkpoint that opens (and verifies); damaged ones are reported and passed over."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            ck = open_checkpoint(path)
+            if verify:
+                ck.verify()
+            return ck
+        except CheckpointError as exc:
+            log.error("skipping damaged checkpoint: %s", exc)
+    return None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_file(obj: Any, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    shared: dict[str, Any],
+    per_rank: dict[str, Any],
+    meta: dict[str, Any],
+    config_yaml: str,
+    keep_last: int,
+) -> Path:
+    """Collective: every rank calls it. ``shared`` is written by rank 0, ``per_rank`` by each rank.
+
+    Returns the final folder. On an I/O error the temporary folder is removed and the previous
+    checkpoint is left as it was.
+    """
+    root = checkpoint_root(run_dir)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    rank = bdist.rank()
+    error: str | None = None
+    try:
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    bdist.barrier()
+    digests: dict[str, str] = {}
+    try:
+        if error is None and not tmp.is_dir():
+            raise OSError(f"checkpoint folder {tmp} is not visible on rank {rank}")
+        if error is None:
+            for name, obj in per_rank.items():
+                key = f"{name}.rank{rank}"
+                _save_file(obj, tmp / f"{key}.pt")
+                digests[key] = digest(obj)
+            if rank == 0:
+                for name, obj in shared.items():
+                    _save_file(obj, tmp / f"{name}.pt")
+                    digests[name] = digest(obj)
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    gathered = bdist.all_gather_objects((digests, error))
+    errors = [e for _, e in gathered if e]
+    if rank == 0:
+        try:
+            if errors:
+                raise OSError(errors[0])
+            for d, _ in gathered:
+                digests.update(d)
+            (tmp / "config.yaml").write_text(config_yaml)
+            full_meta = {
+                "format": 1,
+                "step": step,
+                "world_size": bdist.world_size(),
+                "created": time.time(),
+                **meta,
+                "digests": dict(sorted(digests.items())),
+            }
+            meta_tmp = tmp / (META + ".part")
+            with open(meta_tmp, "w") as f:
+                json.dump(full_meta, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            meta_tmp.replace(tmp / META)
+            _fsync_dir(tmp)
+            if final.exists():  # the same step saved again (e.g. end of run right after a periodic save)
+                shutil.rmtree(final)
+            tmp.replace(final)
+            _fsync_dir(root)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            prev = list_checkpoints(run_dir)
+            where = f"; previous checkpoint intact: {prev[-1]}" if prev else ""
+            errors = [f"could not write checkpoint {final}: {type(exc).__name__}: {exc}{where}"]
+        else:
+            _prune(run_dir, keep_last)
+    # rank 0's verdict decides for everyone, so all ranks raise (or go on) together
+    verdict = bdist.all_gather_objects(errors[0] if rank == 0 and errors else None)[0]
+    if verdict:
+        raise CheckpointError(verdict)
+    return final
+
+
+def _prune(run_dir: str | Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("removed old checkpoint %s (keep_last=%d)", old, keep_last)

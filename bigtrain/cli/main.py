@@ -1,0 +1,76 @@
+"""``bigtrain COMMAND ...``: one thin module per command; this file only dispatches.
+
+Errors a user can fix (missing shards, bad config, absent weights, a NaN loss, a damaged
+checkpoint) print one line ``bigtrain: error: ...`` and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+COMMANDS = {
+    "prepare": "write WebDataset shards from an image folder or builtin:mnist5k",
+    "train": "train (a Hydra app: bigtrain train experiment=mnist_dcgan data.path=...)",
+    "inspect": "print a checkpoint's step and per-component SHA-256 digests",
+    "evaluate": "FID of a checkpoint's EMA generator, logged to its MLflow run",
+    "sample": "write a sample grid (or latent interpolations) from a checkpoint",
+}
+
+EXIT_USER_ERROR = 2
+EXIT_NONFINITE = 3
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {k.ljust(width)}  {v}" for k, v in COMMANDS.items())
+    return f"usage: bigtrain COMMAND [ARGS]\n\ncommands:\n{rows}\n\n`bigtrain COMMAND --help` for a command's options."
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from bigtrain.checkpoint.io import CheckpointError
+    from bigtrain.config.validate import ConfigError
+    from bigtrain.data.manifest import DatasetError
+    from bigtrain.eval.features import MissingWeightsError
+
+    return (CheckpointError, ConfigError, DatasetError, MissingWeightsError)
+
+
+@contextmanager
+def user_errors_exit() -> Iterator[None]:
+    """Turn the errors a user can fix into one ``bigtrain: error: ...`` line and an exit code.
+
+    Used around every command, and inside the Hydra app too (Hydra would otherwise print a
+    traceback for any exception raised in the task function).
+    """
+    from bigtrain.train.tasks import NonFiniteLossError
+
+    try:
+        yield
+    except NonFiniteLossError as exc:
+        print(f"bigtrain: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_NONFINITE) from None
+    except _user_errors() as exc:
+        print(f"bigtrain: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"bigtrain: error: unknown command '{cmd}'\n\n{_usage()}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    from importlib import import_module
+
+    module = import_module(f"bigtrain.cli.{cmd}")
+    with user_errors_exit():
+        return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

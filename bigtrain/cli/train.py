@@ -1,0 +1,57 @@
+"""``bigtrain train [HYDRA OVERRIDES]``: the Hydra app; parse config, build, fit, report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from bigtrain.config.schema import register
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+register()
+
+
+def summary(result) -> str:  # noqa: ANN001 - a TrainResult
+    lines = [
+        f"done: step {result.step} in {result.seconds:.0f} s ({result.img_per_s:.0f} img/s)",
+        f"  run dir:    {result.run_dir}",
+        f"  checkpoint: {result.last_checkpoint}",
+        f"  grid:       {result.grid}",
+    ]
+    if result.fid:
+        steps = sorted(result.fid)
+        curve = ", ".join(f"{s}: {result.fid[s]:.2f}" for s in steps)
+        lines.append(f"  FID by step: {curve}")
+    if result.mlflow_run_id:
+        lines.append(f"  MLflow run: {result.mlflow_run_id}")
+        if result.tracking_uri and not result.tracking_uri.startswith("http"):
+            lines.append(f"  look:       mlflow ui --backend-store-uri {result.tracking_uri}")
+        else:
+            lines.append(f"  look:       {result.tracking_uri}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def app(cfg: DictConfig) -> None:
+    from bigtrain import distributed as bdist
+    from bigtrain.cli.main import user_errors_exit
+    from bigtrain.train.loop import train
+
+    # In a multirun each job gets its own folder under run.dir; a plain run uses run.dir itself.
+    with open_dict(cfg):
+        cfg.run.dir = HydraConfig.get().runtime.output_dir
+    OmegaConf.set_readonly(cfg, True)
+    with user_errors_exit():
+        result = train(cfg)
+    if bdist.is_main():
+        print(summary(result), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    sys.argv = ["bigtrain-train", *argv]
+    app()
+    return 0

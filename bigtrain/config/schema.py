@@ -1,0 +1,149 @@
+"""Typed config schema, registered with Hydra's ConfigStore.
+
+Hydra merges the YAML under ``configs/`` onto these dataclasses, so an unknown key
+(``trainer.max_stepz=1``) or a wrong type (``trainer.max_steps=abc``) stops at start-up with a
+message naming the key; enums reject unknown choices the same way. Cross-field rules that types
+cannot express live in ``bigtrain.config.validate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class LossName(StrEnum):
+    minimax = "minimax"
+    non_saturating = "non_saturating"
+    lsgan = "lsgan"
+    wgan_gp = "wgan_gp"
+    hinge = "hinge"
+
+
+class Precision(StrEnum):
+    no = "no"
+    bf16 = "bf16"
+
+
+class NonFinitePolicy(StrEnum):
+    stop = "stop"
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    # The run folder: checkpoints, grids, config.yaml, train.log. Deterministic by default (no
+    # timestamp) so that re-running the same command resumes it (resume=auto).
+    dir: str = "runs/${run.name}"
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # a folder written by `bigtrain prepare` (its dataset.json gives the shape)
+    split: str = "train"
+    batch_size: int = 64  # per process
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    flip: bool = False
+    record_keys: bool = False  # audit: write every consumed sample key to run.dir/data-keys/rank-R.txt
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dcgan"
+    conditional: bool = False
+    z_dim: int = 100
+    g_width: int = 64
+    d_width: int = 64
+    d_norm: str = "batch"  # batch | layer | none
+
+
+@dataclass
+class LossConfig:
+    name: LossName = LossName.non_saturating
+    d_steps: int = 1  # k discriminator steps per generator step (Goodfellow et al. 2014, Alg. 1)
+    gp_weight: float = 10.0  # WGAN-GP lambda
+
+
+@dataclass
+class AdamConfig:
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    g: AdamConfig = field(default_factory=AdamConfig)
+    d: AdamConfig = field(default_factory=AdamConfig)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 2000  # generator steps
+    precision: Precision = Precision.no
+    log_every: int = 20
+    sample_every: int = 500
+    ckpt_every: int = 500
+    keep_last: int = 3
+    on_nonfinite: NonFinitePolicy = NonFinitePolicy.stop
+    progress: bool = True
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = True
+    decay: float = 0.999
+    start_step: int = 0
+    warmup: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1000  # FID every N steps (and at the end); 0 = only at the end
+    feature: str = "inception"  # inception | digits | a registered extractor
+    num_samples: int = 5000
+    batch_size: int = 250
+    ref_split: str = "train"
+    ref_max_images: int = 50000
+    seed: int = 1234  # fixed z for FID, separate from training randomness
+    enabled: bool = True
+
+
+@dataclass
+class SampleConfig:
+    grid_rows: int = 8  # the fixed-z grid: rows x rows images (one row per class when conditional)
+    seed: int = 4321
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "bigtrain"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    task: str = "gan"  # the training task (a registry in bigtrain.train.tasks): gan
+    resume: str = "auto"  # auto | never | PATH to a checkpoint folder
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def register() -> None:
+    """Make ``train_schema`` available to ``configs/train.yaml``'s defaults list."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

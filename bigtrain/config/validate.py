@@ -1,0 +1,42 @@
+"""Start-up checks that types alone cannot express; each failure is one line naming the keys."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from bigtrain.models.dcgan import D_NORMS
+
+
+class ConfigError(ValueError):
+    """An invalid combination of config values."""
+
+
+
+
+def validate(cfg: DictConfig, num_classes: int) -> None:
+    problems: list[str] = []
+    if cfg.data.batch_size < 1:
+        problems.append(f"data.batch_size must be >= 1 (got {cfg.data.batch_size})")
+    if cfg.data.num_workers < 0:
+        problems.append("data.num_workers must be >= 0")
+    if cfg.trainer.max_steps < 1:
+        problems.append("trainer.max_steps must be >= 1")
+    if cfg.loss.d_steps < 1:
+        problems.append("loss.d_steps must be >= 1")
+    if cfg.model.d_norm not in D_NORMS:
+        problems.append(f"model.d_norm must be one of {', '.join(D_NORMS)} (got '{cfg.model.d_norm}')")
+    if str(cfg.loss.name) == "wgan_gp" and cfg.model.d_norm == "batch":
+        problems.append(
+            "loss=wgan_gp needs a critic without batchnorm (its penalty is per sample): set model.d_norm=layer"
+        )
+    if cfg.model.conditional and num_classes < 2:
+        problems.append(f"model.conditional=true but the dataset has {num_classes} class(es)")
+    if not 0.0 <= cfg.ema.decay < 1.0:
+        problems.append("ema.decay must be in [0, 1)")
+    for key in ("log_every", "sample_every", "ckpt_every"):
+        if cfg.trainer[key] < 1:
+            problems.append(f"trainer.{key} must be >= 1")
+    if cfg.eval.enabled and cfg.eval.num_samples < 2:
+        problems.append("eval.num_samples must be >= 2")
+    if problems:
+        raise ConfigError("; ".join(problems))

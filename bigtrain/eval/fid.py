@@ -1,0 +1,273 @@
+"""FID the clean-fid way, for in-memory images and generators, with bigtrain-owned caches.
+
+clean-fid's public entry points assume image folders, download reference statistics and weights, and
+write custom statistics into site-packages. bigtrain instead reuses clean-fid's *pieces* -- the "clean"
+PIL-bicubic resize, :func:`cleanfid.fid.get_batch_features` and :func:`cleanfid.fid.frechet_distance` --
+so numbers match clean-fid's "clean" mode, while data comes from shards / a generator in memory and
+reference statistics live in :func:`bigtrain.utils.cache.cache_dir`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from cleanfid.fid import frechet_distance as _cleanfid_frechet_distance
+from cleanfid.fid import get_batch_features
+from cleanfid.resize import make_resizer
+from torch import Tensor
+
+from bigtrain.eval.features import FeatureExtractor, _atomic_write
+from bigtrain.utils.cache import cache_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ImageBatch",
+    "SampleFn",
+    "compute_fid",
+    "feature_stats",
+    "frechet_distance",
+    "generator_features",
+    "images_to_features",
+    "quantize_images",
+    "reference_stats",
+    "reference_stats_path",
+]
+
+ImageBatch = np.ndarray | Tensor
+"""uint8 images ``[B, H, W, C]``, ``[B, C, H, W]`` (C = 1 or 3) or grayscale ``[B, H, W]``."""
+
+SampleFn = Callable[[int, torch.Generator], Tensor]
+"""``sample_fn(n, generator)`` -> ``n`` images in ``[-1, 1]``, ``[n, C, H, W]``."""
+
+
+def _to_bhwc3_uint8(batch: ImageBatch) -> np.ndarray:
+    """Normalise one batch to uint8 ``[B, H, W, 3]`` (grayscale repeated), the layout clean-fid's
+    resizer expects. Layout is inferred from where a 1- or 3-sized axis sits; channel-first wins ties
+    because that is torch's convention."""
+    arr = batch.detach().cpu().numpy() if isinstance(batch, Tensor) else np.asarray(batch)
+    if arr.dtype != np.uint8:
+        raise TypeError(
+            f"images must be uint8 in [0, 255], got dtype {arr.dtype}; quantise first "
+            "(see quantize_images) or use generator_features for [-1, 1] samples"
+        )
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4:
+        raise ValueError(f"expected an image batch [B, H, W, C] or [B, C, H, W], got shape {arr.shape}")
+    if arr.shape[1] in (1, 3):
+        arr = arr.transpose(0, 2, 3, 1)
+    elif arr.shape[-1] not in (1, 3):
+        raise ValueError(f"cannot find a 1- or 3-channel axis in image batch of shape {arr.shape}")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return arr
+
+
+def images_to_features(
+    batches: Iterable[ImageBatch],
+    extractor: FeatureExtractor,
+    device: torch.device | str,
+    *,
+    progress: bool = True,
+    total: int | None = None,
+    desc: str = "FID features",
+) -> np.ndarray:
+    """Features ``[N, extractor.dim]`` of uint8 image batches, via clean-fid's "clean" pipeline.
+
+    Each image is made HxWx3, resized to ``extractor.input_size`` with clean-fid's PIL-bicubic float
+    resizer (no re-quantisation, as clean-fid does), stacked to a ``[B, 3, S, S]`` float tensor in
+    ``[0, 255]`` and fed through :func:`cleanfid.fid.get_batch_features`. ``total`` (images) only sizes
+    the progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    size = extractor.input_size
+    resize = make_resizer("PIL", False, "bicubic", (size, size))
+    feats: list[np.ndarray] = []
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for batch in batches:
+            images = _to_bhwc3_uint8(batch)
+            if len(images) == 0:
+                continue
+            resized = np.stack([resize(img) for img in images]).transpose(0, 3, 1, 2)
+            x = torch.from_numpy(np.ascontiguousarray(resized, dtype=np.float32))
+            feats.append(np.asarray(get_batch_features(x, extractor, device)))
+            bar.update(len(images))
+    if not feats:
+        raise ValueError("no images to compute features from")
+    out = np.concatenate(feats, axis=0)
+    if out.ndim != 2 or out.shape[1] != extractor.dim:
+        raise ValueError(
+            f"extractor {extractor.name!r} returned features {out.shape}, expected [N, {extractor.dim}]"
+        )
+    return out
+
+
+def quantize_images(x: Tensor) -> Tensor:
+    """``[-1, 1]`` float images -> uint8 ``[0, 255]`` exactly as when saved to PNG.
+
+    Scoring the quantised images keeps generator FID comparable with FID of the same samples written
+    to disk (and with the uint8 reference data).
+    """
+    return ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def generator_features(
+    sample_fn: SampleFn,
+    num: int,
+    batch_size: int,
+    extractor: FeatureExtractor,
+    device: torch.device | str,
+    seed: int,
+    *,
+    progress: bool = True,
+) -> np.ndarray:
+    """Features ``[num, dim]`` of ``num`` generator samples, quantised like saved PNGs first.
+
+    Randomness comes only from a private :class:`torch.Generator` (on ``device``) seeded with ``seed``
+    and handed to ``sample_fn``: the global RNG is never consumed, so evaluating mid-training does not
+    perturb the training stream and exact resume keeps working, and the same seed gives the same
+    samples. Sampling runs under ``torch.no_grad``.
+    """
+    if num < 1 or batch_size < 1:
+        raise ValueError(f"num and batch_size must be positive, got num={num}, batch_size={batch_size}")
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def batches() -> Iterator[Tensor]:
+        remaining = num
+        while remaining > 0:
+            n = min(batch_size, remaining)
+            with torch.no_grad():
+                x = sample_fn(n, generator)
+            if x.ndim != 4 or x.shape[0] != n or x.shape[1] not in (1, 3):
+                raise ValueError(
+                    f"sample_fn({n}, generator) must return [{n}, C, H, W] with C in (1, 3), got {list(x.shape)}"
+                )
+            yield quantize_images(x)
+            remaining -= n
+
+    return images_to_features(
+        batches(), extractor, device, progress=progress, total=num, desc=f"FID {extractor.name} samples"
+    )
+
+
+def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean [dim], covariance [dim, dim])`` in float64, the Gaussian FID fits to features."""
+    feats = np.asarray(feats, dtype=np.float64)
+    if feats.ndim != 2 or feats.shape[0] < 2:
+        raise ValueError(f"need features [N >= 2, dim], got shape {feats.shape}")
+    return feats.mean(axis=0), np.atleast_2d(np.cov(feats, rowvar=False))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Frechet distance between two Gaussians, computed by clean-fid (so values match clean-fid's)."""
+    return float(
+        _cleanfid_frechet_distance(
+            np.asarray(mu1, dtype=np.float64),
+            np.asarray(sigma1, dtype=np.float64),
+            np.asarray(mu2, dtype=np.float64),
+            np.asarray(sigma2, dtype=np.float64),
+        )
+    )
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_STEM = 120
+
+
+def _safe_name(text: str) -> str:
+    """Filename-safe form of ``text``; when characters were replaced or the text truncated, a short hash
+    of the original is appended so distinct keys (``a/b`` vs ``a_b``) never share a file."""
+    if not text:
+        raise ValueError("cache key must be a non-empty string")
+    safe = _UNSAFE.sub("_", text).strip("._-")
+    if safe == text and len(safe) <= _MAX_STEM:
+        return safe
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{safe[:_MAX_STEM]}-{digest}" if safe else digest
+
+
+def reference_stats_path(key: str, extractor_name: str, cache_root: Path | None = None) -> Path:
+    """``<cache>/fid_stats/<key>__<extractor_name>.npz`` with both parts sanitised for a filename.
+
+    ``cache_root`` replaces :func:`cache_dir` (the ``fid_stats`` folder is created under it).
+    """
+    root = Path(cache_root) if cache_root is not None else cache_dir()
+    return root / "fid_stats" / f"{_safe_name(key)}__{_safe_name(extractor_name)}.npz"
+
+
+def reference_stats(
+    key: str,
+    make_batches: Callable[[], Iterable[ImageBatch]],
+    extractor: FeatureExtractor,
+    device: torch.device | str,
+    cache_root: Path | None = None,
+    *,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference ``(mu, sigma)`` for ``key`` under ``extractor``, computed once and then loaded.
+
+    ``key`` is built by the caller from what determines the images (dataset id/checksum, split,
+    resolution); the extractor name is added here. ``make_batches`` is only called on a cache miss,
+    so a warm cache never touches the dataset. The npz is written atomically and records the number
+    of images, the key and the extractor for later inspection.
+    """
+    path = reference_stats_path(key, extractor.name, cache_root)
+    if path.is_file():
+        with np.load(path) as data:
+            mu, sigma = data["mu"], data["sigma"]
+        if mu.shape == (extractor.dim,):
+            return mu, sigma
+        logger.warning(
+            "%s has %s-d statistics, extractor %r is %d-d; recomputing",
+            path,
+            mu.shape,
+            extractor.name,
+            extractor.dim,
+        )
+
+    feats = images_to_features(
+        make_batches(), extractor, device, progress=progress, desc=f"FID reference {key}"
+    )
+    mu, sigma = feature_stats(feats)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object stops np.savez from appending ".npz" to the temp name
+            np.savez(
+                f,
+                mu=mu,
+                sigma=sigma,
+                num_images=np.int64(len(feats)),
+                key=np.str_(key),
+                extractor=np.str_(extractor.name),
+            )
+
+    _atomic_write(path, write)
+    logger.info("FID reference statistics for %r (%d images) cached at %s", key, len(feats), path)
+    return mu, sigma
+
+
+def compute_fid(
+    sample_fn: SampleFn,
+    num: int,
+    batch_size: int,
+    extractor: FeatureExtractor,
+    device: torch.device | str,
+    seed: int,
+    ref: tuple[np.ndarray, np.ndarray],
+    *,
+    progress: bool = True,
+) -> float:
+    """FID of ``num`` generator samples (seeded, global RNG untouched) against reference ``(mu, sigma)``."""
+    feats = generator_features(sample_fn, num, batch_size, extractor, device, seed, progress=progress)
+    mu, sigma = feature_stats(feats)
+    return frechet_distance(mu, sigma, ref[0], ref[1])

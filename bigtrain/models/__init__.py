@@ -1,0 +1,115 @@
+"""GAN model families, looked up by name from configs.
+
+A registry (instead of an if-chain in the trainer) lets a new family, e.g. BigGAN, add itself
+with one ``register_gan`` call next to its own code. Every builder returns ``(G, D)`` obeying one
+contract that the trainers, samplers and evaluators rely on:
+
+* ``G(z: [B, z_dim], y: LongTensor[B] | None) -> [B, C, H, W]`` with values in [-1, 1];
+* ``D(x: [B, C, H, W], y: LongTensor[B] | None) -> [B]`` raw logits (not ``[B, 1]``);
+* both expose ``num_classes``, ``resolution`` and ``channels``; G also exposes ``z_dim``;
+* with ``num_classes == 0`` labels are ignored, so ``y`` may be ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from bigtrain.models.dcgan import D_NORMS, DCGANDiscriminator, DCGANGenerator
+from bigtrain.models.mlp_gan import MLPDiscriminator, MLPGenerator
+
+GANBuilder = Callable[..., tuple[nn.Module, nn.Module]]
+"""``builder(*, resolution, channels, num_classes, z_dim, g_width, d_width, d_norm) -> (G, D)``."""
+
+GAN_MODELS: dict[str, GANBuilder] = {}
+
+
+def register_gan(name: str) -> Callable[[GANBuilder], GANBuilder]:
+    """Decorator adding a ``(G, D)`` builder to :data:`GAN_MODELS` under ``name``.
+
+    Registering a name twice raises: silently replacing a family would make configs build a
+    different model depending on import order.
+    """
+
+    def decorator(builder: GANBuilder) -> GANBuilder:
+        if name in GAN_MODELS:
+            raise ValueError(f"GAN model {name!r} is already registered")
+        GAN_MODELS[name] = builder
+        return builder
+
+    return decorator
+
+
+def build_gan(
+    name: str,
+    *,
+    resolution: int,
+    channels: int,
+    num_classes: int,
+    z_dim: int,
+    g_width: int,
+    d_width: int,
+    d_norm: str = "batch",
+) -> tuple[nn.Module, nn.Module]:
+    """Build the ``(G, D)`` pair of family ``name``; see the module docstring for their contract."""
+    if name not in GAN_MODELS:
+        raise ValueError(f"unknown GAN model {name!r}; known: {', '.join(sorted(GAN_MODELS))}")
+    return GAN_MODELS[name](
+        resolution=resolution,
+        channels=channels,
+        num_classes=num_classes,
+        z_dim=z_dim,
+        g_width=g_width,
+        d_width=d_width,
+        d_norm=d_norm,
+    )
+
+
+@register_gan("mlp_gan")
+def _build_mlp(
+    *,
+    resolution: int,
+    channels: int,
+    num_classes: int,
+    z_dim: int,
+    g_width: int,
+    d_width: int,
+    d_norm: str,
+) -> tuple[nn.Module, nn.Module]:
+    """Goodfellow et al. 2014 MLP pair. Its D has no normalisation layers, so ``d_norm`` is moot:
+    any of the DCGAN choices is accepted (and checked), and WGAN-GP is safe with every one."""
+    if d_norm not in D_NORMS:
+        raise ValueError(f"unknown D norm {d_norm!r}; choose one of {', '.join(D_NORMS)}")
+    g = MLPGenerator(z_dim, resolution, channels, num_classes, g_width)
+    d = MLPDiscriminator(resolution, channels, num_classes, d_width)
+    return g, d
+
+
+@register_gan("dcgan")
+def _build_dcgan(
+    *,
+    resolution: int,
+    channels: int,
+    num_classes: int,
+    z_dim: int,
+    g_width: int,
+    d_width: int,
+    d_norm: str,
+) -> tuple[nn.Module, nn.Module]:
+    """Radford et al. 2016 DCGAN pair; ``d_norm`` picks D's normalisation (see ``dcgan``)."""
+    g = DCGANGenerator(z_dim, resolution, channels, num_classes, g_width)
+    d = DCGANDiscriminator(resolution, channels, num_classes, d_width, norm=d_norm)
+    return g, d
+
+
+__all__ = [
+    "GAN_MODELS",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "GANBuilder",
+    "MLPDiscriminator",
+    "MLPGenerator",
+    "build_gan",
+    "register_gan",
+]

@@ -1,0 +1,50 @@
+"""Exponential moving average of a network's weights (the "EMA generator").
+
+Before ``start_step`` the EMA copy simply follows the live weights (early weights are poor, so
+averaging them in only delays a useful EMA); after it, each update is
+``ema <- d * ema + (1 - d) * w`` with ``d = min(decay, (1 + n) / (10 + n))`` during the warm-up
+(``n`` = updates since the start), the ramp TensorFlow's ExponentialMovingAverage uses with
+``num_updates``, so the average is not dominated by its first snapshot. Buffers (BatchNorm
+statistics) are copied, not averaged.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class EMA:
+    def __init__(self, model: nn.Module, decay: float = 0.999, start_step: int = 0, warmup: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema.decay must be in [0, 1), got {decay}")
+        self.decay, self.start_step, self.warmup = decay, start_step, warmup
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def current_decay(self, step: int) -> float:
+        if step < self.start_step:
+            return 0.0
+        if not self.warmup:
+            return self.decay
+        n = step - self.start_step
+        return min(self.decay, (1.0 + n) / (10.0 + n))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = self.current_decay(step)
+        for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            if d == 0.0:
+                e.copy_(p.detach())
+            else:
+                e.lerp_(p.detach().to(e.dtype), 1.0 - d)
+        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            e.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state)

@@ -1,0 +1,353 @@
+"""The training loop: build, resume, step, log, sample, evaluate, checkpoint, close.
+
+It is family-agnostic: the task (``bigtrain.train.tasks``) defines a step. Everything with state
+has ``state_dict``/``load_state_dict`` and goes into the checkpoint, so resuming is running the
+same command again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+from bigtrain import distributed as bdist
+from bigtrain.checkpoint.digest import digest
+from bigtrain.checkpoint.io import Checkpoint, CheckpointError, latest_valid, open_checkpoint, save_checkpoint
+from bigtrain.config.validate import validate
+from bigtrain.data.manifest import DatasetManifest
+from bigtrain.data.stream import DataStream, StreamSpec
+from bigtrain.tracking import NullTracker, Tracker
+from bigtrain.train.fid_hook import FIDEvaluator
+from bigtrain.train.rng import capture_rng, restore_rng, seed_everything
+from bigtrain.train.tasks import NonFiniteLossError, build_task
+
+log = logging.getLogger("bigtrain")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    last_checkpoint: Path | None
+    grid: Path | None
+    fid: dict[int, float] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    seconds: float = 0.0
+    img_per_s: float = 0.0
+
+
+def setup_logging(run_dir: Path | None, main: bool) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.setLevel(logging.INFO if main else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if run_dir is not None and main:
+        fh = logging.FileHandler(run_dir / "train.log")
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+    for noisy in ("alembic", "mlflow", "urllib3", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _build_tracker(cfg: DictConfig, run_id: str | None) -> Tracker:
+    if not (cfg.tracking.enabled and bdist.is_main()):
+        return NullTracker()
+    from bigtrain.tracking.mlflow_tracker import MLflowTracker
+
+    return MLflowTracker(
+        cfg.tracking.uri,
+        cfg.tracking.experiment,
+        cfg.run.name,
+        OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        run_id=run_id,
+        tags={"run_dir": str(Path(cfg.run.dir).resolve())},
+    )
+
+
+def _resume_from(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        return latest_valid(run_dir)
+    ck = open_checkpoint(cfg.resume)
+    ck.verify()
+    return ck
+
+
+def _to_uint8_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+    grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+    return (grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()).copy()
+
+
+def dataset_meta(m: DatasetManifest) -> dict[str, Any]:
+    """What sampling from a checkpoint needs to know about the data, without the shards."""
+    return {
+        "path": str(m.root),
+        "name": m.name,
+        "resolution": m.resolution,
+        "channels": m.channels,
+        "classes": m.classes,
+        "dataset_id": m.dataset_id,
+    }
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.accelerator = bdist.build_accelerator(
+            str(cfg.trainer.precision)
+        )
+        self.device = self.accelerator.device
+        self.rank, self.world = bdist.rank(), bdist.world_size()
+        self.main = bdist.is_main()
+        self.run_dir = Path(cfg.run.dir)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        bdist.barrier()
+        setup_logging(self.run_dir, self.main)
+        self.manifest = DatasetManifest.load(cfg.data.path)
+        shards = self.manifest.shard_paths(cfg.data.split)
+        validate(cfg, self.manifest.num_classes)
+        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.task = build_task(cfg, self.manifest, self.device, self.accelerator)
+        seed_everything(cfg.seed + 100_003 * self.rank)  # per-rank noise for z and labels
+        self.stream = DataStream(
+            StreamSpec(
+                shards=tuple(shards),
+                batch_size=cfg.data.batch_size,
+                resolution=self.manifest.resolution,
+                channels=self.manifest.channels,
+                seed=cfg.seed,
+                rank=self.rank,
+                world_size=self.world,
+                num_workers=cfg.data.num_workers,
+                shuffle_buffer=cfg.data.shuffle_buffer,
+                flip=cfg.data.flip,
+            )
+        )
+        self.step = 0
+        self.images_seen = 0
+        self.fid_history: dict[int, float] = {}
+        self.evaluated_step = -1
+        run_id = None
+        self.last_checkpoint: Path | None = None
+        ck = _resume_from(cfg, self.run_dir)
+        if ck is not None:
+            run_id = self._load(ck)
+        self.fid = FIDEvaluator(cfg.eval, self.manifest, self.device) if cfg.eval.enabled else None
+        if self.fid is not None and self.main:
+            self.fid.prepare()  # absent weights fail now, not after an hour of training
+        self.tracker = _build_tracker(cfg, run_id)
+        if self.main:
+            (self.run_dir / "config.yaml").write_text(self.config_yaml)
+            self.tracker.log_artifact(self.run_dir / "config.yaml")
+            log.info(
+                "run dir %s; data %s (%d train images, %dpx, %d channels, %d classes); world size %d",
+                self.run_dir,
+                cfg.data.path,
+                self.manifest.count(cfg.data.split),
+                self.manifest.resolution,
+                self.manifest.channels,
+                self.manifest.num_classes,
+                self.world,
+            )
+        self.keys_file = None
+        if cfg.data.record_keys:
+            kd = self.run_dir / "data-keys"
+            kd.mkdir(parents=True, exist_ok=True)
+            self.keys_file = open(kd / f"rank-{self.rank}.txt", "a")  # noqa: SIM115 - closed in close()
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+    def _counters(self) -> dict[str, Any]:
+        return {"step": self.step, "images_seen": self.images_seen, "fid": dict(self.fid_history)}
+
+    def _load(self, ck: Checkpoint) -> str | None:
+        states = {
+            name: ck.load(name) for name in ck.component_names() if "." not in name and name != "trainer"
+        }
+        self.task.load_state(states)
+        counters = ck.load("trainer")
+        self.step, self.images_seen = int(counters["step"]), int(counters["images_seen"])
+        self.fid_history = {int(k): float(v) for k, v in counters.get("fid", {}).items()}
+        names = ck.component_names()
+        mine = f"rng.rank{self.rank}" if f"rng.rank{self.rank}" in names else "rng.rank0"
+        if mine != f"rng.rank{self.rank}":
+            log.warning(
+                "checkpoint was written by %s ranks; rank %d takes rank 0's RNG state",
+                ck.meta.get("world_size"),
+                self.rank,
+            )
+        restore_rng(ck.load(mine))
+        self.stream.load_state_dict(ck.load(mine.replace("rng", "data")))
+        self.last_checkpoint = ck.path
+        log.info("resumed from %s (step %d)", ck.path, self.step)
+        return ck.meta.get("mlflow_run_id")
+
+    def save(self) -> Path:
+        shared = {**self.task.state(), "trainer": self._counters()}
+        per_rank = {"rng": capture_rng(), "data": self.stream.state_dict()}
+        weights = {k: digest(m.state_dict()) for k, m in self.task.digest_modules().items()}
+        rank_weights = bdist.all_gather_objects(weights)
+        path = save_checkpoint(
+            self.run_dir,
+            self.step,
+            shared,
+            per_rank,
+            {
+                "mlflow_run_id": self.tracker.run_id,
+                "tracking_uri": self.cfg.tracking.uri,
+                "rank_weight_digests": rank_weights,
+                "dataset": dataset_meta(self.manifest),
+            },
+            self.config_yaml,
+            self.cfg.trainer.keep_last,
+        )
+        self.last_checkpoint = path
+        if self.main:
+            self.tracker.set_tags({"last_checkpoint": str(path.resolve())})
+        return path
+
+    # -- periodic work ------------------------------------------------------------------------------
+    def write_grid(self) -> Path | None:
+        if not self.main:
+            return None
+        images, nrow = self.task.sample_grid(self.cfg.sample.seed, self.cfg.sample.grid_rows)
+        out = self.run_dir / "samples" / f"step-{self.step:08d}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images, out, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+        self.tracker.log_image(_to_uint8_grid(images, nrow), "samples", self.step)
+        return out
+
+    def evaluate(self) -> float | None:
+        value = None
+        if self.main and self.fid is not None:
+            t = time.time()
+            value = self.fid(self.task.sampler())
+            self.fid_history[self.step] = value
+            self.tracker.log_metrics({self.fid.metric_key: value}, self.step)
+            self.tracker.set_tags({"fid_last": f"{value:.4f}"})
+            log.info(
+                "step %d: %s = %.3f (%d samples, %.1f s)",
+                self.step,
+                self.fid.metric_key,
+                value,
+                self.cfg.eval.num_samples,
+                time.time() - t,
+            )
+        self.evaluated_step = self.step
+        bdist.barrier()
+        return value
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _batches(self):  # noqa: ANN202 - a generator of dict batches
+        for batch in self.stream:
+            if self.keys_file is not None:
+                self.keys_file.write("\n".join(batch["keys"]) + "\n")
+            yield batch
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg.trainer
+        start_step, t0 = self.step, time.time()
+        grid = None
+        status = "FAILED"
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (self.main and cfg.progress),
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        data = self._batches()
+        window_t, window_imgs = time.time(), 0
+        try:
+            while self.step < cfg.max_steps:
+                self.step += 1
+                try:
+                    metrics = self.task.train_step(self.step, data)
+                except NonFiniteLossError as exc:
+                    exc.last_checkpoint = self.last_checkpoint
+                    raise
+                imgs = self.task.images_per_step() * self.world
+                self.images_seen += imgs
+                window_imgs += imgs
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    now = time.time()
+                    metrics["img_per_s"] = window_imgs / max(now - window_t, 1e-9)
+                    metrics["data/skipped"] = float(self.stream.state.skipped)
+                    metrics["images_seen"] = float(self.images_seen)
+                    window_t, window_imgs = now, 0
+                    self.tracker.log_metrics(metrics, self.step)
+                    bar.set_postfix(
+                        {
+                            k.split("/")[-1] if k.startswith("loss/") else k: f"{v:.3g}"
+                            for k, v in metrics.items()
+                            if k.startswith("loss/") or k == "img_per_s"
+                        }
+                    )
+                if self.step % cfg.sample_every == 0:
+                    grid = self.write_grid() or grid
+                if self.cfg.eval.enabled and self.cfg.eval.every > 0 and self.step % self.cfg.eval.every == 0:
+                    self.evaluate()
+                if self.step % cfg.ckpt_every == 0:
+                    self.save()
+            if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:08d}"):
+                self.save()
+            if self.step % cfg.sample_every != 0 or grid is None:
+                grid = self.write_grid() or grid
+            if self.cfg.eval.enabled and self.evaluated_step != self.step:
+                self.evaluate()
+            status = "FINISHED"
+        finally:
+            bar.close()
+            self.close(status)
+        seconds = time.time() - t0
+        steps = self.step - start_step
+        return TrainResult(
+            run_dir=self.run_dir,
+            step=self.step,
+            last_checkpoint=self.last_checkpoint,
+            grid=grid,
+            fid=dict(self.fid_history),
+            mlflow_run_id=self.tracker.run_id,
+            tracking_uri=self.cfg.tracking.uri if self.cfg.tracking.enabled else None,
+            seconds=seconds,
+            img_per_s=steps * self.task.images_per_step() * self.world / max(seconds, 1e-9),
+        )
+
+    def close(self, status: str) -> None:
+        self.stream.close()
+        if self.keys_file is not None:
+            self.keys_file.close()
+        if self.main:
+            self.tracker.close(status)
+            (self.run_dir / "status.json").write_text(
+                json.dumps({"status": status, "step": self.step}) + "\n"
+            )
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    return Trainer(cfg).fit()
+
+
+__all__ = ["Trainer", "TrainResult", "train", "CheckpointError"]

@@ -1,0 +1,45 @@
+"""Every random number generator's state, captured and restored per rank, for exact resume."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class preserve_rng:  # noqa: N801 - used as a context manager, reads like one
+    """Run evaluation or sampling without moving any global RNG (exact resume depends on it)."""
+
+    def __enter__(self) -> preserve_rng:
+        self._state = capture_rng()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        restore_rng(self._state)

@@ -1,0 +1,174 @@
+"""`bigtrain train` as a user runs it: exact resume, MLflow contents, evaluate, sample, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from tests.conftest import TINY, run_cli
+
+
+def _train(mnist: Path, run_dir: Path, db: Path, *extra: str, check: bool = True):  # noqa: ANN202
+    return run_cli(
+        "train",
+        "experiment=mnist_dcgan",
+        f"data.path={mnist}",
+        f"run.dir={run_dir}",
+        f"tracking.uri=sqlite:///{db}",
+        *TINY,
+        *extra,
+        check=check,
+    )
+
+
+def _inspect(ckpt: Path) -> dict:
+    return json.loads(run_cli("inspect", str(ckpt), "--json").stdout)
+
+
+RESUME_ARGS = ("trainer.ckpt_every=10", "trainer.sample_every=15", "eval.every=15", "data.flip=true")
+
+
+@pytest.fixture(scope="module")
+def resumed_pair(mnist_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Run A: 40 steps at once. Run B: 20 steps, then the same command with max_steps=40."""
+    root = tmp_path_factory.mktemp("resume")
+    db = root / "mlflow.db"
+    _train(mnist_shards, root / "a", db, "trainer.max_steps=40", *RESUME_ARGS)
+    _train(mnist_shards, root / "b", db, "trainer.max_steps=20", *RESUME_ARGS)
+    _train(mnist_shards, root / "b", db, "trainer.max_steps=40", *RESUME_ARGS)
+    return root / "a", root / "b", db
+
+
+def test_resume_is_exact(resumed_pair: tuple[Path, Path, Path]) -> None:
+    a, b, _ = resumed_pair
+    da, db_ = _inspect(a / "checkpoints" / "step-00000040"), _inspect(b / "checkpoints" / "step-00000040")
+    assert da["step"] == db_["step"] == 40
+    assert set(da["digests"]) == {
+        "D",
+        "G",
+        "G_ema",
+        "opt_D",
+        "opt_G",
+        "trainer",
+        "rng.rank0",
+        "data.rank0",
+    } - (set() if "trainer" in da["digests"] else {"trainer"})
+    assert da["digests"] == db_["digests"]
+
+
+def test_resumed_run_continues_the_same_mlflow_run(resumed_pair: tuple[Path, Path, Path]) -> None:
+    a, b, db = resumed_pair
+    meta20 = json.loads((b / "checkpoints" / "step-00000020" / "meta.json").read_text())
+    meta40 = json.loads((b / "checkpoints" / "step-00000040" / "meta.json").read_text())
+    assert meta20["mlflow_run_id"] == meta40["mlflow_run_id"]
+    client = MlflowClient(f"sqlite:///{db}")
+    run = client.get_run(meta40["mlflow_run_id"])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/D")]
+    assert steps == sorted(set(steps)) and steps[0] == 5 and steps[-1] == 40  # no gap, no duplicate
+    fid_steps = [m.step for m in client.get_metric_history(run.info.run_id, "fid/digits")]
+    assert fid_steps == [15, 20, 30, 40]
+
+
+def test_mlflow_run_has_params_metrics_images_artifacts_tags(resumed_pair: tuple[Path, Path, Path]) -> None:
+    a, _, db = resumed_pair
+    run_id = json.loads((a / "checkpoints" / "step-00000040" / "meta.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(f"sqlite:///{db}")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.name"] == "dcgan" and run.data.params["trainer.max_steps"] == "40"
+    assert run.data.params["data.path"].endswith("mnist5k") or "mnist5k" in run.data.params["data.path"]
+    for key in ("loss/D", "loss/G", "grad_norm/D", "grad_norm/G", "img_per_s", "data/skipped", "fid/digits"):
+        assert key in run.data.metrics, key
+    assert {"git_commit", "host", "last_checkpoint"} <= set(run.data.tags)
+    artifacts = {f.path for f in client.list_artifacts(run_id)}
+    assert "config.yaml" in artifacts and "images" in artifacts
+    images = {f.path for f in client.list_artifacts(run_id, "images")}
+    assert any("samples+step+15+" in p for p in images), images
+    assert (a / "samples" / "step-00000015.png").is_file() and (a / "config.yaml").is_file()
+
+
+def test_evaluate_and_sample_from_a_checkpoint(resumed_pair: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    a, _, db = resumed_pair
+    ckpt = a / "checkpoints" / "step-00000040"
+    out = json.loads(run_cli("evaluate", str(ckpt), "--num-samples", "300").stdout.strip().splitlines()[-1])
+    assert out["step"] == 40 and out["metric"] == "fid/digits/n300" and out["value"] > 0
+    client = MlflowClient(f"sqlite:///{db}")
+    hist = client.get_metric_history(out["mlflow_run_id"], "fid/digits/n300")
+    assert [(m.step, round(m.value, 6)) for m in hist] == [(40, round(out["value"], 6))]
+    grid = tmp_path / "grid.png"
+    run_cli("sample", str(ckpt), "--out", str(grid), "--rows", "4")
+    assert Image.open(grid).size == (4 * 34 + 2, 4 * 34 + 2)
+    walk = tmp_path / "walk.png"
+    run_cli("sample", str(ckpt), "--out", str(walk), "--rows", "3", "--interpolate", "--steps", "7")
+    assert Image.open(walk).size == (7 * 34 + 2, 3 * 34 + 2)
+
+
+def _one_line_error(proc) -> str:  # noqa: ANN001
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("bigtrain: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_missing_dataset_and_missing_shard(mnist_shards: Path, tmp_path: Path) -> None:
+    import shutil
+
+    proc = _train(tmp_path / "nowhere", tmp_path / "r", tmp_path / "m.db", check=False)
+    assert "dataset folder not found" in _one_line_error(proc) and proc.returncode == 2
+    copy = tmp_path / "copy"
+    shutil.copytree(mnist_shards, copy)
+    (copy / "train-000002.tar").unlink()
+    proc = _train(copy, tmp_path / "r2", tmp_path / "m.db", check=False)
+    assert "train-000002.tar" in _one_line_error(proc)
+
+
+def test_unknown_key_and_wrong_type(mnist_shards: Path, tmp_path: Path) -> None:
+    proc = _train(mnist_shards, tmp_path / "r", tmp_path / "m.db", "trainer.max_stepz=5", check=False)
+    assert proc.returncode != 0 and "max_stepz" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _train(mnist_shards, tmp_path / "r", tmp_path / "m.db", "trainer.max_steps=many", check=False)
+    assert proc.returncode != 0 and "many" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_absent_inception_weights_say_what_to_do(mnist_shards: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-cache"
+    proc = run_cli(
+        "train",
+        "experiment=mnist_dcgan",
+        f"data.path={mnist_shards}",
+        f"run.dir={tmp_path / 'r'}",
+        "tracking.enabled=false",
+        "eval.feature=inception",
+        *TINY,
+        env={"BIGTRAIN_CACHE": str(empty)},
+        check=False,
+    )
+    line = _one_line_error(proc)
+    assert str(empty / "weights" / "inception-2015-12-05.pt") in line and "download=True" in line
+    assert not (tmp_path / "r" / "checkpoints").exists()  # failed before training started
+
+
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(mnist_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    _train(mnist_shards, run, tmp_path / "m.db", "trainer.max_steps=10", "eval.enabled=false")
+    # an absurd learning rate drives the discriminator's weights to inf within a few steps
+    proc = _train(
+        mnist_shards,
+        run,
+        tmp_path / "m.db",
+        "trainer.max_steps=60",
+        "eval.enabled=false",
+        "optim.d.lr=1e30",
+        "optim.g.lr=1e30",
+        "trainer.ckpt_every=1000",
+        check=False,
+    )
+    line = _one_line_error(proc)
+    assert proc.returncode == 3 and "non-finite" in line and "step-00000010" in line
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step-00000010"]
+    _inspect(run / "checkpoints" / "step-00000010")  # still verifies

@@ -1,0 +1,50 @@
+"""EMA of the generator: start step, warm-up ramp, buffers, state round-trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bigtrain.train.ema import EMA
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+
+
+def test_follows_weights_before_start_then_averages() -> None:
+    net = _net()
+    ema = EMA(net, decay=0.9, start_step=5, warmup=False)
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    ema.update(net, step=3)
+    assert torch.equal(ema.model[0].weight, net[0].weight)
+    with torch.no_grad():
+        net[0].weight.fill_(2.0)
+    ema.update(net, step=5)
+    assert torch.allclose(ema.model[0].weight, torch.full((3, 3), 0.9 * 1.0 + 0.1 * 2.0))
+
+
+def test_warmup_ramp_and_cap() -> None:
+    ema = EMA(_net(), decay=0.999, start_step=10, warmup=True)
+    assert ema.current_decay(9) == 0.0
+    assert ema.current_decay(10) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema.current_decay(20) == pytest.approx(11 / 20)
+    assert ema.current_decay(10**7) == 0.999
+
+
+def test_buffers_are_copied_and_state_round_trips() -> None:
+    net = _net()
+    ema = EMA(net, decay=0.5)
+    net.train()(torch.randn(8, 3))  # moves BatchNorm running stats
+    ema.update(net, step=100)
+    assert torch.equal(ema.model[1].running_mean, net[1].running_mean)
+    other = EMA(_net(), decay=0.5)
+    other.load_state_dict(ema.state_dict())
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(other.model.state_dict().values(), ema.model.state_dict().values(), strict=True)
+    )
+    assert not any(p.requires_grad for p in ema.model.parameters())
