@@ -11,8 +11,6 @@ class ConfigError(ValueError):
     """An invalid combination of config values."""
 
 
-
-
 def validate(cfg: DictConfig, num_classes: int) -> None:
     problems: list[str] = []
     if cfg.data.batch_size < 1:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import torch
 from cleanfid.fid import frechet_distance as _cleanfid_frechet_distance
 from cleanfid.fid import get_batch_features
@@ -169,15 +170,33 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Frechet distance between two Gaussians, computed by clean-fid (so values match clean-fid's)."""
-    return float(
-        _cleanfid_frechet_distance(
-            np.asarray(mu1, dtype=np.float64),
-            np.asarray(sigma1, dtype=np.float64),
-            np.asarray(mu2, dtype=np.float64),
-            np.asarray(sigma2, dtype=np.float64),
-        )
-    )
+    """Frechet distance between two Gaussians: ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrt(S1 S2))``.
+
+    clean-fid's own function is used where it works; it passes ``disp=False`` to
+    ``scipy.linalg.sqrtm``, which SciPy 1.18 removed (seen on the GPU machine), so there the same
+    formula runs here, with clean-fid's fallback of a small diagonal offset for a singular product.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    try:
+        return float(_cleanfid_frechet_distance(mu1, s1, mu2, s2))
+    except TypeError:
+        pass
+    covmean = _sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * 1e-6
+        covmean = _sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in sqrt(S1 S2)")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def _sqrtm(m: np.ndarray) -> np.ndarray:
+    out = scipy.linalg.sqrtm(m)
+    return out[0] if isinstance(out, tuple) else out
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -23,6 +23,15 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 
 
+def absolute_uri(uri: str) -> str:
+    """``sqlite:///mlflow.db`` is relative to the working directory; make it absolute so that
+    ``bigtrain evaluate`` run from elsewhere logs to the same store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
 def git_commit() -> str:
     """The commit of the bigtrain checkout that runs, or 'unknown' outside a git checkout."""
     here = Path(__file__).resolve().parent

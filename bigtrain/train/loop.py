@@ -28,6 +28,7 @@ from bigtrain.config.validate import validate
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.stream import DataStream, StreamSpec
 from bigtrain.tracking import NullTracker, Tracker
+from bigtrain.tracking.mlflow_tracker import absolute_uri
 from bigtrain.train.fid_hook import FIDEvaluator
 from bigtrain.train.rng import capture_rng, restore_rng, seed_everything
 from bigtrain.train.tasks import NonFiniteLossError, build_task
@@ -110,9 +111,7 @@ def dataset_meta(m: DatasetManifest) -> dict[str, Any]:
 class Trainer:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        self.accelerator = bdist.build_accelerator(
-            str(cfg.trainer.precision)
-        )
+        self.accelerator = bdist.build_accelerator(str(cfg.trainer.precision))
         self.device = self.accelerator.device
         self.rank, self.world = bdist.rank(), bdist.world_size()
         self.main = bdist.is_main()
@@ -213,7 +212,7 @@ class Trainer:
             per_rank,
             {
                 "mlflow_run_id": self.tracker.run_id,
-                "tracking_uri": self.cfg.tracking.uri,
+                "tracking_uri": absolute_uri(self.cfg.tracking.uri),
                 "rank_weight_digests": rank_weights,
                 "dataset": dataset_meta(self.manifest),
             },

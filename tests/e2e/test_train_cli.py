@@ -172,3 +172,27 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(mnist_shards: Path, t
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["step-00000010"]
     _inspect(run / "checkpoints" / "step-00000010")  # still verifies
+
+
+def test_multirun_sweep_gives_each_job_its_own_run_folder(mnist_shards: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_cli(
+        "train",
+        "-m",
+        "experiment=mnist_dcgan",
+        f"data.path={mnist_shards}",
+        f"run.dir={sweep}",
+        f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+        *TINY,
+        "trainer.max_steps=5",
+        "eval.enabled=false",
+        "loss=hinge,lsgan",
+    )
+    for job, loss in ((0, "hinge"), (1, "lsgan")):
+        ckpt = sweep / str(job) / "checkpoints" / "step-00000005"
+        assert (ckpt / "meta.json").is_file()
+        assert f"name: {loss}" in (sweep / str(job) / "config.yaml").read_text()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.get_experiment_by_name("bigtrain")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.params["loss.name"] for r in runs) == ["hinge", "lsgan"]

@@ -208,3 +208,20 @@ def test_unknown_extractor_lists_known(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="inception") as info:
         build_feature_extractor("nope", "cpu")
     assert "digits" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_frechet_fallback_when_cleanfid_breaks_on_new_scipy(monkeypatch):
+    """SciPy 1.18 dropped sqrtm's `disp` argument that clean-fid passes; the fallback gives the same value."""
+    import bigtrain.eval.fid as fid_mod
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(400, 6)), rng.normal(loc=0.3, size=(400, 6)) @ rng.normal(size=(6, 6))
+    mu1, s1 = fid_mod.feature_stats(a)
+    mu2, s2 = fid_mod.feature_stats(b)
+    with_cleanfid = frechet_distance(mu1, s1, mu2, s2)
+
+    def old_api(*args, **kwargs):
+        raise TypeError("sqrtm() got an unexpected keyword argument 'disp'")
+
+    monkeypatch.setattr(fid_mod, "_cleanfid_frechet_distance", old_api)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(with_cleanfid, rel=1e-9)
