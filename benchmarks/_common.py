@@ -12,10 +12,15 @@ import torch
 
 
 def parse_args(defaults: dict[str, Any], argv: list[str] | None = None) -> dict[str, Any]:
-    """``python benchmarks/X.py key=value ...``: values take the type of their default."""
+    """``python benchmarks/X.py key=value ...``: values take the type of their default. Dotted keys
+    (``model.g_width=16``) are Hydra overrides for the benchmarked config, under ``"overrides"``."""
     out = dict(defaults)
+    out["overrides"] = []
     for arg in sys.argv[1:] if argv is None else argv:
         key, sep, value = arg.partition("=")
+        if sep and "." in key:
+            out["overrides"].append(arg)
+            continue
         if not sep or key not in defaults:
             raise SystemExit(
                 f"unknown argument '{arg}'; known: {', '.join(f'{k}={v}' for k, v in defaults.items())}"

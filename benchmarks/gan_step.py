@@ -1,7 +1,7 @@
 """Throughput of one GAN training step (k D steps + G step + EMA) as the preset trains it, on
 in-memory batches so the input pipeline is not measured. Prints one JSON line last.
 
-    python benchmarks/gan_step.py experiment=mnist_dcgan batch=64 iters=50 device=cpu precision=no
+    python benchmarks/gan_step.py experiment=mnist_dcgan batch=64 iters=50 device=cpu precision=no [model.g_width=16 ...]
 """
 
 from __future__ import annotations
@@ -52,7 +52,12 @@ def main() -> None:
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose(
             "train",
-            overrides=[f"experiment={a['experiment']}", "data.path=/unused", f"data.batch_size={a['batch']}"],
+            overrides=[
+                f"experiment={a['experiment']}",
+                "data.path=/unused",
+                f"data.batch_size={a['batch']}",
+                *a["overrides"],
+            ],
         )
     torch.manual_seed(0)
     device = torch.device(a["device"])

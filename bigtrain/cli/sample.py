@@ -8,6 +8,7 @@ import argparse
 import torch
 from torchvision.utils import save_image
 
+from bigtrain.config.validate import ConfigError
 from bigtrain.train.snapshot import load_snapshot
 
 
@@ -21,12 +22,37 @@ def main(argv: list[str]) -> int:
         "--interpolate", action="store_true", help="each row walks z from one random point to another"
     )
     p.add_argument("--steps", type=int, default=10, help="images per interpolation row")
+    p.add_argument("--truncation", type=float, default=0.0, help="truncation trick: redraw |z| > T (0 = off)")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        type=int,
+        action="append",
+        default=None,
+        help="sample only this class (repeatable); conditional models",
+    )
+    p.add_argument("--per-class", action="store_true", help="one row per class (conditional models)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     a = p.parse_args(argv)
     snap = load_snapshot(a.ckpt, a.device)
     task = snap.task
     g = torch.Generator().manual_seed(a.seed)
-    if a.interpolate:
+    num_classes = getattr(task, "num_classes", 0)
+    if (a.classes or a.per_class) and not num_classes:
+        raise ConfigError("--class/--per-class need a class-conditional model (model.conditional=true)")
+    bad = [c for c in a.classes or [] if not 0 <= c < num_classes]
+    if bad:
+        raise ConfigError(f"--class {bad[0]} is out of range: the model has {num_classes} classes")
+    if a.per_class:
+        from bigtrain.train.gan_task import truncated_normal
+
+        classes = a.classes or list(range(num_classes))
+        z = truncated_normal(a.rows, snap.cfg.model.z_dim, a.truncation, g, torch.device("cpu")).repeat(
+            len(classes), 1
+        )
+        y = torch.tensor(classes).repeat_interleave(a.rows)
+        images, nrow = task._generate(task._eval_G(), z, y), a.rows  # noqa: SLF001
+    elif a.interpolate:
         G = task._eval_G()  # noqa: SLF001 - the task owns which network samples
         z_dim = snap.cfg.model.z_dim
         ends = torch.randn(a.rows, 2, z_dim, generator=g)
@@ -37,7 +63,7 @@ def main(argv: list[str]) -> int:
             y = torch.randint(0, task.num_classes, (a.rows,), generator=g).repeat_interleave(a.steps)  # type: ignore[attr-defined]
         images, nrow = task._generate(G, z, y), a.steps  # noqa: SLF001
     else:
-        images = task.sampler()(a.rows * a.rows, g)
+        images = task.sampler(a.truncation, a.classes)(a.rows * a.rows, g)
         nrow = a.rows
     save_image(images, a.out, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
     print(f"wrote {a.out} ({images.shape[0]} images, step {snap.checkpoint.step})")

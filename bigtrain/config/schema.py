@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -24,12 +25,14 @@ class LossName(StrEnum):
 
 
 class Precision(StrEnum):
-    no = "no"
-    bf16 = "bf16"
+    no = "no"  # fp32
+    bf16 = "bf16"  # bf16 autocast
+    fp16 = "fp16"  # fp16 autocast with a dynamic loss scale per optimizer
 
 
 class NonFinitePolicy(StrEnum):
-    stop = "stop"
+    stop = "stop"  # stop the run, naming the last good checkpoint
+    skip = "skip"  # drop the update, count it (metric train/nonfinite_skips), go on
 
 
 @dataclass
@@ -49,6 +52,11 @@ class DataConfig:
     shuffle_buffer: int = 1000
     flip: bool = False
     record_keys: bool = False  # audit: write every consumed sample key to run.dir/data-keys/rank-R.txt
+    # The data shape a preset expects, used by `bigtrain info` and benchmarks when no dataset.json
+    # is at data.path; when it is, dataset.json wins (a preset trains on any prepared shards).
+    resolution: int = 32
+    channels: int = 3
+    num_classes: int = 0
 
 
 @dataclass
@@ -59,6 +67,7 @@ class ModelConfig:
     g_width: int = 64
     d_width: int = 64
     d_norm: str = "batch"  # batch | layer | none
+    arch: dict[str, Any] = field(default_factory=dict)  # a family's own options, e.g. BigGAN's attention
 
 
 @dataclass
@@ -66,6 +75,10 @@ class LossConfig:
     name: LossName = LossName.non_saturating
     d_steps: int = 1  # k discriminator steps per generator step (Goodfellow et al. 2014, Alg. 1)
     gp_weight: float = 10.0  # WGAN-GP lambda
+    g_ortho: float = (
+        0.0  # BigGAN's off-diagonal orthogonal regularisation of G's weights (Brock et al. 2019, sec. 3.1)
+    )
+    d_ortho: float = 0.0
 
 
 @dataclass
@@ -90,7 +103,9 @@ class TrainerConfig:
     sample_every: int = 500
     ckpt_every: int = 500
     keep_last: int = 3
+    accumulation: int = 1  # micro-batches of data.batch_size per optimizer step (BigGAN: 8)
     on_nonfinite: NonFinitePolicy = NonFinitePolicy.stop
+    max_nonfinite_skips: int = 20  # with on_nonfinite=skip: this many in a row still stops the run
     progress: bool = True
 
 

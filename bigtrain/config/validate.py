@@ -19,6 +19,12 @@ def validate(cfg: DictConfig, num_classes: int) -> None:
         problems.append("data.num_workers must be >= 0")
     if cfg.trainer.max_steps < 1:
         problems.append("trainer.max_steps must be >= 1")
+    if cfg.trainer.accumulation < 1:
+        problems.append("trainer.accumulation must be >= 1")
+    if cfg.trainer.max_nonfinite_skips < 0:
+        problems.append("trainer.max_nonfinite_skips must be >= 0")
+    if cfg.loss.g_ortho < 0 or cfg.loss.d_ortho < 0:
+        problems.append("loss.g_ortho and loss.d_ortho must be >= 0")
     if cfg.loss.d_steps < 1:
         problems.append("loss.d_steps must be >= 1")
     if cfg.model.d_norm not in D_NORMS:

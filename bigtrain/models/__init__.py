@@ -12,10 +12,13 @@ contract that the trainers, samplers and evaluators rely on:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
+from bigtrain.models.biggan import build_biggan
 from bigtrain.models.dcgan import D_NORMS, DCGANDiscriminator, DCGANGenerator
 from bigtrain.models.mlp_gan import MLPDiscriminator, MLPGenerator
 
@@ -51,11 +54,22 @@ def build_gan(
     g_width: int,
     d_width: int,
     d_norm: str = "batch",
+    **arch: Any,
 ) -> tuple[nn.Module, nn.Module]:
-    """Build the ``(G, D)`` pair of family ``name``; see the module docstring for their contract."""
+    """Build the ``(G, D)`` pair of family ``name``; see the module docstring for their contract.
+
+    ``arch`` holds a family's own options (``model.arch.*`` in the config, e.g. BigGAN's
+    attention resolutions); a key the family does not take is an error naming it.
+    """
     if name not in GAN_MODELS:
         raise ValueError(f"unknown GAN model {name!r}; known: {', '.join(sorted(GAN_MODELS))}")
-    return GAN_MODELS[name](
+    builder = GAN_MODELS[name]
+    accepted = inspect.signature(builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = sorted(k for k in arch if k not in accepted and not takes_any)
+    if unknown:
+        raise ValueError(f"model {name!r} has no option(s) {', '.join('model.arch.' + k for k in unknown)}")
+    return builder(
         resolution=resolution,
         channels=channels,
         num_classes=num_classes,
@@ -63,6 +77,7 @@ def build_gan(
         g_width=g_width,
         d_width=d_width,
         d_norm=d_norm,
+        **arch,
     )
 
 
@@ -113,3 +128,7 @@ __all__ = [
     "build_gan",
     "register_gan",
 ]
+
+
+# BigGAN (Brock et al. 2019) registers from its own module's builder.
+register_gan("biggan")(build_biggan)

@@ -1,8 +1,12 @@
 """The GAN task: ``k`` discriminator steps then one generator step, then the EMA update.
 
-Gradients are averaged over ranks by ``bigtrain.distributed.all_reduce_grads`` (see that module for
-why not DDP). Losses are averaged over ranks before the finiteness check, so a NaN on any rank
-stops every rank at the same step, before the optimizer applies it.
+Each optimizer step sums gradients over ``trainer.accumulation`` micro-batches, then averages them
+over ranks (``bigtrain.distributed.all_reduce_grads``; see that module for why not DDP). Losses
+are averaged over ranks before the finiteness check, so a NaN on any rank is seen by every rank at
+the same step, before any optimizer applies it: the run stops (``trainer.on_nonfinite=stop``) or
+the update is dropped and counted (``skip``). With ``trainer.precision=fp16`` each optimizer has
+its own dynamic loss scale; the scaled gradients are all-reduced before the scaler looks for
+overflow, so every rank skips the same steps.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from bigtrain import distributed as bdist
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.losses import build_loss, gradient_penalty
+from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models import build_gan
 from bigtrain.train.ema import EMA
 from bigtrain.train.tasks import NonFiniteLossError, register_task
@@ -43,6 +48,7 @@ class GANTask:
     def __init__(self, cfg: DictConfig, manifest: DatasetManifest, device: torch.device, accelerator: Any):
         self.cfg, self.device, self.accelerator = cfg, device, accelerator
         self.num_classes = manifest.num_classes if cfg.model.conditional else 0
+        arch = OmegaConf.to_container(cfg.model.arch, resolve=True) if cfg.model.get("arch") else {}
         self.G, self.D = build_gan(
             cfg.model.name,
             resolution=manifest.resolution,
@@ -52,6 +58,7 @@ class GANTask:
             g_width=cfg.model.g_width,
             d_width=cfg.model.d_width,
             d_norm=cfg.model.d_norm,
+            **arch,  # type: ignore[arg-type]
         )
         self.G.to(device)
         self.D.to(device)
@@ -63,6 +70,15 @@ class GANTask:
         self.ema = EMA(self.G, cfg.ema.decay, cfg.ema.start_step, cfg.ema.warmup) if cfg.ema.enabled else None
         self.z_dim = cfg.model.z_dim
         self.batch_size = cfg.data.batch_size
+        self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
+        fp16 = str(cfg.trainer.precision) == "fp16"
+        dev_type = device.type if device.type in ("cuda", "cpu") else "cpu"
+        self.scaler_G = torch.amp.GradScaler(dev_type, enabled=fp16)
+        self.scaler_D = torch.amp.GradScaler(dev_type, enabled=fp16)
+        # BigGAN's shared class embedding is exempt from the orthogonal penalty (as in the reference)
+        self._g_ortho_exempt = [m for m in (getattr(self.G, "shared", None),) if isinstance(m, nn.Module)]
+        self.nonfinite_skips = 0  # in a row; reset by a good step
+        self.nonfinite_total = 0
 
     # -- checkpointable state ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -74,6 +90,9 @@ class GANTask:
         }
         if self.ema is not None:
             out["G_ema"] = self.ema.state_dict()
+        if self.scaler_G.is_enabled():
+            out["scaler"] = {"G": self.scaler_G.state_dict(), "D": self.scaler_D.state_dict()}
+        out["task"] = {"nonfinite_skips": self.nonfinite_skips, "nonfinite_total": self.nonfinite_total}
         return out
 
     def load_state(self, states: Mapping[str, Any]) -> None:
@@ -85,6 +104,12 @@ class GANTask:
         _apply_hparams(self.opt_D, self.cfg.optim.d)
         if self.ema is not None:
             self.ema.load_state_dict(states["G_ema"])
+        if "scaler" in states and self.scaler_G.is_enabled():
+            self.scaler_G.load_state_dict(states["scaler"]["G"])
+            self.scaler_D.load_state_dict(states["scaler"]["D"])
+        task = states.get("task", {})
+        self.nonfinite_skips = int(task.get("nonfinite_skips", 0))
+        self.nonfinite_total = int(task.get("nonfinite_total", 0))
 
     def digest_modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"G": self.G, "D": self.D}
@@ -98,20 +123,33 @@ class GANTask:
             return None
         return torch.randint(0, self.num_classes, (n,), generator=generator).to(self.device)
 
-    def _check(self, loss: torch.Tensor, name: str, step: int) -> float:
-        value = float(bdist.all_reduce_mean(loss.detach().float()))
-        if not math.isfinite(value):
-            raise NonFiniteLossError(name, step)
-        return value
-
     def images_per_step(self) -> int:
-        return self.batch_size * self.cfg.loss.d_steps
+        return self.batch_size * self.cfg.loss.d_steps * self.accumulation
 
-    def train_step(self, step: int, data: Iterator[dict[str, Any]]) -> dict[str, float]:
-        autocast = self.accelerator.autocast
-        metrics: dict[str, float] = {}
-        d_losses, real_scores, fake_scores, gps = [], [], [], []
-        for _ in range(self.cfg.loss.d_steps):
+    def _finite(self, loss_sum: torch.Tensor, name: str, step: int) -> float | None:
+        """The rank-averaged loss, or None when the update must be dropped (policy ``skip``)."""
+        value = float(bdist.all_reduce_mean(loss_sum.detach().float()))
+        if math.isfinite(value):
+            return value
+        policy = str(self.cfg.trainer.on_nonfinite)
+        if policy == "skip" and self.nonfinite_skips < self.cfg.trainer.max_nonfinite_skips:
+            self.nonfinite_skips += 1
+            self.nonfinite_total += 1
+            return None
+        raise NonFiniteLossError(name, step)
+
+    def _apply(self, module: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        bdist.all_reduce_grads(module.parameters())
+        scaler.step(opt)
+        scaler.update()
+
+    def _d_step(
+        self, step: int, data: Iterator[dict[str, Any]], autocast: Callable[[], Any]
+    ) -> dict[str, Any] | None:
+        self.opt_D.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        real_logit = fake_logit = gp_sum = torch.zeros((), device=self.device)
+        for _ in range(self.accumulation):
             batch = next(data)
             real = batch["image"].to(self.device, non_blocking=True)
             y_real = batch["label"].to(self.device) if self.num_classes else None
@@ -123,56 +161,91 @@ class GANTask:
             with autocast():
                 real_logits = self.D(real, y_real)
                 fake_logits = self.D(fake.detach(), y_fake)
-                loss_d = self.loss.d_loss(real_logits.float(), fake_logits.float())
+                loss = self.loss.d_loss(real_logits.float(), fake_logits.float())
             if self.loss.gradient_penalty:
                 gp = gradient_penalty(
-                    self.D,
-                    real,
-                    fake.detach().to(real.dtype),
-                    y_real if y_real is not None else None,
-                    self.cfg.loss.gp_weight,
+                    self.D, real, fake.detach().to(real.dtype), y_real, self.cfg.loss.gp_weight
                 )
-                loss_d = loss_d + gp
-                gps.append(gp.detach())
+                loss = loss + gp
+                gp_sum = gp_sum + gp.detach()
+            if self.cfg.loss.d_ortho > 0:
+                loss = loss + orthogonal_penalty(self.D, self.cfg.loss.d_ortho) / self.accumulation
+            self.scaler_D.scale(loss / self.accumulation).backward()
+            total = total + loss.detach() / self.accumulation
+            real_logit = real_logit + real_logits.detach().float().mean() / self.accumulation
+            fake_logit = fake_logit + fake_logits.detach().float().mean() / self.accumulation
+        value = self._finite(total, "D", step)
+        if value is None:
             self.opt_D.zero_grad(set_to_none=True)
-            loss_d.backward()
-            bdist.all_reduce_grads(self.D.parameters())
-            d_losses.append(self._check(loss_d, "D", step))
-            metrics["grad_norm/D"] = float(_grad_norm(self.D))
-            self.opt_D.step()
-            bdist.broadcast_buffers(self.D)
-            real_scores.append(real_logits.detach().float().mean())
-            fake_scores.append(fake_logits.detach().float().mean())
+            return None
+        self._apply(self.D, self.opt_D, self.scaler_D)
+        bdist.broadcast_buffers(self.D)
+        return {"loss": value, "real": real_logit, "fake": fake_logit, "gp": gp_sum / self.accumulation}
 
-        # generator step: D's weights are frozen so its parameters collect no gradient
+    def _g_step(self, step: int, autocast: Callable[[], Any]) -> float | None:
+        # D's weights are frozen so its parameters collect no gradient from G's loss
         self.D.requires_grad_(False)
         try:
-            n = self.batch_size
-            z = torch.randn(n, self.z_dim, device=self.device)
-            y_fake = self._labels(n)
-            with autocast():
-                fake_logits_g = self.D(self.G(z, y_fake), y_fake)
-                loss_g = self.loss.g_loss(fake_logits_g.float())
             self.opt_G.zero_grad(set_to_none=True)
-            loss_g.backward()
-            bdist.all_reduce_grads(self.G.parameters())
-            metrics["loss/G"] = self._check(loss_g, "G", step)
-            metrics["grad_norm/G"] = float(_grad_norm(self.G))
-            self.opt_G.step()
+            total = torch.zeros((), device=self.device)
+            for _ in range(self.accumulation):
+                z = torch.randn(self.batch_size, self.z_dim, device=self.device)
+                y_fake = self._labels(self.batch_size)
+                with autocast():
+                    loss = self.loss.g_loss(self.D(self.G(z, y_fake), y_fake).float())
+                if self.cfg.loss.g_ortho > 0:
+                    loss = loss + orthogonal_penalty(self.G, self.cfg.loss.g_ortho, self._g_ortho_exempt)
+                self.scaler_G.scale(loss / self.accumulation).backward()
+                total = total + loss.detach() / self.accumulation
+            value = self._finite(total, "G", step)
+            if value is None:
+                self.opt_G.zero_grad(set_to_none=True)
+                return None
+            self._apply(self.G, self.opt_G, self.scaler_G)
             bdist.broadcast_buffers(self.G)
             bdist.broadcast_buffers(self.D)  # D's BatchNorm statistics also moved in G's forward
+            return value
         finally:
             self.D.requires_grad_(True)
+
+    def train_step(self, step: int, data: Iterator[dict[str, Any]]) -> dict[str, float]:
+        autocast = self.accelerator.autocast
+        metrics: dict[str, float] = {}
+        d_out = []
+        for _ in range(self.cfg.loss.d_steps):
+            out = self._d_step(step, data, autocast)
+            if out is not None:
+                d_out.append(out)
+                metrics["grad_norm/D"] = float(_grad_norm(self.D))
+        g_loss = self._g_step(step, autocast)
+        if g_loss is not None:
+            metrics["loss/G"] = g_loss
+            metrics["grad_norm/G"] = float(_grad_norm(self.G))
+        if d_out and g_loss is not None:
+            self.nonfinite_skips = 0
         if self.ema is not None:
             self.ema.update(self.G, step)
             metrics["ema/decay"] = self.ema.current_decay(step)
-        metrics["loss/D"] = sum(d_losses) / len(d_losses)
-        scores = bdist.all_reduce_mean(
-            torch.stack([torch.stack(real_scores).mean(), torch.stack(fake_scores).mean()])
-        )
-        metrics["D/real_logit"], metrics["D/fake_logit"] = float(scores[0]), float(scores[1])
-        if gps:
-            metrics["loss/gp"] = float(bdist.all_reduce_mean(torch.stack(gps).mean()))
+        if d_out:
+            metrics["loss/D"] = sum(o["loss"] for o in d_out) / len(d_out)
+            scores = bdist.all_reduce_mean(
+                torch.stack(
+                    [
+                        torch.stack([o["real"] for o in d_out]).mean(),
+                        torch.stack([o["fake"] for o in d_out]).mean(),
+                        torch.stack([o["gp"] for o in d_out]).mean(),
+                    ]
+                )
+            )
+            metrics["D/real_logit"], metrics["D/fake_logit"] = float(scores[0]), float(scores[1])
+            if self.loss.gradient_penalty:
+                metrics["loss/gp"] = float(scores[2])
+        metrics["train/nonfinite_skips"] = float(self.nonfinite_total)
+        if self.scaler_G.is_enabled():
+            metrics["amp/scale_G"], metrics["amp/scale_D"] = (
+                self.scaler_G.get_scale(),
+                self.scaler_D.get_scale(),
+            )
         return metrics
 
     # -- sampling ---------------------------------------------------------------------------------
@@ -199,22 +272,39 @@ class GANTask:
             z, y = torch.randn(rows * rows, self.z_dim, generator=g), None
         return self._generate(self._eval_G(), z, y), rows
 
-    def sampler(self) -> Callable[[int, torch.Generator], torch.Tensor]:
+    def sampler(
+        self, truncation: float = 0.0, classes: list[int] | None = None
+    ) -> Callable[[int, torch.Generator], torch.Tensor]:
+        """Samples from the EMA generator; ``truncation > 0`` resamples |z| > t (the truncation trick,
+        Brock et al. 2019 sec. 3.1); ``classes`` restricts the labels drawn."""
         G = self._eval_G()
 
         def sample(n: int, generator: torch.Generator) -> torch.Tensor:
             dev = (
                 generator.device
             )  # draw on the generator's device, so FID noise is the same wherever it runs
-            z = torch.randn(n, self.z_dim, generator=generator, device=dev)
-            y = (
-                torch.randint(0, self.num_classes, (n,), generator=generator, device=dev)
-                if self.num_classes
-                else None
-            )
+            z = truncated_normal(n, self.z_dim, truncation, generator, dev)
+            y = None
+            if self.num_classes:
+                pool = torch.tensor(classes if classes else range(self.num_classes), device=dev)
+                y = pool[torch.randint(0, len(pool), (n,), generator=generator, device=dev)]
             return self._generate(G, z, y)
 
         return sample
+
+
+def truncated_normal(
+    n: int, dim: int, truncation: float, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """N(0, I) samples; with ``truncation > 0`` every entry with |z| > truncation is redrawn."""
+    z = torch.randn(n, dim, generator=generator, device=device)
+    if truncation > 0:
+        for _ in range(1000):
+            bad = z.abs() > truncation
+            if not bad.any():
+                break
+            z[bad] = torch.randn(int(bad.sum()), generator=generator, device=device)
+    return z
 
 
 @register_task("gan")

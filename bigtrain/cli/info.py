@@ -1,0 +1,99 @@
+"""``bigtrain info experiment=NAME [OVERRIDES] [--json]``: build a preset's networks without
+training and print their parameter counts, the batch and the precision, to compare recipes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from bigtrain.config.schema import register
+from bigtrain.config.validate import ConfigError
+from bigtrain.data.manifest import DatasetError, DatasetManifest
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+class _NoAccelerator:
+    """Networks are built on the meta device: no memory, no process group."""
+
+    def autocast(self) -> Any:
+        return torch.autocast("cpu", enabled=False)
+
+
+def expected_manifest(cfg: DictConfig) -> tuple[DatasetManifest, str]:
+    """The dataset's manifest when data.path holds one, else the shape the preset declares."""
+    try:
+        return DatasetManifest.load(cfg.data.path), "dataset.json"
+    except (DatasetError, Exception):  # noqa: BLE001 - MISSING path, absent folder: fall back
+        d = cfg.data
+        classes = [str(i) for i in range(d.num_classes)]
+        return DatasetManifest(Path("."), "declared", d.resolution, d.channels, classes, {}), "preset"
+
+
+def describe(cfg: DictConfig) -> dict[str, Any]:
+    from bigtrain.train.tasks import build_task
+
+    manifest, source = expected_manifest(cfg)
+    task = build_task(cfg, manifest, torch.device("meta"), _NoAccelerator())
+    nets = {k: m for k, m in task.digest_modules().items() if k != "G_ema"}
+    params = {k: sum(p.numel() for p in m.parameters()) for k, m in nets.items()}
+    return {
+        "params": params,
+        "params_total": sum(params.values()),
+        "model": cfg.model.name,
+        "task": cfg.task,
+        "loss": str(cfg.loss.name),
+        "data": {
+            "resolution": manifest.resolution,
+            "channels": manifest.channels,
+            "num_classes": manifest.num_classes,
+            "from": source,
+        },
+        "batch_per_process": cfg.data.batch_size,
+        "accumulation": cfg.trainer.accumulation,
+        "effective_batch_per_process": cfg.data.batch_size * cfg.trainer.accumulation,
+        "d_steps": cfg.loss.d_steps,
+        "images_per_step_per_process": task.images_per_step(),
+        "precision": str(cfg.trainer.precision),
+        "max_steps": cfg.trainer.max_steps,
+    }
+
+
+def main(argv: list[str]) -> int:
+    as_json = "--json" in argv
+    overrides = [a for a in argv if a != "--json"]
+    if any(a in ("-h", "--help") for a in overrides):
+        print(__doc__)
+        return 0
+    register()
+    try:
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(" ".join(str(exc).split())) from None
+    info = describe(cfg)
+    if as_json:
+        print(json.dumps(info))
+        return 0
+    width = max(map(len, info["params"]))
+    print(
+        f"model {info['model']} (task {info['task']}, loss {info['loss']}), data "
+        f"{info['data']['resolution']}px x{info['data']['channels']} with {info['data']['num_classes']} classes "
+        f"(from {info['data']['from']})"
+    )
+    for name, n in info["params"].items():
+        print(f"  {name.ljust(width)}  {n:>13,} parameters")
+    print(
+        f"  batch {info['batch_per_process']} x {info['accumulation']} accumulation per process, {info['d_steps']} D step(s) per G step, "
+        f"precision {info['precision']}, {info['max_steps']} steps"
+    )
+    sys.stdout.flush()
+    return 0

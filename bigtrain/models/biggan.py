@@ -1,0 +1,477 @@
+"""BigGAN (Brock, Donahue & Simonyan 2019, "Large Scale GAN Training for High Fidelity Natural Image
+Synthesis"), following the authors' PyTorch release (ajbrock/BigGAN-PyTorch, ``BigGAN.py``).
+
+Generator: ``z`` (optionally split into chunks, "hierarchical latents") -> SN-linear -> 4x4 map ->
+residual up-blocks with conditional BatchNorm -> BN -> ReLU -> SN-conv3x3 -> tanh. Class information
+enters only through the BN gains and biases, predicted from a shared class embedding (concatenated
+with a ``z`` chunk when ``hier``).
+
+Discriminator: residual down-blocks (SN everywhere) -> ReLU -> global sum pooling -> SN-linear, plus
+the projection term ``<embed(y), h>`` of Miyato & Koyama 2018 (eq. 3) for conditional models.
+
+With ``ch = 96``, ``z_dim = 120``, ``shared_dim = 128``, ``hier = True``, attention at 64x64 and
+1000 classes, the 128x128 pair has exactly the release's 70,433,988 (G) and 87,982,370 (D)
+learnable parameters; spectral-norm power-iteration vectors are buffers, not parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bigtrain.models.biggan_layers import (
+    ConditionalBatchNorm,
+    DBlock,
+    GBlock,
+    NormFactory,
+    SelfAttention,
+    batch_norm_2d,
+    init_orthogonal,
+    raw_weight,
+    sn_conv2d,
+    sn_embedding,
+    sn_linear,
+)
+from bigtrain.models.dcgan import D_NORMS
+
+BOTTOM_WIDTH = 4
+"""Spatial size of G's first feature map (and of D's last)."""
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """One residual block of an architecture table: channels and the resolution it outputs."""
+
+    in_mult: int
+    out_mult: int
+    resolution: int
+    resample: bool
+
+
+# Channel multipliers (of ``ch``) per block, from the release's ``G_arch`` / ``D_arch``. G blocks all
+# upsample; the resolution listed is each block's output resolution.
+_G_ARCH: dict[int, tuple[list[int], list[int]]] = {
+    512: ([16, 16, 8, 8, 4, 2, 1], [16, 8, 8, 4, 2, 1, 1]),
+    256: ([16, 16, 8, 8, 4, 2], [16, 8, 8, 4, 2, 1]),
+    128: ([16, 16, 8, 4, 2], [16, 8, 4, 2, 1]),
+    64: ([16, 16, 8, 4], [16, 8, 4, 2]),
+    32: ([4, 4, 4], [4, 4, 4]),
+}
+# D: input multipliers exclude the image (first block), ``True`` marks a downsampling block. The 512
+# table is not in the release's ``BigGAN.py``; it is the paper's appendix-B 512x512 D (one more
+# ``ch -> ch`` down-block in front of the 256x256 one), as in the TF-Hub BigGAN-512 model.
+_D_ARCH: dict[int, tuple[list[int], list[int], list[bool]]] = {
+    512: ([1, 1, 2, 4, 8, 8, 16], [1, 1, 2, 4, 8, 8, 16, 16], [True] * 7 + [False]),
+    256: ([1, 2, 4, 8, 8, 16], [1, 2, 4, 8, 8, 16, 16], [True] * 6 + [False]),
+    128: ([1, 2, 4, 8, 16], [1, 2, 4, 8, 16, 16], [True] * 5 + [False]),
+    64: ([1, 2, 4, 8], [1, 2, 4, 8, 16], [True] * 4 + [False]),
+    32: ([4, 4, 4], [4, 4, 4, 4], [True, True, False, False]),
+}
+
+SUPPORTED_RESOLUTIONS = tuple(sorted(_G_ARCH))
+
+
+def _g_stages(resolution: int) -> list[_Stage]:
+    if resolution not in _G_ARCH:
+        raise ValueError(f"BigGAN resolution must be one of {SUPPORTED_RESOLUTIONS}, got {resolution}")
+    ins, outs = _G_ARCH[resolution]
+    return [
+        _Stage(i, o, BOTTOM_WIDTH * 2 ** (k + 1), True)
+        for k, (i, o) in enumerate(zip(ins, outs, strict=True))
+    ]
+
+
+def _d_stages(resolution: int) -> list[_Stage]:
+    """D blocks with the resolution each one *outputs*.
+
+    The release's 32x32 table labels all four blocks "16" although the second downsamples to 8x8, so
+    ``attention=(16,)`` there would add attention after every block; here it goes after the first
+    only. The other tables agree with the computed resolutions.
+    """
+    if resolution not in _D_ARCH:
+        raise ValueError(f"BigGAN resolution must be one of {SUPPORTED_RESOLUTIONS}, got {resolution}")
+    ins, outs, downs = _D_ARCH[resolution]
+    stages, res = [], resolution
+    for i, o, down in zip([0, *ins], outs, downs, strict=True):
+        res = res // 2 if down else res
+        stages.append(_Stage(i, o, res, down))
+    return stages
+
+
+def _labels(y: Tensor | None, num_classes: int, batch: int) -> Tensor | None:
+    """Return ``y`` for a conditional model, ``None`` for an unconditional one (which ignores y)."""
+    if num_classes <= 0:
+        return None
+    if y is None:
+        raise ValueError(f"this model is class-conditional (num_classes={num_classes}); pass labels y")
+    if y.shape != (batch,):
+        raise ValueError(f"labels must have shape [{batch}], got {list(y.shape)}")
+    return y
+
+
+def _attention_set(attention: Iterable[int]) -> frozenset[int]:
+    res = frozenset(int(r) for r in attention)
+    bad = [r for r in res if r < 4 or r & (r - 1) != 0]
+    if bad:
+        raise ValueError(f"attention resolutions must be powers of two >= 4, got {sorted(bad)}")
+    return res
+
+
+class BigGANGenerator(nn.Module):
+    """BigGAN generator; ``forward(z [B, z_dim], y [B] | None) -> [B, channels, R, R]`` in [-1, 1].
+
+    Conditioning of the BN layers (each residual block's two BNs share one vector):
+
+    * conditional, ``shared_dim > 0``: one ``nn.Embedding(num_classes, shared_dim)`` shared by all
+      blocks (not spectrally normalised: the release found SN on it hurt G); with ``hier`` each block
+      gets ``[embed(y), z_chunk]`` (embedding first, as in the release).
+    * conditional, ``shared_dim == 0``: every BN has its own class-embedding gain/bias tables (the
+      release with ``G_shared=False``, e.g. its CIFAR setting); incompatible with ``hier``.
+    * unconditional: with ``hier`` the BNs are conditioned on the ``z`` chunk alone; without it they
+      are ordinary affine BNs.
+
+    ``hier``: ``z`` is split into one chunk per block plus one for the input linear (paper
+    section 4 / appendix B), so each resolution gets its own latent. The release truncates
+    ``z_dim`` to a multiple of the number of chunks; to keep ``z_dim`` exactly as configured, the
+    remainder goes to the first (input-linear) chunk instead, which is the same split whenever
+    ``z_dim`` divides evenly (e.g. 120 at 128x128: six chunks of 20; 140 at 256x256).
+
+    ``attention`` lists the resolutions after whose block a :class:`SelfAttention` is inserted
+    (resolutions the model does not produce are ignored, as in the release). ``sn_eps`` is the
+    spectral-norm epsilon (release default 1e-8, its ImageNet scripts 1e-6), ``bn_eps`` the BN one.
+    ``cross_replica_bn`` builds ``nn.SyncBatchNorm`` layers (plain BN layers can also be converted
+    later with ``nn.SyncBatchNorm.convert_sync_batchnorm``).
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        channels: int,
+        num_classes: int,
+        z_dim: int = 120,
+        ch: int = 96,
+        shared_dim: int = 128,
+        hier: bool = True,
+        attention: Iterable[int] = (64,),
+        sn_eps: float = 1e-6,
+        bn_eps: float = 1e-5,
+        cross_replica_bn: bool = False,
+        sn_itrs: int = 1,
+    ) -> None:
+        super().__init__()
+        stages = _g_stages(resolution)
+        attn = _attention_set(attention)
+        self.resolution = resolution
+        self.channels = channels
+        self.num_classes = num_classes
+        self.z_dim = z_dim
+        self.ch = ch
+        self.hier = hier
+        conditional = num_classes > 0
+        self.shared_dim = shared_dim if conditional else 0
+        if conditional and shared_dim <= 0 and hier:
+            raise ValueError(
+                "hierarchical z needs a shared class embedding (shared_dim > 0) in a conditional G; "
+                "set hier=False for per-layer class embeddings"
+            )
+
+        num_blocks = len(stages)
+        if hier:
+            chunk = z_dim // (num_blocks + 1)
+            if chunk < 1:
+                raise ValueError(f"z_dim={z_dim} is too small to split into {num_blocks + 1} chunks")
+            self.z_splits: list[int] = [z_dim - chunk * num_blocks] + [chunk] * num_blocks
+        else:
+            chunk = 0
+            self.z_splits = [z_dim]
+
+        bn_kw = {"eps": bn_eps, "cross_replica": cross_replica_bn}
+        self.shared: nn.Embedding | None = None
+        make_norm: NormFactory
+        if conditional and self.shared_dim > 0:
+            self.shared = nn.Embedding(num_classes, self.shared_dim)
+            make_norm = functools.partial(
+                _cbn,
+                cond_dim=self.shared_dim + chunk,
+                embedding=False,
+                sn_eps=sn_eps,
+                sn_itrs=sn_itrs,
+                **bn_kw,
+            )
+        elif conditional:
+            make_norm = functools.partial(
+                _cbn, cond_dim=num_classes, embedding=True, sn_eps=sn_eps, sn_itrs=sn_itrs, **bn_kw
+            )
+        elif hier:
+            make_norm = functools.partial(
+                _cbn, cond_dim=chunk, embedding=False, sn_eps=sn_eps, sn_itrs=sn_itrs, **bn_kw
+            )
+        else:
+            make_norm = functools.partial(batch_norm_2d, affine=True, **bn_kw)
+
+        self.linear = sn_linear(
+            self.z_splits[0], ch * stages[0].in_mult * BOTTOM_WIDTH**2, sn_eps=sn_eps, sn_itrs=sn_itrs
+        )
+        self.blocks = nn.ModuleList()
+        self.attention = nn.ModuleDict()
+        for index, stage in enumerate(stages):
+            self.blocks.append(
+                GBlock(
+                    ch * stage.in_mult,
+                    ch * stage.out_mult,
+                    make_norm=make_norm,
+                    upsample=stage.resample,
+                    sn_eps=sn_eps,
+                    sn_itrs=sn_itrs,
+                )
+            )
+            if stage.resolution in attn:
+                self.attention[str(index)] = SelfAttention(
+                    ch * stage.out_mult, sn_eps=sn_eps, sn_itrs=sn_itrs
+                )
+        out_ch = ch * stages[-1].out_mult
+        # Output head: affine BN -> ReLU -> SN conv3x3 (tanh applied in forward).
+        self.out_bn = batch_norm_2d(out_ch, affine=True, **bn_kw)
+        self.out_conv = sn_conv2d(out_ch, channels, sn_eps=sn_eps, sn_itrs=sn_itrs)
+        init_orthogonal(self)
+
+    def block_conditions(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, list[Tensor | None]]:
+        """Split ``z`` into the input-linear latent and the per-block BN conditioning inputs."""
+        zs = list(torch.split(z, self.z_splits, dim=1))
+        z0, chunks = zs[0], zs[1:]
+        n = len(self.blocks)
+        if self.num_classes > 0 and self.shared is not None:
+            assert y is not None
+            emb = self.shared(y)
+            if self.hier:
+                return z0, [torch.cat([emb, c], dim=1) for c in chunks]
+            return z0, [emb] * n
+        if self.num_classes > 0:
+            return z0, [y] * n
+        if self.hier:
+            return z0, list(chunks)
+        return z0, [None] * n
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Map noise ``z: [B, z_dim]`` (and labels ``y: [B]``) to images ``[B, C, H, W]`` in [-1, 1]."""
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must have shape [B, {self.z_dim}], got {list(z.shape)}")
+        y = _labels(y, self.num_classes, z.shape[0])
+        z0, conds = self.block_conditions(z, y)
+        h = self.linear(z0).view(z.shape[0], -1, BOTTOM_WIDTH, BOTTOM_WIDTH)
+        for index, (block, cond) in enumerate(zip(self.blocks, conds, strict=True)):
+            h = block(h, cond)
+            key = str(index)
+            if key in self.attention:
+                h = self.attention[key](h)
+        h = self.out_conv(F.relu(self.out_bn(h)))
+        return torch.tanh(h)
+
+
+def _cbn(
+    num_features: int,
+    *,
+    cond_dim: int,
+    embedding: bool,
+    eps: float,
+    cross_replica: bool,
+    sn_eps: float,
+    sn_itrs: int,
+) -> ConditionalBatchNorm:
+    return ConditionalBatchNorm(
+        num_features,
+        cond_dim,
+        embedding=embedding,
+        eps=eps,
+        cross_replica=cross_replica,
+        sn_eps=sn_eps,
+        sn_itrs=sn_itrs,
+    )
+
+
+class BigGANDiscriminator(nn.Module):
+    """BigGAN discriminator; ``forward(x [B, C, R, R], y [B] | None) -> [B]`` raw logits.
+
+    Every conv, the output linear and the projection embedding are spectrally normalised. The first
+    block is not pre-activated (it sees images); ``wide`` picks the SAGAN/BigGAN channel pattern in
+    the blocks (see :class:`~bigtrain.models.biggan_layers.DBlock`). Features are rectified and
+    sum-pooled (SNGAN), then scored by a linear layer plus, for conditional models, the projection
+    ``<embed(y), h>`` (Miyato & Koyama 2018, eq. 3).
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        channels: int,
+        num_classes: int,
+        ch: int = 96,
+        attention: Iterable[int] = (64,),
+        sn_eps: float = 1e-6,
+        wide: bool = True,
+        sn_itrs: int = 1,
+    ) -> None:
+        super().__init__()
+        stages = _d_stages(resolution)
+        attn = _attention_set(attention)
+        self.resolution = resolution
+        self.channels = channels
+        self.num_classes = num_classes
+        self.ch = ch
+        self.blocks = nn.ModuleList()
+        self.attention = nn.ModuleDict()
+        for index, stage in enumerate(stages):
+            in_ch = channels if index == 0 else ch * stage.in_mult
+            self.blocks.append(
+                DBlock(
+                    in_ch,
+                    ch * stage.out_mult,
+                    wide=wide,
+                    preactivation=index > 0,
+                    downsample=stage.resample,
+                    sn_eps=sn_eps,
+                    sn_itrs=sn_itrs,
+                )
+            )
+            if stage.resolution in attn:
+                self.attention[str(index)] = SelfAttention(
+                    ch * stage.out_mult, sn_eps=sn_eps, sn_itrs=sn_itrs
+                )
+        out_ch = ch * stages[-1].out_mult
+        self.linear = sn_linear(out_ch, 1, sn_eps=sn_eps, sn_itrs=sn_itrs)
+        self.embed = (
+            sn_embedding(num_classes, out_ch, sn_eps=sn_eps, sn_itrs=sn_itrs) if num_classes > 0 else None
+        )
+        init_orthogonal(self)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Rectified, globally sum-pooled features ``[B, 16 ch]`` that the logit is computed from."""
+        h = x
+        for index, block in enumerate(self.blocks):
+            h = block(h)
+            key = str(index)
+            if key in self.attention:
+                h = self.attention[key](h)
+        return F.relu(h).sum(dim=(2, 3))
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Score images ``x: [B, C, H, W]`` (with labels ``y: [B]``); returns raw logits ``[B]``."""
+        y = _labels(y, self.num_classes, x.shape[0])
+        h = self.features(x)
+        logit = self.linear(h).squeeze(1)
+        if self.embed is not None and y is not None:
+            logit = logit + (self.embed(y) * h).sum(dim=1)
+        return logit
+
+
+_ARCH_KEYS = frozenset(
+    {
+        "hier",
+        "init",
+        "shared_dim",
+        "attention",
+        "g_attention",
+        "d_attention",
+        "sn_eps",
+        "g_sn_eps",
+        "d_sn_eps",
+        "sn_itrs",
+        "bn_eps",
+        "cross_replica_bn",
+        "wide",
+    }
+)
+
+
+def build_biggan(
+    *,
+    resolution: int,
+    channels: int,
+    num_classes: int,
+    z_dim: int,
+    g_width: int,
+    d_width: int,
+    d_norm: str = "batch",
+    **arch: object,
+) -> tuple[BigGANGenerator, BigGANDiscriminator]:
+    """Build a BigGAN ``(G, D)`` pair for the model registry.
+
+    ``g_width`` / ``d_width`` are the release's ``G_ch`` / ``D_ch``. BigGAN's D is normalised by
+    spectral norm only, so ``d_norm`` is moot; it is still checked against the DCGAN choices (and
+    BigGAN is then safe with per-sample penalties such as WGAN-GP's). Optional ``arch`` keys:
+    ``hier`` (default True), ``shared_dim`` (128; 0 = per-layer class embeddings), ``attention``
+    (resolutions for both nets, default ``(64,)``) or ``g_attention`` / ``d_attention``, ``sn_eps``
+    (1e-6) or ``g_sn_eps`` / ``d_sn_eps``, ``sn_itrs`` (1), ``bn_eps`` (1e-5), ``cross_replica_bn``
+    (False) and ``wide`` (True). The defaults are the release's 128x128 ImageNet settings; its CIFAR
+    one is ``hier=False, shared_dim=0, attention=()`` with widths 64 and ``z_dim=128``.
+    """
+    if d_norm not in D_NORMS:
+        raise ValueError(f"unknown D norm {d_norm!r}; choose one of {', '.join(D_NORMS)}")
+    unknown = set(arch) - _ARCH_KEYS
+    if unknown:
+        raise ValueError(
+            f"unknown BigGAN option(s) {', '.join('model.arch.' + k for k in sorted(unknown))}; "
+            f"known: {', '.join(sorted(_ARCH_KEYS))}"
+        )
+    attention = _as_resolutions(arch.get("attention", (64,)))
+    sn_eps = float(arch.get("sn_eps", 1e-6))  # type: ignore[arg-type]
+    sn_itrs = int(arch.get("sn_itrs", 1))  # type: ignore[call-overload]
+    g = BigGANGenerator(
+        resolution,
+        channels,
+        num_classes,
+        z_dim=z_dim,
+        ch=g_width,
+        shared_dim=int(arch.get("shared_dim", 128)),  # type: ignore[call-overload]
+        hier=bool(arch.get("hier", True)),
+        attention=_as_resolutions(arch.get("g_attention", attention)),
+        sn_eps=float(arch.get("g_sn_eps", sn_eps)),  # type: ignore[arg-type]
+        bn_eps=float(arch.get("bn_eps", 1e-5)),  # type: ignore[arg-type]
+        cross_replica_bn=bool(arch.get("cross_replica_bn", False)),
+        sn_itrs=sn_itrs,
+    )
+    d = BigGANDiscriminator(
+        resolution,
+        channels,
+        num_classes,
+        ch=d_width,
+        attention=_as_resolutions(arch.get("d_attention", attention)),
+        sn_eps=float(arch.get("d_sn_eps", sn_eps)),  # type: ignore[arg-type]
+        wide=bool(arch.get("wide", True)),
+        sn_itrs=sn_itrs,
+    )
+    init = str(arch.get("init", "ortho"))
+    if init == "N02":  # the reference's CIFAR recipe (G_init / D_init N02): N(0, 0.02) weights
+        for net in (g, d):
+            init_normal(net, std=0.02)
+    elif init != "ortho":
+        raise ValueError(f"model.arch.init must be 'ortho' or 'N02', got {init!r}")
+    return g, d
+
+
+def init_normal(model: nn.Module, std: float) -> None:
+    """N(0, std) for every conv / linear / embedding weight (the raw weight under spectral norm)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear | nn.Embedding):
+            weight = raw_weight(m)
+            if not weight.is_meta:
+                with torch.no_grad():
+                    nn.init.normal_(weight, 0.0, std)
+
+
+def _as_resolutions(value: object) -> tuple[int, ...]:
+    """Accept ``(32, 64)``, a single int, or the release's ``"32_64"`` string (``""`` = none)."""
+    if isinstance(value, str):
+        return tuple(int(v) for v in value.split("_") if v)
+    if isinstance(value, int):
+        return (value,)
+    if isinstance(value, Iterable):  # tuples, lists, sets, OmegaConf ListConfig
+        return tuple(int(v) for v in value)
+    raise TypeError(f"attention resolutions must be ints, a sequence of ints or 'a_b' strings, got {value!r}")
+
+
+__all__ = ["SUPPORTED_RESOLUTIONS", "BigGANDiscriminator", "BigGANGenerator", "build_biggan"]

@@ -1,0 +1,409 @@
+"""Building blocks of BigGAN (Brock, Donahue & Simonyan 2019, "Large Scale GAN Training for High
+Fidelity Natural Image Synthesis").
+
+The layer choices follow the authors' PyTorch release (ajbrock/BigGAN-PyTorch, ``layers.py``), which
+differs from the paper's text in a few places (e.g. the self-attention channel reductions and the
+max-pooling in its key/value paths); where it does, the release is followed and the docstring says so.
+
+* Spectral normalisation (Miyato et al. 2018) is one power iteration per training forward pass on a
+  persistent left singular vector ``u``, kept as a *buffer*: only the raw weight is learnable, so
+  parameter counts match the release's.
+* :class:`ConditionalBatchNorm` is BatchNorm without affine parameters followed by a per-sample gain
+  ``1 + W_g c`` and bias ``W_b c`` (paper section 3 and appendix B), ``c`` being a class embedding,
+  optionally concatenated with a chunk of ``z`` ("hierarchical latent space").
+* the paper's off-diagonal orthogonal regularisation (section 3.1) is
+  :func:`bigtrain.losses.regularizers.orthogonal_penalty`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+NormFactory = Callable[[int], nn.Module]
+"""``make_norm(num_channels) -> norm layer``; a :class:`ConditionalBatchNorm` or a plain BN layer."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Spectral normalisation
+# --------------------------------------------------------------------------------------------------
+
+
+class SpectralNorm(nn.Module):
+    """Parametrization ``W -> W / sigma(W)`` with ``sigma`` estimated by power iteration.
+
+    ``W`` is viewed as a matrix ``[out, -1]`` (for an embedding, ``[num_embeddings, dim]``). As in the
+    BigGAN release, only the top singular value is estimated (``num_svs = 1``), the left singular
+    vector ``u`` persists across steps (so one iteration per step suffices once it has converged,
+    Miyato et al. 2018, section 2.1) and is only updated in training mode; in eval mode one iteration
+    is still run from the stored ``u`` but nothing is written back. ``eps`` guards the normalisations
+    (the release uses 1e-6 for both networks in its ImageNet scripts; its default is 1e-8).
+
+    ``u`` and ``v`` are treated as constants in the backward pass: gradients flow through
+    ``sigma = v W^T u^T`` only via ``W``, as in the paper and the release.
+    """
+
+    u: Tensor
+    sv: Tensor
+
+    def __init__(self, out_features: int, num_itrs: int = 1, eps: float = 1e-6) -> None:
+        super().__init__()
+        if num_itrs < 1:
+            raise ValueError(f"num_itrs must be >= 1, got {num_itrs}")
+        self.num_itrs = num_itrs
+        self.eps = eps
+        self.register_buffer("u", torch.randn(1, out_features))
+        # Last estimate of the top singular value, for logging only (the release keeps it as well).
+        self.register_buffer("sv", torch.ones(1))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        w = weight.flatten(1)
+        with torch.no_grad():
+            u = self.u
+            # In eval mode ``u`` is never written back, so iterating more than once from the same
+            # start would repeat the same step: one iteration gives the release's eval behaviour.
+            for _ in range(self.num_itrs if self.training else 1):
+                v = F.normalize(u @ w, dim=1, eps=self.eps)
+                u = F.normalize(v @ w.t(), dim=1, eps=self.eps)
+        sigma = (v @ w.t() @ u.t()).squeeze()
+        if self.training:
+            with torch.no_grad():
+                self.u.copy_(u)
+                self.sv.copy_(sigma.detach())
+        return weight / sigma
+
+    def extra_repr(self) -> str:
+        return f"num_itrs={self.num_itrs}, eps={self.eps}"
+
+
+def spectral_norm(module: nn.Module, *, num_itrs: int = 1, eps: float = 1e-6) -> nn.Module:
+    """Spectrally normalise ``module.weight`` in place (via ``torch.nn.utils.parametrize``).
+
+    The module stays a plain ``nn.Conv2d`` / ``nn.Linear`` / ``nn.Embedding``, so generic code
+    (init, ``convert_sync_batchnorm``, state-dict tools) keeps working; the learnable tensor becomes
+    ``module.parametrizations.weight.original``.
+    """
+    weight = module.weight
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor to normalise")
+    parametrize.register_parametrization(
+        module, "weight", SpectralNorm(weight.shape[0], num_itrs=num_itrs, eps=eps)
+    )
+    return module
+
+
+def raw_weight(module: nn.Module) -> Tensor:
+    """The learnable weight of ``module``: the un-normalised one if it is spectrally normalised."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
+def sn_conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 3,
+    padding: int | None = None,
+    bias: bool = True,
+    *,
+    sn_eps: float = 1e-6,
+    sn_itrs: int = 1,
+) -> nn.Conv2d:
+    """Spectrally normalised conv; ``padding`` defaults to "same" for odd kernels (3x3 -> 1)."""
+    pad = kernel_size // 2 if padding is None else padding
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=pad, bias=bias)
+    spectral_norm(conv, num_itrs=sn_itrs, eps=sn_eps)
+    return conv
+
+
+def sn_linear(
+    in_features: int, out_features: int, bias: bool = True, *, sn_eps: float = 1e-6, sn_itrs: int = 1
+) -> nn.Linear:
+    """Spectrally normalised linear layer."""
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    spectral_norm(linear, num_itrs=sn_itrs, eps=sn_eps)
+    return linear
+
+
+def sn_embedding(
+    num_embeddings: int, embedding_dim: int, *, sn_eps: float = 1e-6, sn_itrs: int = 1
+) -> nn.Embedding:
+    """Spectrally normalised embedding (the projection discriminator's class matrix).
+
+    The matrix is ``[num_embeddings, dim]`` and normalised as is, i.e. ``u`` has ``num_embeddings``
+    entries, as in the release.
+    """
+    embedding = nn.Embedding(num_embeddings, embedding_dim)
+    spectral_norm(embedding, num_itrs=sn_itrs, eps=sn_eps)
+    return embedding
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------------
+
+
+def batch_norm_2d(
+    num_features: int, *, affine: bool, eps: float = 1e-5, momentum: float = 0.1, cross_replica: bool = False
+) -> nn.BatchNorm2d | nn.SyncBatchNorm:
+    """``nn.BatchNorm2d``, or ``nn.SyncBatchNorm`` for cross-replica statistics (paper appendix C).
+
+    Both are ``_BatchNorm`` subclasses, so a model built either way can still be converted later
+    with ``nn.SyncBatchNorm.convert_sync_batchnorm``. ``SyncBatchNorm`` falls back to ordinary BN
+    outside an initialised multi-process group, so a cross-replica model also runs on one device.
+    """
+    cls = nn.SyncBatchNorm if cross_replica else nn.BatchNorm2d
+    return cls(num_features, eps=eps, momentum=momentum, affine=affine)
+
+
+class ConditionalBatchNorm(nn.Module):
+    """BatchNorm whose scale and shift are predicted from a conditioning input.
+
+    ``out = BN(x) * (1 + gain(c)) + bias(c)`` (de Vries et al. 2017; Dumoulin et al. 2017), with the
+    BN itself non-affine. The ``1 +`` makes the layer start near plain BN when ``gain(c)`` is small.
+
+    * ``embedding=False``: ``c`` is a float vector of ``cond_dim`` (shared class embedding, possibly
+      concatenated with a ``z`` chunk, or a ``z`` chunk alone) and ``gain`` / ``bias`` are bias-free
+      linear maps, spectrally normalised like every other G layer in the release.
+    * ``embedding=True``: ``c`` is a class index and ``gain`` / ``bias`` are ``nn.Embedding`` tables
+      of ``cond_dim`` rows, the release's layout when G has no shared embedding.
+
+    The statistics live in a child ``nn.BatchNorm2d(affine=False)`` (or ``SyncBatchNorm``), so
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` finds and replaces it.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        cond_dim: int,
+        *,
+        embedding: bool = False,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        cross_replica: bool = False,
+        sn_eps: float = 1e-6,
+        sn_itrs: int = 1,
+    ) -> None:
+        super().__init__()
+        if cond_dim <= 0:
+            raise ValueError(f"cond_dim must be positive, got {cond_dim}")
+        self.num_features = num_features
+        self.cond_dim = cond_dim
+        self.embedding = embedding
+        self.gain: nn.Module
+        self.bias: nn.Module
+        if embedding:
+            self.gain = nn.Embedding(cond_dim, num_features)
+            self.bias = nn.Embedding(cond_dim, num_features)
+        else:
+            self.gain = sn_linear(cond_dim, num_features, bias=False, sn_eps=sn_eps, sn_itrs=sn_itrs)
+            self.bias = sn_linear(cond_dim, num_features, bias=False, sn_eps=sn_eps, sn_itrs=sn_itrs)
+        self.bn = batch_norm_2d(
+            num_features, affine=False, eps=eps, momentum=momentum, cross_replica=cross_replica
+        )
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        gain = 1.0 + self.gain(cond)
+        bias = self.bias(cond)
+        return self.bn(x) * gain[:, :, None, None] + bias[:, :, None, None]
+
+    def extra_repr(self) -> str:
+        kind = "embedding" if self.embedding else "linear"
+        return f"num_features={self.num_features}, cond_dim={self.cond_dim}, {kind}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Self-attention
+# --------------------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """SAGAN non-local block (Zhang et al. 2019) as released with BigGAN.
+
+    Query (``theta``) and key (``phi``) use ``ch / 8`` channels, value (``g``) ``ch / 2``, and an
+    output 1x1 conv maps back to ``ch``; all four are bias-free spectrally normalised 1x1 convs. Keys
+    and values are 2x2 max-pooled, so each of the ``H*W`` queries attends over ``H*W/4`` positions
+    (4x cheaper than the paper's description). ``gamma`` starts at 0, so the block is the identity at
+    init and the network learns how much non-local evidence to mix in.
+    """
+
+    def __init__(self, channels: int, *, sn_eps: float = 1e-6, sn_itrs: int = 1) -> None:
+        super().__init__()
+        if channels % 8 != 0:
+            raise ValueError(f"SelfAttention needs channels divisible by 8, got {channels}")
+        self.channels = channels
+        kw = {"kernel_size": 1, "padding": 0, "bias": False, "sn_eps": sn_eps, "sn_itrs": sn_itrs}
+        self.theta = sn_conv2d(channels, channels // 8, **kw)
+        self.phi = sn_conv2d(channels, channels // 8, **kw)
+        self.g = sn_conv2d(channels, channels // 2, **kw)
+        self.o = sn_conv2d(channels // 2, channels, **kw)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        theta = self.theta(x).flatten(2)  # [B, C/8, HW]
+        phi = F.max_pool2d(self.phi(x), 2).flatten(2)  # [B, C/8, HW/4]
+        g = F.max_pool2d(self.g(x), 2).flatten(2)  # [B, C/2, HW/4]
+        attn = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # [B, HW, HW/4]
+        out = (g @ attn.transpose(1, 2)).view(b, c // 2, h, w)
+        return x + self.gamma * self.o(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Residual blocks
+# --------------------------------------------------------------------------------------------------
+
+
+def apply_norm(norm: nn.Module, x: Tensor, cond: Tensor | None) -> Tensor:
+    """Apply a conditional BN with ``cond``, or any plain (possibly Sync-converted) BN without."""
+    if isinstance(norm, ConditionalBatchNorm):
+        if cond is None:
+            raise ValueError("a conditional BatchNorm layer needs a conditioning input")
+        return norm(x, cond)
+    return norm(x)
+
+
+class GBlock(nn.Module):
+    """BigGAN generator residual block (paper figure 15(b), appendix B).
+
+    ``BN -> ReLU -> upsample -> conv3x3 -> BN -> ReLU -> conv3x3``, plus a shortcut that is
+    upsampled and, when the shape changes, passed through a learnable 1x1 conv. Upsampling is
+    nearest-neighbour; both BNs see the same conditioning vector.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        make_norm: NormFactory,
+        upsample: bool = True,
+        sn_eps: float = 1e-6,
+        sn_itrs: int = 1,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.upsample = upsample
+        self.bn1 = make_norm(in_channels)
+        self.conv1 = sn_conv2d(in_channels, out_channels, sn_eps=sn_eps, sn_itrs=sn_itrs)
+        self.bn2 = make_norm(out_channels)
+        self.conv2 = sn_conv2d(out_channels, out_channels, sn_eps=sn_eps, sn_itrs=sn_itrs)
+        self.conv_sc = (
+            sn_conv2d(in_channels, out_channels, kernel_size=1, sn_eps=sn_eps, sn_itrs=sn_itrs)
+            if in_channels != out_channels or upsample
+            else None
+        )
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        h = F.relu(apply_norm(self.bn1, x, cond))
+        if self.upsample:
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        h = self.conv1(h)
+        h = self.conv2(F.relu(apply_norm(self.bn2, h, cond)))
+        if self.conv_sc is not None:
+            x = self.conv_sc(x)
+        return h + x
+
+
+class DBlock(nn.Module):
+    """BigGAN discriminator residual block (paper figure 15(c)).
+
+    ``[ReLU] -> conv3x3 -> ReLU -> conv3x3 -> [avgpool 2x2]`` plus a shortcut with a learnable 1x1
+    conv when the shape changes.
+
+    * ``wide=True`` (BigGAN / SAGAN) gives the first conv ``out_channels`` outputs; ``wide=False``
+      keeps ``in_channels`` (SNGAN's "skinny" D).
+    * ``preactivation=False`` is for the first block, which sees images: no leading ReLU, and the
+      shortcut pools *before* its 1x1 conv (cheaper on the 3-channel input, SNGAN's "optimised
+      block"); later blocks apply the 1x1 conv first, then pool, as the release does.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        wide: bool = True,
+        preactivation: bool = True,
+        downsample: bool = True,
+        sn_eps: float = 1e-6,
+        sn_itrs: int = 1,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.preactivation = preactivation
+        self.downsample = downsample
+        hidden = out_channels if wide else in_channels
+        self.conv1 = sn_conv2d(in_channels, hidden, sn_eps=sn_eps, sn_itrs=sn_itrs)
+        self.conv2 = sn_conv2d(hidden, out_channels, sn_eps=sn_eps, sn_itrs=sn_itrs)
+        self.conv_sc = (
+            sn_conv2d(in_channels, out_channels, kernel_size=1, sn_eps=sn_eps, sn_itrs=sn_itrs)
+            if in_channels != out_channels or downsample
+            else None
+        )
+
+    def _shortcut(self, x: Tensor) -> Tensor:
+        if self.preactivation:
+            if self.conv_sc is not None:
+                x = self.conv_sc(x)
+            if self.downsample:
+                x = F.avg_pool2d(x, 2)
+        else:
+            if self.downsample:
+                x = F.avg_pool2d(x, 2)
+            if self.conv_sc is not None:
+                x = self.conv_sc(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Out-of-place ReLU: the shortcut still needs the un-rectified ``x``.
+        h = F.relu(x) if self.preactivation else x
+        h = self.conv2(F.relu(self.conv1(h)))
+        if self.downsample:
+            h = F.avg_pool2d(h, 2)
+        return h + self._shortcut(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Init and regularisation
+# --------------------------------------------------------------------------------------------------
+
+
+def init_orthogonal(model: nn.Module) -> None:
+    """Orthogonal init (Saxe et al. 2014) of every conv / linear / embedding weight.
+
+    This is the release's ``G_init = D_init = 'ortho'`` (paper section 4 / appendix C); biases keep
+    PyTorch's default init, as there. For spectrally normalised layers the raw weight is initialised.
+    Tensors on the meta device are skipped (they hold no data; only used to count parameters).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear | nn.Embedding):
+            weight = raw_weight(m)
+            if not weight.is_meta:
+                with torch.no_grad():
+                    nn.init.orthogonal_(weight)
+
+
+__all__ = [
+    "ConditionalBatchNorm",
+    "DBlock",
+    "GBlock",
+    "NormFactory",
+    "SelfAttention",
+    "SpectralNorm",
+    "apply_norm",
+    "batch_norm_2d",
+    "init_orthogonal",
+    "raw_weight",
+    "sn_conv2d",
+    "sn_embedding",
+    "sn_linear",
+    "spectral_norm",
+]

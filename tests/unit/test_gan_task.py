@@ -1,0 +1,133 @@
+"""The GAN step itself (in-process, tiny DCGAN): accumulation, the non-finite policies, fp16 loss
+scaling and truncated sampling."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from bigtrain.config.schema import register
+from bigtrain.data.manifest import DatasetManifest
+from bigtrain.train.gan_task import GANTask, truncated_normal
+from bigtrain.train.tasks import NonFiniteLossError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+register()
+
+
+class _Acc:
+    def __init__(self, dtype: torch.dtype | None = None):
+        self.dtype = dtype
+
+    def autocast(self) -> Any:
+        return torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype is not None)
+
+
+def _task(*overrides: str, dtype: torch.dtype | None = None) -> GANTask:
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=mnist_dcgan",
+                "data.path=/x",
+                "model.g_width=8",
+                "model.d_width=8",
+                "model.z_dim=8",
+                "data.batch_size=4",
+                *overrides,
+            ],
+        )
+    torch.manual_seed(0)
+    manifest = DatasetManifest(Path("."), "t", 16, 1, [str(i) for i in range(10)], {})
+    return GANTask(cfg, manifest, torch.device("cpu"), _Acc(dtype))
+
+
+def _data(bad_at: set[int] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    i = 0
+    while True:
+        x = torch.rand(4, 1, 16, 16, generator=g) * 2 - 1
+        if bad_at and i in bad_at:
+            x[0, 0, 0, 0] = float("nan")
+        yield {"image": x, "label": torch.randint(0, 10, (4,), generator=g)}
+        i += 1
+
+
+class _Counting:
+    def __init__(self, it: Iterator[dict[str, torch.Tensor]]):
+        self.it, self.n = it, 0
+
+    def __iter__(self) -> _Counting:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        self.n += 1
+        return next(self.it)
+
+
+def test_accumulation_consumes_micro_batches_and_steps_once() -> None:
+    task = _task("trainer.accumulation=3", "loss.d_steps=2")
+    data = _Counting(_data())
+    task.train_step(1, data)
+    task.train_step(2, data)
+    assert data.n == 2 * 2 * 3 and task.images_per_step() == 4 * 2 * 3
+    assert task.opt_D.state_dict()["state"][0]["step"] == 4  # 2 D steps per G step, 2 steps
+    assert task.opt_G.state_dict()["state"][0]["step"] == 2
+
+
+def test_nonfinite_stop_policy_raises_before_the_update() -> None:
+    task = _task()
+    before = [p.detach().clone() for p in task.D.parameters()]
+    with pytest.raises(NonFiniteLossError, match="non-finite D loss at step 1"):
+        task.train_step(1, _data(bad_at={0}))
+    assert all(
+        torch.equal(a, b) for a, b in zip(before, task.D.parameters(), strict=True)
+    )  # weights untouched
+
+
+def test_nonfinite_skip_policy_drops_and_counts_then_gives_up() -> None:
+    task = _task("trainer.on_nonfinite=skip", "trainer.max_nonfinite_skips=2")
+    w = task.D.head.weight.detach().clone() if hasattr(task.D, "head") else None
+    m = task.train_step(1, _data(bad_at={0}))
+    assert m["train/nonfinite_skips"] == 1 and "loss/D" not in m and math.isfinite(m["loss/G"])
+    if w is not None:
+        assert torch.equal(task.D.head.weight, w)  # D's update was dropped
+    m = task.train_step(2, _data())
+    assert m["train/nonfinite_skips"] == 1 and math.isfinite(m["loss/D"])  # good step resets the run of skips
+    task.train_step(3, _data(bad_at={0}))
+    task.train_step(4, _data(bad_at={0}))
+    with pytest.raises(NonFiniteLossError):
+        task.train_step(5, _data(bad_at={0}))  # a third in a row exceeds max_nonfinite_skips=2
+    assert task.state()["task"]["nonfinite_total"] == 3
+
+
+def test_fp16_uses_a_loss_scale_that_is_checkpointed() -> None:
+    task = _task("trainer.precision=fp16", dtype=torch.float16)
+    m = task.train_step(1, _data())
+    assert m["amp/scale_G"] > 1 and math.isfinite(m["loss/D"])
+    state = task.state()
+    assert "scaler" in state
+    other = _task("trainer.precision=fp16", dtype=torch.float16)
+    other.load_state(state)
+    assert other.scaler_G.get_scale() == task.scaler_G.get_scale()
+
+
+def test_truncation_bounds_z_and_sampler_uses_it() -> None:
+    g = torch.Generator().manual_seed(0)
+    z = truncated_normal(500, 16, 0.5, g, torch.device("cpu"))
+    assert z.abs().max() <= 0.5 and z.std() > 0.2
+    task = _task("model.conditional=true")
+    imgs = task.sampler(truncation=0.5, classes=[3])(6, torch.Generator().manual_seed(0))
+    assert imgs.shape == (6, 1, 16, 16) and imgs.abs().max() <= 1
+
+
+def test_orthogonal_regularisation_enters_the_loss() -> None:
+    plain = _task().train_step(1, _data())
+    reg = _task("loss.g_ortho=10.0").train_step(1, _data())
+    assert reg["loss/G"] > plain["loss/G"]
