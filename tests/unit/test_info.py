@@ -46,7 +46,9 @@ def test_bad_override_is_a_config_error() -> None:
         info_main(["experiment=mnist_dcgan", "model.foo=1"])
 
 
-def test_imagenet128_biggan_matches_the_reference_parameter_counts(capsys: pytest.CaptureFixture[str]) -> None:
+def test_imagenet128_biggan_matches_the_reference_parameter_counts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """ajbrock/BigGAN-PyTorch at G_ch = D_ch = 96, dim_z 120, shared_dim 128, hier, attention at 64,
     1000 classes: G 70,433,988 and D 87,982,370 learnable parameters (within 1% required; exact here)."""
     info_main(["experiment=imagenet128_biggan", "--json"])
