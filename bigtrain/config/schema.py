@@ -103,6 +103,8 @@ class TrainerConfig:
     sample_every: int = 500
     ckpt_every: int = 500
     keep_last: int = 3
+    channels_last: bool = False  # NHWC memory format for G, D and the images (faster convs on GPUs)
+    compile: bool = False  # torch.compile G and D in place (state_dict keys unchanged)
     accumulation: int = 1  # micro-batches of data.batch_size per optimizer step (BigGAN: 8)
     on_nonfinite: NonFinitePolicy = NonFinitePolicy.stop
     max_nonfinite_skips: int = 20  # with on_nonfinite=skip: this many in a row still stops the run

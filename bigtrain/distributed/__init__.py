@@ -51,6 +51,16 @@ def print0(*args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs, flush=True)
 
 
+def shutdown(clean: bool) -> None:
+    """End the process group: after a barrier when the run ended well (so no rank exits while
+    another still talks to it), at once after an error (a peer may be gone)."""
+    if not is_dist():
+        return
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()

@@ -144,8 +144,9 @@ class BigGANGenerator(nn.Module):
     ``attention`` lists the resolutions after whose block a :class:`SelfAttention` is inserted
     (resolutions the model does not produce are ignored, as in the release). ``sn_eps`` is the
     spectral-norm epsilon (release default 1e-8, its ImageNet scripts 1e-6), ``bn_eps`` the BN one.
-    ``cross_replica_bn`` builds ``nn.SyncBatchNorm`` layers (plain BN layers can also be converted
-    later with ``nn.SyncBatchNorm.convert_sync_batchnorm``).
+    ``cross_replica_bn`` marks the model (attribute ``cross_replica_bn``) so that the trainer swaps
+    its BatchNorm layers for cross-replica ones when several processes train
+    (``bigtrain.distributed.sync_bn``); the model itself stays single-device.
     """
 
     def __init__(
@@ -190,6 +191,7 @@ class BigGANGenerator(nn.Module):
             chunk = 0
             self.z_splits = [z_dim]
 
+        self.cross_replica_bn = cross_replica_bn
         bn_kw = {"eps": bn_eps, "cross_replica": cross_replica_bn}
         self.shared: nn.Embedding | None = None
         make_norm: NormFactory

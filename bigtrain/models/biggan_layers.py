@@ -149,15 +149,14 @@ def sn_embedding(
 
 def batch_norm_2d(
     num_features: int, *, affine: bool, eps: float = 1e-5, momentum: float = 0.1, cross_replica: bool = False
-) -> nn.BatchNorm2d | nn.SyncBatchNorm:
-    """``nn.BatchNorm2d``, or ``nn.SyncBatchNorm`` for cross-replica statistics (paper appendix C).
-
-    Both are ``_BatchNorm`` subclasses, so a model built either way can still be converted later
-    with ``nn.SyncBatchNorm.convert_sync_batchnorm``. ``SyncBatchNorm`` falls back to ordinary BN
-    outside an initialised multi-process group, so a cross-replica model also runs on one device.
+) -> nn.BatchNorm2d:
+    """``nn.BatchNorm2d``. Cross-replica statistics (paper appendix C) are applied from outside:
+    the model only records ``cross_replica_bn`` and the trainer swaps these layers with
+    ``bigtrain.distributed.sync_bn.convert_cross_replica_bn`` when several processes train, so
+    model code stays single-device. ``cross_replica`` is accepted for the call sites' clarity.
     """
-    cls = nn.SyncBatchNorm if cross_replica else nn.BatchNorm2d
-    return cls(num_features, eps=eps, momentum=momentum, affine=affine)
+    del cross_replica
+    return nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=affine)
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -172,8 +171,8 @@ class ConditionalBatchNorm(nn.Module):
     * ``embedding=True``: ``c`` is a class index and ``gain`` / ``bias`` are ``nn.Embedding`` tables
       of ``cond_dim`` rows, the release's layout when G has no shared embedding.
 
-    The statistics live in a child ``nn.BatchNorm2d(affine=False)`` (or ``SyncBatchNorm``), so
-    ``nn.SyncBatchNorm.convert_sync_batchnorm`` finds and replaces it.
+    The statistics live in a child ``nn.BatchNorm2d(affine=False)``, so a converter (cross-replica
+    BN, ``nn.SyncBatchNorm.convert_sync_batchnorm``) finds and replaces it.
     """
 
     def __init__(

@@ -21,6 +21,7 @@ from torch import nn
 
 from bigtrain import distributed as bdist
 from bigtrain.data.manifest import DatasetManifest
+from bigtrain.distributed.sync_bn import convert_cross_replica_bn
 from bigtrain.losses import build_loss, gradient_penalty
 from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models import build_gan
@@ -60,14 +61,25 @@ class GANTask:
             d_norm=cfg.model.d_norm,
             **arch,  # type: ignore[arg-type]
         )
-        self.G.to(device)
-        self.D.to(device)
+        if bdist.world_size() > 1:  # BigGAN's cross-replica BN, applied from outside the model
+            for net in (self.G, self.D):
+                if getattr(net, "cross_replica_bn", False):
+                    convert_cross_replica_bn(net)
+        self.memory_format = (
+            torch.channels_last if cfg.trainer.get("channels_last") else torch.contiguous_format
+        )
+        self.G.to(device, memory_format=self.memory_format)
+        self.D.to(device, memory_format=self.memory_format)
         bdist.broadcast_module(self.G)
         bdist.broadcast_module(self.D)
         self.opt_G = _adam(self.G.parameters(), cfg.optim.g)
         self.opt_D = _adam(self.D.parameters(), cfg.optim.d)
         self.loss = build_loss(str(cfg.loss.name))
         self.ema = EMA(self.G, cfg.ema.decay, cfg.ema.start_step, cfg.ema.warmup) if cfg.ema.enabled else None
+        if cfg.trainer.get("compile"):
+            # in place (nn.Module.compile), so state_dict keys and the EMA copy are unaffected
+            self.G.compile()
+            self.D.compile()
         self.z_dim = cfg.model.z_dim
         self.batch_size = cfg.data.batch_size
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
@@ -151,7 +163,9 @@ class GANTask:
         real_logit = fake_logit = gp_sum = torch.zeros((), device=self.device)
         for _ in range(self.accumulation):
             batch = next(data)
-            real = batch["image"].to(self.device, non_blocking=True)
+            real = (
+                batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            )
             y_real = batch["label"].to(self.device) if self.num_classes else None
             n = real.shape[0]
             z = torch.randn(n, self.z_dim, device=self.device)

@@ -346,7 +346,13 @@ class Trainer:
 
 
 def train(cfg: DictConfig) -> TrainResult:
-    return Trainer(cfg).fit()
+    clean = False
+    try:
+        result = Trainer(cfg).fit()
+        clean = True
+        return result
+    finally:
+        bdist.shutdown(clean)
 
 
 __all__ = ["Trainer", "TrainResult", "train", "CheckpointError"]

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from bigtrain.distributed.sync_bn import CrossReplicaBatchNorm, convert_cross_replica_bn
 from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models.biggan import BigGANDiscriminator, BigGANGenerator, build_biggan
 from bigtrain.models.biggan_deep import DeepDBlock, DeepGBlock
@@ -247,7 +248,10 @@ def test_sync_batchnorm_conversion() -> None:
     assert x.shape == (BATCH, 3, 32, 32)
 
     built = BigGANGenerator(32, 3, 0, z_dim=20, ch=16, hier=False, attention=(), cross_replica_bn=True)
-    assert sum(isinstance(m, nn.SyncBatchNorm) for m in built.modules()) == 7
+    assert built.cross_replica_bn  # the trainer converts it (bigtrain.distributed.sync_bn)
+    converted = convert_cross_replica_bn(built)
+    assert sum(isinstance(m, CrossReplicaBatchNorm) for m in converted.modules()) == 7
+    assert converted(torch.randn(BATCH, 20), None).shape == (BATCH, 3, 32, 32)  # alone: plain BN
 
 
 def test_input_validation() -> None:
