@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from bigtrain.models.dcgan import D_NORMS
+from bigtrain.train.augment import parse_policy
 
 
 class ConfigError(ValueError):
@@ -42,5 +43,9 @@ def validate(cfg: DictConfig, num_classes: int) -> None:
             problems.append(f"trainer.{key} must be >= 1")
     if cfg.eval.enabled and cfg.eval.num_samples < 2:
         problems.append("eval.num_samples must be >= 2")
+    try:
+        parse_policy(str(cfg.loss.diffaugment or ""))
+    except ValueError as exc:
+        problems.append(f"loss.diffaugment: {exc}")
     if problems:
         raise ConfigError("; ".join(problems))

@@ -25,6 +25,7 @@ from bigtrain.distributed.sync_bn import convert_cross_replica_bn
 from bigtrain.losses import build_loss, gradient_penalty
 from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models import build_gan
+from bigtrain.train.augment import diff_augment, parse_policy
 from bigtrain.train.ema import EMA
 from bigtrain.train.tasks import NonFiniteLossError, register_task
 
@@ -75,6 +76,7 @@ class GANTask:
         self.opt_G = _adam(self.G.parameters(), cfg.optim.g)
         self.opt_D = _adam(self.D.parameters(), cfg.optim.d)
         self.loss = build_loss(str(cfg.loss.name))
+        self.augment = parse_policy(str(cfg.loss.get("diffaugment", "") or ""))
         self.ema = EMA(self.G, cfg.ema.decay, cfg.ema.start_step, cfg.ema.warmup) if cfg.ema.enabled else None
         if cfg.trainer.get("compile"):
             # in place (nn.Module.compile), so state_dict keys and the EMA copy are unaffected
@@ -172,6 +174,8 @@ class GANTask:
             y_fake = self._labels(n)
             with torch.no_grad(), autocast():
                 fake = self.G(z, y_fake)
+            if self.augment:  # DiffAugment: D only ever sees augmented images, real and fake alike
+                real, fake = diff_augment(real, self.augment), diff_augment(fake.detach(), self.augment)
             with autocast():
                 real_logits = self.D(real, y_real)
                 fake_logits = self.D(fake.detach(), y_fake)
@@ -206,7 +210,10 @@ class GANTask:
                 z = torch.randn(self.batch_size, self.z_dim, device=self.device)
                 y_fake = self._labels(self.batch_size)
                 with autocast():
-                    loss = self.loss.g_loss(self.D(self.G(z, y_fake), y_fake).float())
+                    fake = self.G(z, y_fake)
+                    if self.augment:
+                        fake = diff_augment(fake, self.augment)
+                    loss = self.loss.g_loss(self.D(fake, y_fake).float())
                 if self.cfg.loss.g_ortho > 0:
                     loss = loss + orthogonal_penalty(self.G, self.cfg.loss.g_ortho, self._g_ortho_exempt)
                 self.scaler_G.scale(loss / self.accumulation).backward()

@@ -131,3 +131,16 @@ def test_orthogonal_regularisation_enters_the_loss() -> None:
     plain = _task().train_step(1, _data())
     reg = _task("loss.g_ortho=10.0").train_step(1, _data())
     assert reg["loss/G"] > plain["loss/G"]
+
+
+def test_diffaugment_trains_and_is_validated() -> None:
+    from bigtrain.config.validate import ConfigError, validate
+
+    task = _task("loss.diffaugment='color,translation,cutout'")
+    assert task.augment == ("color", "translation", "cutout")
+    m = task.train_step(1, _data())
+    assert math.isfinite(m["loss/D"]) and math.isfinite(m["loss/G"])
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["data.path=/x", "loss.diffaugment=flip"])
+    with pytest.raises(ConfigError, match="unknown DiffAugment policy 'flip'"):
+        validate(cfg, num_classes=0)
