@@ -1,5 +1,6 @@
-"""``bigtrain evaluate CKPT``: FID of the checkpoint's EMA generator with N samples, printed as one
-JSON line and logged to the run's MLflow run as ``fid/<feature>/n<N>`` at the checkpoint's step."""
+"""``bigtrain evaluate CKPT``: FID (with IS and precision/recall from the same samples) of the
+checkpoint's EMA generator with N samples, printed as one JSON line and logged to the run's MLflow
+run as ``fid/<feature>/n<N>`` (``is/...``, ``precision/...``, ``recall/...``) at its step."""
 
 from __future__ import annotations
 
@@ -31,15 +32,23 @@ def main(argv: list[str]) -> int:
         if a.seed is not None:
             ecfg.seed = a.seed
     fid = FIDEvaluator(ecfg, snap.manifest, snap.device)
-    value = fid(snap.task.sampler())
+    results = {f"{k}/n{ecfg.num_samples}": v for k, v in fid(snap.task.sampler()).items()}
     key = f"{fid.metric_key}/n{ecfg.num_samples}"
-    out = {"step": snap.checkpoint.step, "metric": key, "value": value, "num_samples": ecfg.num_samples}
+    out = {
+        "step": snap.checkpoint.step,
+        "metric": key,
+        "value": results[key],
+        "num_samples": ecfg.num_samples,
+        "metrics": results,
+    }
     run_id = snap.checkpoint.meta.get("mlflow_run_id")
     uri = snap.checkpoint.meta.get("tracking_uri")
     if run_id and uri and not a.no_log:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(uri).log_metric(run_id, key, value, step=snap.checkpoint.step)
+        client = MlflowClient(uri)
+        for k, v in results.items():
+            client.log_metric(run_id, k, v, step=snap.checkpoint.step)
         out["mlflow_run_id"] = run_id
     print(json.dumps(out))
     return 0

@@ -128,6 +128,8 @@ class EvalConfig:
     ref_split: str = "train"
     ref_max_images: int = 50000
     seed: int = 1234  # fixed z for FID, separate from training randomness
+    inception_score: bool = True  # IS from the feature network's class head, same samples
+    precision_recall: bool = True  # Kynkäänniemi et al. 2019, k = 3, in the FID feature space
     enabled: bool = True
 
 

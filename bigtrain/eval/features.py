@@ -94,6 +94,8 @@ class FeatureExtractor:
     input_size: int
     dim: int
     model: Callable[[Tensor], Tensor] = field(repr=False)
+    # class probabilities [B, classes] from the same input, for the Inception Score (None: no IS)
+    probs: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
 
     def __call__(self, x: Tensor) -> Tensor:
         """Features of ``x`` ``[B, 3, S, S]`` in ``[0, 255]``; checks the shape because a wrong resize
@@ -168,7 +170,14 @@ def _build_inception(device: torch.device) -> FeatureExtractor:
 
     # resize_inside=False: the caller has already done clean-fid's PIL-bicubic resize to 299.
     model = InceptionV3W(str(path.parent), download=False, resize_inside=False).to(device).eval()
-    return FeatureExtractor(name="inception", input_size=299, dim=2048, model=model)
+
+    def probs(x: Tensor) -> Tensor:
+        # The torchscript network's own head: softmax over its 1008 classes, without the output bias,
+        # as StyleGAN2-ADA's IS uses it (input already at 299, so its internal resize is a no-op).
+        # Not exercised here: the weights cannot be had on the development machines.
+        return model.base(x, no_output_bias=True)
+
+    return FeatureExtractor(name="inception", input_size=299, dim=2048, model=model, probs=probs)
 
 
 # ------------------------------------------------------------------------------------------------ digits
@@ -359,7 +368,12 @@ def _build_digits(device: torch.device) -> FeatureExtractor:
         gray = x.mean(dim=1, keepdim=True) / 255.0
         return net.features(gray)
 
-    return FeatureExtractor(name="digits", input_size=DIGITS_SIZE, dim=DIGITS_FEATURE_DIM, model=model)
+    def probs(x: Tensor) -> Tensor:
+        return torch.softmax(net(x.mean(dim=1, keepdim=True) / 255.0), dim=1)  # eval mode: no dropout
+
+    return FeatureExtractor(
+        name="digits", input_size=DIGITS_SIZE, dim=DIGITS_FEATURE_DIM, model=model, probs=probs
+    )
 
 
 register_feature_extractor("inception", _build_inception)

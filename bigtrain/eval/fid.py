@@ -79,8 +79,12 @@ def images_to_features(
     progress: bool = True,
     total: int | None = None,
     desc: str = "FID features",
+    probs_out: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Features ``[N, extractor.dim]`` of uint8 image batches, via clean-fid's "clean" pipeline.
+
+    With ``probs_out`` (a list) and an extractor that has class probabilities, each batch's
+    probabilities are appended to it from the same resized images (for the Inception Score).
 
     Each image is made HxWx3, resized to ``extractor.input_size`` with clean-fid's PIL-bicubic float
     resizer (no re-quantisation, as clean-fid does), stacked to a ``[B, 3, S, S]`` float tensor in
@@ -101,6 +105,9 @@ def images_to_features(
             resized = np.stack([resize(img) for img in images]).transpose(0, 3, 1, 2)
             x = torch.from_numpy(np.ascontiguousarray(resized, dtype=np.float32))
             feats.append(np.asarray(get_batch_features(x, extractor, device)))
+            if probs_out is not None and extractor.probs is not None:
+                with torch.no_grad():
+                    probs_out.append(extractor.probs(x.to(device)).float().cpu().numpy())
             bar.update(len(images))
     if not feats:
         raise ValueError("no images to compute features from")
@@ -130,6 +137,7 @@ def generator_features(
     seed: int,
     *,
     progress: bool = True,
+    probs_out: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Features ``[num, dim]`` of ``num`` generator samples, quantised like saved PNGs first.
 
@@ -157,7 +165,13 @@ def generator_features(
             remaining -= n
 
     return images_to_features(
-        batches(), extractor, device, progress=progress, total=num, desc=f"FID {extractor.name} samples"
+        batches(),
+        extractor,
+        device,
+        progress=progress,
+        total=num,
+        desc=f"FID {extractor.name} samples",
+        probs_out=probs_out,
     )
 
 
@@ -198,6 +212,8 @@ def _sqrtm(m: np.ndarray) -> np.ndarray:
     out = scipy.linalg.sqrtm(m)
     return out[0] if isinstance(out, tuple) else out
 
+
+REFERENCE_SUBSET = 10_000  # real features kept beside (mu, sigma) for precision/recall
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_STEM = 120
@@ -244,7 +260,8 @@ def reference_stats(
     if path.is_file():
         with np.load(path) as data:
             mu, sigma = data["mu"], data["sigma"]
-        if mu.shape == (extractor.dim,):
+            has_subset = "feats_subset" in data
+        if mu.shape == (extractor.dim,) and has_subset:
             return mu, sigma
         logger.warning(
             "%s has %s-d statistics, extractor %r is %d-d; recomputing",
@@ -258,6 +275,9 @@ def reference_stats(
         make_batches(), extractor, device, progress=progress, desc=f"FID reference {key}"
     )
     mu, sigma = feature_stats(feats)
+    # a fixed random subset of the real features, for precision/recall (k-NN needs the points)
+    pick = np.random.default_rng(0).permutation(len(feats))[:REFERENCE_SUBSET]
+    subset = feats[np.sort(pick)].astype(np.float32)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object stops np.savez from appending ".npz" to the temp name
@@ -265,6 +285,7 @@ def reference_stats(
                 f,
                 mu=mu,
                 sigma=sigma,
+                feats_subset=subset,
                 num_images=np.int64(len(feats)),
                 key=np.str_(key),
                 extractor=np.str_(extractor.name),
@@ -273,6 +294,15 @@ def reference_stats(
     _atomic_write(path, write)
     logger.info("FID reference statistics for %r (%d images) cached at %s", key, len(feats), path)
     return mu, sigma
+
+
+def reference_features(key: str, extractor_name: str, cache_root: Path | None = None) -> np.ndarray | None:
+    """The cached subset of real features for ``key`` (written by :func:`reference_stats`), or None."""
+    path = reference_stats_path(key, extractor_name, cache_root)
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return data.get("feats_subset")
 
 
 def compute_fid(

@@ -37,6 +37,8 @@ from bigtrain.models.biggan_layers import (
     sn_embedding,
     sn_linear,
 )
+from bigtrain.models.common import check_labels as _labels
+from bigtrain.models.common import projection
 from bigtrain.models.dcgan import D_NORMS
 
 BOTTOM_WIDTH = 4
@@ -101,17 +103,6 @@ def _d_stages(resolution: int) -> list[_Stage]:
         res = res // 2 if down else res
         stages.append(_Stage(i, o, res, down))
     return stages
-
-
-def _labels(y: Tensor | None, num_classes: int, batch: int) -> Tensor | None:
-    """Return ``y`` for a conditional model, ``None`` for an unconditional one (which ignores y)."""
-    if num_classes <= 0:
-        return None
-    if y is None:
-        raise ValueError(f"this model is class-conditional (num_classes={num_classes}); pass labels y")
-    if y.shape != (batch,):
-        raise ValueError(f"labels must have shape [{batch}], got {list(y.shape)}")
-    return y
 
 
 def _attention_set(attention: Iterable[int]) -> frozenset[int]:
@@ -364,10 +355,7 @@ class BigGANDiscriminator(nn.Module):
         """Score images ``x: [B, C, H, W]`` (with labels ``y: [B]``); returns raw logits ``[B]``."""
         y = _labels(y, self.num_classes, x.shape[0])
         h = self.features(x)
-        logit = self.linear(h).squeeze(1)
-        if self.embed is not None and y is not None:
-            logit = logit + (self.embed(y) * h).sum(dim=1)
-        return logit
+        return projection(self.linear(h).squeeze(1), self.embed, y, h)
 
 
 _ARCH_KEYS = frozenset(

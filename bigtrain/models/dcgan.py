@@ -13,6 +13,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from bigtrain.models.common import check_labels as _labels
+from bigtrain.models.common import projection
+
 D_NORMS = ("batch", "layer", "none")
 
 
@@ -21,17 +24,6 @@ def _num_stages(resolution: int) -> int:
     if resolution < 8 or resolution & (resolution - 1) != 0:
         raise ValueError(f"DCGAN resolution must be a power of two >= 8, got {resolution}")
     return int(math.log2(resolution)) - 2
-
-
-def _labels(y: Tensor | None, num_classes: int, batch: int) -> Tensor | None:
-    """Return ``y`` for a conditional model, ``None`` for an unconditional one (which ignores y)."""
-    if num_classes <= 0:
-        return None
-    if y is None:
-        raise ValueError(f"this model is class-conditional (num_classes={num_classes}); pass labels y")
-    if y.shape != (batch,):
-        raise ValueError(f"labels must have shape [{batch}], got {list(y.shape)}")
-    return y
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -172,8 +164,5 @@ class DCGANDiscriminator(nn.Module):
         """Score images ``x: [B, C, H, W]`` (with labels ``y: [B]``); returns raw logits ``[B]``."""
         y = _labels(y, self.num_classes, x.shape[0])
         h = self.features(x)
-        logit = self.head(h).flatten()
-        if self.embed is not None and y is not None:
-            # Projection term, Miyato & Koyama 2018 eq. 3, on globally sum-pooled features.
-            logit = logit + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
-        return logit
+        # the projection term on globally sum-pooled features
+        return projection(self.head(h).flatten(), self.embed, y, h.sum(dim=(2, 3)))

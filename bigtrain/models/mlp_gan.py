@@ -11,20 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
-def _labels(y: Tensor | None, num_classes: int, batch: int) -> Tensor | None:
-    """Return ``y`` for a conditional model, ``None`` for an unconditional one.
-
-    Unconditional models ignore labels rather than reject them, so a trainer can feed batches from
-    a labelled dataset to any model. A conditional model cannot invent labels, so it fails loudly.
-    """
-    if num_classes <= 0:
-        return None
-    if y is None:
-        raise ValueError(f"this model is class-conditional (num_classes={num_classes}); pass labels y")
-    if y.shape != (batch,):
-        raise ValueError(f"labels must have shape [{batch}], got {list(y.shape)}")
-    return y
+from bigtrain.models.common import check_labels as _labels
+from bigtrain.models.common import projection
 
 
 class MLPGenerator(nn.Module):
@@ -114,8 +102,4 @@ class MLPDiscriminator(nn.Module):
         """Score images ``x: [B, C, H, W]`` (with labels ``y: [B]``); returns raw logits ``[B]``."""
         y = _labels(y, self.num_classes, x.shape[0])
         h = self.features(x)
-        logit = self.head(h).squeeze(1)
-        if self.embed is not None and y is not None:
-            # Projection term, Miyato & Koyama 2018 eq. 3: y^T V phi(x).
-            logit = logit + (self.embed(y) * h).sum(dim=1)
-        return logit
+        return projection(self.head(h).squeeze(1), self.embed, y, h)

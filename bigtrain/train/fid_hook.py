@@ -1,5 +1,6 @@
-"""FID during training: the reference statistics of the dataset, built once and cached, and the
-EMA generator judged against them through clean-fid. Only the main process evaluates."""
+"""Evaluation during training: FID (clean-fid) against the dataset's cached reference statistics,
+plus the Inception Score and precision/recall from the same feature network and the same samples,
+all on the EMA generator. Only the main process evaluates."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from omegaconf import DictConfig
 
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.prepare import iter_images
-from bigtrain.eval import build_feature_extractor, compute_fid, reference_stats
+from bigtrain.eval import build_feature_extractor, reference_stats
+from bigtrain.eval.fid import feature_stats, frechet_distance, generator_features, reference_features
+from bigtrain.eval.metrics import inception_score, precision_recall
 from bigtrain.train.rng import preserve_rng
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,7 @@ class FIDEvaluator:
         self.cfg, self.manifest, self.device = cfg, manifest, device
         self._extractor: Any = None
         self._ref: tuple[np.ndarray, np.ndarray] | None = None
+        self._ref_feats: np.ndarray | None = None
 
     @property
     def metric_key(self) -> str:
@@ -42,25 +46,36 @@ class FIDEvaluator:
         with preserve_rng():
             self._extractor = build_feature_extractor(self.cfg.feature, self.device)
             split, limit = self.cfg.ref_split, self.cfg.ref_max_images
+            key = reference_key(self.manifest, split, limit)
             self._ref = reference_stats(
-                reference_key(self.manifest, split, limit),
+                key,
                 lambda: iter_images(self.manifest, split, self.cfg.batch_size, limit),
                 self._extractor,
                 self.device,
             )
+            self._ref_feats = reference_features(key, self._extractor.name)
 
-    def __call__(self, sampler: Callable[[int, torch.Generator], torch.Tensor]) -> float:
+    def __call__(self, sampler: Callable[[int, torch.Generator], torch.Tensor]) -> dict[str, float]:
+        """``{"fid/<net>": .., "is/<net>": .., "precision/<net>": .., "recall/<net>": ..}`` from one
+        set of ``eval.num_samples`` samples (IS when the network has a class head)."""
         self.prepare()
         assert self._ref is not None
+        net = self.cfg.feature
+        probs: list[np.ndarray] = []
         with preserve_rng():
-            return float(
-                compute_fid(
-                    sampler,
-                    self.cfg.num_samples,
-                    self.cfg.batch_size,
-                    self._extractor,
-                    self.device,
-                    self.cfg.seed,
-                    self._ref,
-                )
+            feats = generator_features(
+                sampler,
+                self.cfg.num_samples,
+                self.cfg.batch_size,
+                self._extractor,
+                self.device,
+                self.cfg.seed,
+                probs_out=probs if self.cfg.get("inception_score", True) else None,
             )
+        mu, sigma = feature_stats(feats)
+        out = {f"fid/{net}": frechet_distance(mu, sigma, *self._ref)}
+        if probs:
+            out[f"is/{net}"] = inception_score(np.concatenate(probs))[0]
+        if self.cfg.get("precision_recall", True) and self._ref_feats is not None:
+            out[f"precision/{net}"], out[f"recall/{net}"] = precision_recall(self._ref_feats, feats)
+        return out

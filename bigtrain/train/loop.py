@@ -239,15 +239,16 @@ class Trainer:
         value = None
         if self.main and self.fid is not None:
             t = time.time()
-            value = self.fid(self.task.sampler())
+            results = self.fid(self.task.sampler())
+            value = results[self.fid.metric_key]
             self.fid_history[self.step] = value
-            self.tracker.log_metrics({self.fid.metric_key: value}, self.step)
+            self.tracker.log_metrics(results, self.step)
             self.tracker.set_tags({"fid_last": f"{value:.4f}"})
+            shown = ", ".join(f"{k} = {v:.3f}" for k, v in results.items())
             log.info(
-                "step %d: %s = %.3f (%d samples, %.1f s)",
+                "step %d: %s (%d samples, %.1f s)",
                 self.step,
-                self.fid.metric_key,
-                value,
+                shown,
                 self.cfg.eval.num_samples,
                 time.time() - t,
             )

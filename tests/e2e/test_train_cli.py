@@ -73,7 +73,19 @@ def test_mlflow_run_has_params_metrics_images_artifacts_tags(resumed_pair: tuple
     assert run.info.status == "FINISHED"
     assert run.data.params["model.name"] == "dcgan" and run.data.params["trainer.max_steps"] == "40"
     assert run.data.params["data.path"].endswith("mnist5k") or "mnist5k" in run.data.params["data.path"]
-    for key in ("loss/D", "loss/G", "grad_norm/D", "grad_norm/G", "img_per_s", "data/skipped", "fid/digits"):
+    for key in (
+        "loss/D",
+        "loss/G",
+        "grad_norm/D",
+        "grad_norm/G",
+        "img_per_s",
+        "data/skipped",
+        "fid/digits",
+        "is/digits",
+        "precision/digits",
+        "recall/digits",
+        "train/nonfinite_skips",
+    ):
         assert key in run.data.metrics, key
     assert {"git_commit", "host", "last_checkpoint"} <= set(run.data.tags)
     artifacts = {f.path for f in client.list_artifacts(run_id)}

@@ -1,0 +1,69 @@
+"""Inception Score and improved precision/recall: known cases, and their place beside FID."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bigtrain.config.schema import EvalConfig
+from bigtrain.eval.features import FeatureExtractor, register_feature_extractor
+from bigtrain.eval.metrics import inception_score, precision_recall
+
+
+def test_inception_score_extremes() -> None:
+    confident_uniform = np.eye(10)[np.arange(1000) % 10]  # sure of each class, all classes equally
+    assert inception_score(confident_uniform)[0] == pytest.approx(10.0, rel=1e-6)
+    one_class = np.tile(np.eye(10)[3], (1000, 1))
+    assert inception_score(one_class)[0] == pytest.approx(1.0, abs=1e-6)
+    unsure = np.full((1000, 10), 0.1)
+    assert inception_score(unsure)[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_precision_recall_fidelity_versus_coverage() -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(scale=10, size=(8, 4))
+    real = centers[rng.integers(0, 8, 2000)] + rng.normal(size=(2000, 4))
+    same = centers[rng.integers(0, 8, 2000)] + rng.normal(size=(2000, 4))
+    p, r = precision_recall(real, same)
+    assert p > 0.9 and r > 0.9
+    collapsed = centers[rng.integers(0, 2, 2000)] + rng.normal(size=(2000, 4))  # 2 of 8 modes
+    p, r = precision_recall(real, collapsed)
+    assert p > 0.9 and r < 0.45  # faithful but poor coverage
+    far = same + 100.0
+    assert precision_recall(real, far) == (0.0, 0.0)
+
+
+def test_evaluator_reports_fid_is_precision_recall(mnist_shards: Path) -> None:
+    from bigtrain.data.manifest import DatasetManifest
+    from bigtrain.train.fid_hook import FIDEvaluator
+
+    torch.manual_seed(0)
+    proj = torch.randn(3 * 8 * 8, 16)
+    head = torch.randn(16, 5)
+
+    def factory(device: torch.device) -> FeatureExtractor:
+        def feats(x: torch.Tensor) -> torch.Tensor:
+            return (x / 255.0).flatten(1) @ proj
+
+        return FeatureExtractor(
+            "tiny-metrics", 8, 16, feats, probs=lambda x: torch.softmax(feats(x) @ head, 1)
+        )
+
+    register_feature_extractor("tiny-metrics", factory)
+    cfg = OmegaConf.structured(
+        EvalConfig(feature="tiny-metrics", num_samples=300, batch_size=100, ref_max_images=600)
+    )
+    ev = FIDEvaluator(cfg, DatasetManifest.load(mnist_shards), torch.device("cpu"))
+    noise = ev(lambda n, g: torch.rand(n, 1, 32, 32, generator=g) * 2 - 1)
+    assert set(noise) == {
+        "fid/tiny-metrics",
+        "is/tiny-metrics",
+        "precision/tiny-metrics",
+        "recall/tiny-metrics",
+    }
+    assert 1.0 <= noise["is/tiny-metrics"] <= 5.0 and noise["fid/tiny-metrics"] > 0
+    assert noise["precision/tiny-metrics"] < 0.2  # uniform noise is nowhere near the digits
