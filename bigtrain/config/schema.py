@@ -75,6 +75,9 @@ class LossConfig:
     name: LossName = LossName.non_saturating
     d_steps: int = 1  # k discriminator steps per generator step (Goodfellow et al. 2014, Alg. 1)
     gp_weight: float = 10.0  # WGAN-GP lambda
+    # D on real and fake as two batches (DCGAN: batchnorm statistics per kind) or, False, as one
+    # concatenated batch (BigGAN's split_D=False: one forward, one spectral-norm power iteration)
+    split_d: bool = True
     diffaugment: str = ""  # DiffAugment policy for small datasets, e.g. "color,translation,cutout"
     # BigGAN's off-diagonal orthogonal regularisation of G's / D's weights (Brock et al. 2019, 3.1)
     g_ortho: float = 0.0

@@ -177,8 +177,13 @@ class GANTask:
             if self.augment:  # DiffAugment: D only ever sees augmented images, real and fake alike
                 real, fake = diff_augment(real, self.augment), diff_augment(fake.detach(), self.augment)
             with autocast():
-                real_logits = self.D(real, y_real)
-                fake_logits = self.D(fake.detach(), y_fake)
+                if self.cfg.loss.split_d:
+                    real_logits = self.D(real, y_real)
+                    fake_logits = self.D(fake.detach(), y_fake)
+                else:
+                    y_both = None if y_real is None else torch.cat([y_real, y_fake])
+                    both = self.D(torch.cat([real, fake.detach().to(real.dtype)]), y_both)
+                    real_logits, fake_logits = both[:n], both[n:]
                 loss = self.loss.d_loss(real_logits.float(), fake_logits.float())
             if self.loss.gradient_penalty:
                 gp = gradient_penalty(

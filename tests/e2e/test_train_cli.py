@@ -200,3 +200,32 @@ def test_multirun_sweep_gives_each_job_its_own_run_folder(mnist_shards: Path, tm
     exp = client.get_experiment_by_name("bigtrain")
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.data.params["loss.name"] for r in runs) == ["hinge", "lsgan"]
+
+
+def test_conditional_biggan_samples_by_class_with_truncation(mnist_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_cli(
+        "train",
+        "experiment=mnist_biggan",
+        f"data.path={mnist_shards}",
+        f"run.dir={run}",
+        "tracking.enabled=false",
+        *TINY,
+        "model.arch.shared_dim=8",
+        "trainer.max_steps=3",
+        "eval.enabled=false",
+        "sample.grid_rows=4",
+    )
+    assert Image.open(run / "samples" / "step-00000003.png").size == (
+        4 * 34 + 2,
+        10 * 34 + 2,
+    )  # a row per class
+    ckpt = run / "checkpoints" / "step-00000003"
+    out = tmp_path / "per_class.png"
+    run_cli("sample", str(ckpt), "--out", str(out), "--per-class", "--rows", "5", "--truncation", "0.5")
+    assert Image.open(out).size == (5 * 34 + 2, 10 * 34 + 2)
+    one = tmp_path / "threes.png"
+    run_cli("sample", str(ckpt), "--out", str(one), "--class", "3", "--rows", "2")
+    assert Image.open(one).size == (2 * 34 + 2, 2 * 34 + 2)
+    bad = run_cli("sample", str(ckpt), "--out", str(one), "--class", "12", check=False)
+    assert bad.returncode == 2 and "out of range" in bad.stderr

@@ -144,3 +144,12 @@ def test_diffaugment_trains_and_is_validated() -> None:
         cfg = compose("train", overrides=["data.path=/x", "loss.diffaugment=flip"])
     with pytest.raises(ConfigError, match="unknown DiffAugment policy 'flip'"):
         validate(cfg, num_classes=0)
+
+
+def test_joint_d_batch_equals_split_for_a_batch_independent_d() -> None:
+    """Without batch-dependent layers in D (here d_norm=none), one concatenated forward gives the
+    same losses as two; the option exists for BigGAN (one spectral-norm update per D step)."""
+    split = _task("model.d_norm=none").train_step(1, _data())
+    joint = _task("model.d_norm=none", "loss.split_d=false").train_step(1, _data())
+    assert joint["loss/D"] == pytest.approx(split["loss/D"], rel=1e-5)
+    assert joint["D/real_logit"] == pytest.approx(split["D/real_logit"], rel=1e-5)
