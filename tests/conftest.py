@@ -8,6 +8,7 @@ are built once per session, as they would be once per machine for a user.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,13 @@ def mnist_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mnist5k")
     prepare("builtin:mnist5k", out, PrepareOptions(resolution=32, samples_per_shard=500, progress=False))
     return out
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for a process-group rendezvous or a server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(

@@ -4,7 +4,6 @@ output, running statistics and gradients of ordinary BatchNorm on the whole batc
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -13,12 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from bigtrain.distributed.sync_bn import CrossReplicaBatchNorm, convert_cross_replica_bn
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -49,7 +43,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 def test_two_ranks_match_bn_on_the_global_batch(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
     x = (torch.randn(8, 3, 5, 5) * 3 + 1).requires_grad_(True)
     ref = nn.BatchNorm2d(3)
