@@ -63,6 +63,8 @@ def build_gan(
     """
     if name not in GAN_MODELS:
         raise ValueError(f"unknown GAN model {name!r}; known: {', '.join(sorted(GAN_MODELS))}")
+    if d_norm not in D_NORMS:  # checked here once for every family, used or not by its D
+        raise ValueError(f"unknown D norm {d_norm!r}; choose one of {', '.join(D_NORMS)}")
     builder = GAN_MODELS[name]
     accepted = inspect.signature(builder).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
@@ -93,9 +95,7 @@ def _build_mlp(
     d_norm: str,
 ) -> tuple[nn.Module, nn.Module]:
     """Goodfellow et al. 2014 MLP pair. Its D has no normalisation layers, so ``d_norm`` is moot:
-    any of the DCGAN choices is accepted (and checked), and WGAN-GP is safe with every one."""
-    if d_norm not in D_NORMS:
-        raise ValueError(f"unknown D norm {d_norm!r}; choose one of {', '.join(D_NORMS)}")
+    any of the DCGAN choices is accepted (``build_gan`` checks it), and WGAN-GP is safe with every one."""
     g = MLPGenerator(z_dim, resolution, channels, num_classes, g_width)
     d = MLPDiscriminator(resolution, channels, num_classes, d_width)
     return g, d

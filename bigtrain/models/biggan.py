@@ -39,7 +39,6 @@ from bigtrain.models.biggan_layers import (
 )
 from bigtrain.models.common import check_labels as _labels
 from bigtrain.models.common import projection
-from bigtrain.models.dcgan import D_NORMS
 
 BOTTOM_WIDTH = 4
 """Spatial size of G's first feature map (and of D's last)."""
@@ -391,7 +390,7 @@ def build_biggan(
     """Build a BigGAN ``(G, D)`` pair for the model registry.
 
     ``g_width`` / ``d_width`` are the release's ``G_ch`` / ``D_ch``. BigGAN's D is normalised by
-    spectral norm only, so ``d_norm`` is moot; it is still checked against the DCGAN choices (and
+    spectral norm only, so ``d_norm`` is moot (``build_gan`` checks it for every family; and
     BigGAN is then safe with per-sample penalties such as WGAN-GP's). Optional ``arch`` keys:
     ``hier`` (default True), ``shared_dim`` (128; 0 = per-layer class embeddings), ``attention``
     (resolutions for both nets, default ``(64,)``) or ``g_attention`` / ``d_attention``, ``sn_eps``
@@ -399,8 +398,6 @@ def build_biggan(
     (False) and ``wide`` (True). The defaults are the release's 128x128 ImageNet settings; its CIFAR
     one is ``hier=False, shared_dim=0, attention=()`` with widths 64 and ``z_dim=128``.
     """
-    if d_norm not in D_NORMS:
-        raise ValueError(f"unknown D norm {d_norm!r}; choose one of {', '.join(D_NORMS)}")
     unknown = set(arch) - _ARCH_KEYS
     if unknown:
         raise ValueError(

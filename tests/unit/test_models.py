@@ -216,3 +216,11 @@ def test_register_gan_adds_a_family_and_refuses_duplicates() -> None:
     finally:
         GAN_MODELS.pop("tiny_test_family")
     assert {"mlp_gan", "dcgan"} <= set(GAN_MODELS)
+
+
+@pytest.mark.parametrize("family", ["mlp_gan", "dcgan", "biggan"])
+def test_build_gan_rejects_an_unknown_d_norm_for_every_family(family: str) -> None:
+    with pytest.raises(ValueError, match="unknown D norm 'spectral'"):
+        build_gan(
+            family, resolution=32, channels=1, num_classes=0, z_dim=8, g_width=4, d_width=4, d_norm="spectral"
+        )
