@@ -9,6 +9,7 @@ previous checkpoint untouched and the half-written folder is never mistaken for 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -110,8 +111,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _save_file(obj: Any, path: Path) -> None:
+    """Serialise in memory, then write and fsync.
+
+    Streaming ``torch.save`` into the file reports a full disk as a RuntimeError from its zip
+    writer ("unexpected pos ..."), which says nothing of the cause; a plain ``write`` of the bytes
+    raises ``OSError(ENOSPC)`` / ``EROFS``, which the caller turns into one clear line.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        f.write(buf.getbuffer())
         f.flush()
         os.fsync(f.fileno())
 
@@ -202,6 +211,11 @@ def save_checkpoint(
 
 
 def _prune(run_dir: str | Path, keep_last: int) -> None:
+    # Half-written folders left by a process killed mid-save (kill -9, node failure): only rank 0
+    # writes them and it has just finished its own, so any that remain are dead.
+    for stale in checkpoint_root(run_dir).glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+        log.warning("removed half-written checkpoint folder %s", stale)
     if keep_last <= 0:
         return
     for old in list_checkpoints(run_dir)[:-keep_last]:

@@ -9,16 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
-from bigtrain.config.schema import register
-from bigtrain.config.validate import ConfigError
+from bigtrain.config.compose import compose_config
 from bigtrain.data.manifest import DatasetManifest
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 class _NoAccelerator:
@@ -73,13 +67,7 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in overrides):
         print(__doc__)
         return 0
-    register()
-    try:
-        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(" ".join(str(exc).split())) from None
-    info = describe(cfg)
+    info = describe(compose_config(overrides))
     if as_json:
         print(json.dumps(info))
         return 0

@@ -17,6 +17,8 @@ COMMANDS = {
     "inspect": "print a checkpoint's step and per-component SHA-256 digests",
     "evaluate": "FID of a checkpoint's EMA generator, logged to its MLflow run",
     "sample": "write a sample grid (or latent interpolations) from a checkpoint",
+    "compare": "FID curves of MLflow runs in one PNG, and the parameters that differ, side by side",
+    "doctor": "check what a run needs (software, GPUs, weights, shards, MLflow, SLURM); exit 1 if missing",
 }
 
 EXIT_USER_ERROR = 2
@@ -38,6 +40,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (CheckpointError, ConfigError, DatasetError, MissingWeightsError)
 
 
+def one_line(exc: BaseException) -> str:
+    """The error's own message. An error raised in a DataLoader worker arrives wrapped in the worker's
+    traceback text; its last line is ``module.ErrorType: message``, the part a user needs."""
+    text = str(exc).strip()
+    if "\n" not in text:
+        return text
+    last = text.splitlines()[-1]
+    name = type(exc).__name__
+    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+
+
 @contextmanager
 def user_errors_exit() -> Iterator[None]:
     """Turn the errors a user can fix into one ``bigtrain: error: ...`` line and an exit code.
@@ -53,7 +66,7 @@ def user_errors_exit() -> Iterator[None]:
         print(f"bigtrain: error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_NONFINITE) from None
     except _user_errors() as exc:
-        print(f"bigtrain: error: {exc}", file=sys.stderr, flush=True)
+        print(f"bigtrain: error: {one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
 
 

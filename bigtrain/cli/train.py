@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from bigtrain.config.compose import CONFIG_DIR
 from bigtrain.config.schema import register
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 register()
 
 
 def summary(result) -> str:  # noqa: ANN001 - a TrainResult
+    if result.stopped_by == "requeue":
+        head = f"preempted: saved step {result.step}; " + (
+            "the SLURM job is requeued and will resume from it"
+            if result.requeued
+            else "run the same command to resume"
+        )
+    elif result.stopped_by == "stop":
+        head = f"stopped by a signal: saved step {result.step}; run the same command to resume"
+    else:
+        head = f"done: step {result.step} in {result.seconds:.0f} s ({result.img_per_s:.0f} img/s)"
     lines = [
-        f"done: step {result.step} in {result.seconds:.0f} s ({result.img_per_s:.0f} img/s)",
+        head,
         f"  run dir:    {result.run_dir}",
         f"  checkpoint: {result.last_checkpoint}",
         f"  grid:       {result.grid}",

@@ -111,7 +111,12 @@ class TrainerConfig:
     accumulation: int = 1  # micro-batches of data.batch_size per optimizer step (BigGAN: 8)
     on_nonfinite: NonFinitePolicy = NonFinitePolicy.stop
     max_nonfinite_skips: int = 20  # with on_nonfinite=skip: this many in a row still stops the run
-    progress: bool = True
+    progress: bool = True  # a tqdm bar; without it a log line every log_every steps (batch jobs)
+    # Signals that make every rank save at the next step boundary: the first kind then requeues the
+    # SLURM job (sbatch --signal=B:USR2@<s>), the second only stops (scancel, node drain).
+    requeue_signals: list[str] = field(default_factory=lambda: ["USR2"])
+    stop_signals: list[str] = field(default_factory=lambda: ["TERM"])
+    collective_timeout_s: float = 1800.0  # a rank waiting this long on a hung peer fails instead of hanging
 
 
 @dataclass
@@ -147,6 +152,9 @@ class TrackingConfig:
     enabled: bool = True
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "bigtrain"
+    # At the end of a run, the inference weights (GANs: the EMA generator) with config.yaml and
+    # meta.json as the run's "model/" artifacts, so a reviewer goes from the UI to the weights.
+    log_model: bool = True
 
 
 @dataclass

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 from webdataset.tariterators import tarfile_samples
 
+from bigtrain.data.manifest import DatasetError
 from bigtrain.data.prepare import resize_square, to_pil
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class StreamSpec:
 class SlotPosition:
     epoch: int = 0
     cursor: int = 0
-    skipped: int = 0
+    skipped: int = 0  # samples that did not decode
+    shard_errors: int = 0  # shard reads that failed (missing, truncated, unreadable tar)
 
 
 class _ShardStream(IterableDataset):
@@ -75,6 +77,7 @@ class _ShardStream(IterableDataset):
         self.spec = spec
         self.positions = positions
         self.rotation = rotation
+        self.shard_errors = 0  # this slot's failed shard reads since its position was saved
 
     # -- the deterministic per-slot sample order -------------------------------------------------
     def _epoch_samples(self, epoch: int, slot: int, nslots: int) -> Iterator[dict[str, Any]]:
@@ -92,8 +95,9 @@ class _ShardStream(IterableDataset):
         return _shuffle(raw, bufsize=buf, initial=buf, rng=rng)
 
     def _bad_tar(self, exn: Exception) -> bool:
-        """A tar member or shard that cannot be read: log and go on (the skip counter covers samples)."""
-        log.warning("unreadable shard data skipped: %s", exn)
+        """A shard that vanished, was truncated or is not a tar: log, count, go on to the next one."""
+        self.shard_errors += 1
+        log.warning("unreadable shard data skipped: %s: %s", type(exn).__name__, exn)
         return True
 
     def _decode(self, raw: dict[str, Any], flip: bool) -> tuple[np.ndarray, int]:
@@ -126,6 +130,7 @@ class _ShardStream(IterableDataset):
         slot, nslots = s.rank * nworkers + logical, s.world_size * nworkers
         pos = self.positions.get(logical, SlotPosition())
         epoch, cursor, skipped = pos.epoch, pos.cursor, pos.skipped
+        self.shard_errors = pos.shard_errors
         images: list[np.ndarray] = []
         labels: list[int] = []
         keys: list[str] = []
@@ -151,12 +156,13 @@ class _ShardStream(IterableDataset):
                         "label": torch.tensor(labels, dtype=torch.long),
                         "keys": keys,
                         "worker": logical,
-                        "position": (epoch, cursor, skipped),
+                        "position": (epoch, cursor, skipped, self.shard_errors),
                     }
                     images, labels, keys = [], [], []
             if produced == 0 and cursor == 0:
-                raise RuntimeError(
-                    f"data slot {slot} produced no readable samples in epoch {epoch}: shards unreadable"
+                raise DatasetError(
+                    f"data slot {slot} (rank {s.rank}) read no samples in epoch {epoch}: its shards are "
+                    f"missing or unreadable ({self.shard_errors} failed shard reads); check data.path"
                 )
             epoch, cursor = epoch + 1, 0
 
@@ -176,7 +182,10 @@ class StreamState:
     def state_dict(self) -> dict[str, Any]:
         return {
             "batches": self.batches,
-            "positions": {int(k): [v.epoch, v.cursor, v.skipped] for k, v in sorted(self.positions.items())},
+            "positions": {
+                int(k): [v.epoch, v.cursor, v.skipped, v.shard_errors]
+                for k, v in sorted(self.positions.items())
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -186,6 +195,10 @@ class StreamState:
     @property
     def skipped(self) -> int:
         return sum(p.skipped for p in self.positions.values())
+
+    @property
+    def shard_errors(self) -> int:
+        return sum(p.shard_errors for p in self.positions.values())
 
 
 class DataStream:
@@ -246,8 +259,7 @@ class DataStream:
         if self._iter is None:
             self._iter = self._loader()
         batch = next(self._iter)
-        epoch, cursor, skipped = (int(v) for v in batch["position"])
-        self.state.positions[int(batch["worker"])] = SlotPosition(epoch, cursor, skipped)
+        self.state.positions[int(batch["worker"])] = SlotPosition(*(int(v) for v in batch["position"]))
         self.state.batches += 1
         return batch
 

@@ -21,13 +21,25 @@ import torch.distributed as dist
 from torch import nn
 
 
-def build_accelerator(precision: str = "no", cpu: bool | None = None) -> Any:
-    """An Accelerate ``Accelerator``: device, mixed precision, and the process group under a launcher."""
-    from accelerate import Accelerator
+def build_accelerator(precision: str = "no", cpu: bool | None = None, timeout_s: float = 1800.0) -> Any:
+    """An Accelerate ``Accelerator``: device, mixed precision, and the process group under a launcher.
 
+    ``timeout_s`` bounds every collective: when a peer hangs (a stuck node, a dead NFS mount) the
+    other ranks fail with an error after that long instead of waiting forever. A peer that *dies*
+    is noticed sooner: its sockets close and gloo/NCCL raise at once, or the launcher stops the rest.
+    """
+    from datetime import timedelta
+
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    from bigtrain.distributed.slurm import init_env_from_slurm
+
+    init_env_from_slurm()  # `srun -n N python -m bigtrain ...`: rendezvous from SLURM's variables
     if cpu is None:
         cpu = not torch.cuda.is_available()
-    return Accelerator(mixed_precision=precision, cpu=cpu)
+    kwargs = InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))
+    return Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=[kwargs])
 
 
 def is_dist() -> bool:

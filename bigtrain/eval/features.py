@@ -46,12 +46,14 @@ __all__ = [
     "digits_cache_paths",
     "digits_classifier_info",
     "inception_weights_path",
+    "vgg16_weights_path",
     "load_digits_dataset",
     "register_feature_extractor",
     "train_digits_classifier",
 ]
 
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
+VGG16_FILENAME = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16 file, for LPIPS
 """The torchscript Inception file clean-fid uses (StyleGAN2-ADA's export of the TF 2015-12-05 graph)."""
 
 DIGITS_CACHE_NAME = "digits-cnn-v1"
@@ -155,6 +157,11 @@ def build_feature_extractor(name: str, device: torch.device | str = "cpu") -> Fe
 def inception_weights_path() -> Path:
     """Where bigtrain expects clean-fid's Inception torchscript file (never clean-fid's /tmp default)."""
     return cache_dir() / "weights" / INCEPTION_FILENAME
+
+
+def vgg16_weights_path() -> Path:
+    """Where the LPIPS perceptual loss expects torchvision's ImageNet VGG16 weights (never downloaded)."""
+    return cache_dir() / "weights" / VGG16_FILENAME
 
 
 def _build_inception(device: torch.device) -> FeatureExtractor:

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from bigtrain.models.biggan import build_biggan
+from bigtrain.models.biggan_deep import build_biggan_deep
 from bigtrain.models.dcgan import D_NORMS, DCGANDiscriminator, DCGANGenerator
 from bigtrain.models.mlp_gan import MLPDiscriminator, MLPGenerator
 
@@ -130,5 +131,6 @@ __all__ = [
 ]
 
 
-# BigGAN (Brock et al. 2019) registers from its own module's builder.
+# BigGAN and BigGAN-deep (Brock et al. 2019) register from their own modules' builders.
 register_gan("biggan")(build_biggan)
+register_gan("biggan_deep")(build_biggan_deep)

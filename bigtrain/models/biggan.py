@@ -30,9 +30,10 @@ from bigtrain.models.biggan_layers import (
     GBlock,
     NormFactory,
     SelfAttention,
+    apply_init,
+    attention_resolutions,
     batch_norm_2d,
     init_orthogonal,
-    raw_weight,
     sn_conv2d,
     sn_embedding,
     sn_linear,
@@ -104,14 +105,6 @@ def _d_stages(resolution: int) -> list[_Stage]:
     return stages
 
 
-def _attention_set(attention: Iterable[int]) -> frozenset[int]:
-    res = frozenset(int(r) for r in attention)
-    bad = [r for r in res if r < 4 or r & (r - 1) != 0]
-    if bad:
-        raise ValueError(f"attention resolutions must be powers of two >= 4, got {sorted(bad)}")
-    return res
-
-
 class BigGANGenerator(nn.Module):
     """BigGAN generator; ``forward(z [B, z_dim], y [B] | None) -> [B, channels, R, R]`` in [-1, 1].
 
@@ -156,7 +149,7 @@ class BigGANGenerator(nn.Module):
     ) -> None:
         super().__init__()
         stages = _g_stages(resolution)
-        attn = _attention_set(attention)
+        attn = attention_resolutions(attention)
         self.resolution = resolution
         self.channels = channels
         self.num_classes = num_classes
@@ -309,7 +302,7 @@ class BigGANDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         stages = _d_stages(resolution)
-        attn = _attention_set(attention)
+        attn = attention_resolutions(attention)
         self.resolution = resolution
         self.channels = channels
         self.num_classes = num_classes
@@ -404,7 +397,7 @@ def build_biggan(
             f"unknown BigGAN option(s) {', '.join('model.arch.' + k for k in sorted(unknown))}; "
             f"known: {', '.join(sorted(_ARCH_KEYS))}"
         )
-    attention = _as_resolutions(arch.get("attention", (64,)))
+    attention = arch.get("attention", (64,))
     sn_eps = float(arch.get("sn_eps", 1e-6))  # type: ignore[arg-type]
     sn_itrs = int(arch.get("sn_itrs", 1))  # type: ignore[call-overload]
     g = BigGANGenerator(
@@ -415,7 +408,7 @@ def build_biggan(
         ch=g_width,
         shared_dim=int(arch.get("shared_dim", 128)),  # type: ignore[call-overload]
         hier=bool(arch.get("hier", True)),
-        attention=_as_resolutions(arch.get("g_attention", attention)),
+        attention=attention_resolutions(arch.get("g_attention", attention)),
         sn_eps=float(arch.get("g_sn_eps", sn_eps)),  # type: ignore[arg-type]
         bn_eps=float(arch.get("bn_eps", 1e-5)),  # type: ignore[arg-type]
         cross_replica_bn=bool(arch.get("cross_replica_bn", False)),
@@ -426,39 +419,13 @@ def build_biggan(
         channels,
         num_classes,
         ch=d_width,
-        attention=_as_resolutions(arch.get("d_attention", attention)),
+        attention=attention_resolutions(arch.get("d_attention", attention)),
         sn_eps=float(arch.get("d_sn_eps", sn_eps)),  # type: ignore[arg-type]
         wide=bool(arch.get("wide", True)),
         sn_itrs=sn_itrs,
     )
-    init = str(arch.get("init", "ortho"))
-    if init == "N02":  # the reference's CIFAR recipe (G_init / D_init N02): N(0, 0.02) weights
-        for net in (g, d):
-            init_normal(net, std=0.02)
-    elif init != "ortho":
-        raise ValueError(f"model.arch.init must be 'ortho' or 'N02', got {init!r}")
+    apply_init((g, d), str(arch.get("init", "ortho")))
     return g, d
-
-
-def init_normal(model: nn.Module, std: float) -> None:
-    """N(0, std) for every conv / linear / embedding weight (the raw weight under spectral norm)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d | nn.Linear | nn.Embedding):
-            weight = raw_weight(m)
-            if not weight.is_meta:
-                with torch.no_grad():
-                    nn.init.normal_(weight, 0.0, std)
-
-
-def _as_resolutions(value: object) -> tuple[int, ...]:
-    """Accept ``(32, 64)``, a single int, or the release's ``"32_64"`` string (``""`` = none)."""
-    if isinstance(value, str):
-        return tuple(int(v) for v in value.split("_") if v)
-    if isinstance(value, int):
-        return (value,)
-    if isinstance(value, Iterable):  # tuples, lists, sets, OmegaConf ListConfig
-        return tuple(int(v) for v in value)
-    raise TypeError(f"attention resolutions must be ints, a sequence of ints or 'a_b' strings, got {value!r}")
 
 
 __all__ = ["SUPPORTED_RESOLUTIONS", "BigGANDiscriminator", "BigGANGenerator", "build_biggan"]

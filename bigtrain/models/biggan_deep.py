@@ -5,17 +5,40 @@ BigGAN-deep is about four times deeper than BigGAN at a similar parameter count 
 are bottlenecks: a 1x1 conv reduces the channels by ``channel_ratio`` (4), two 3x3 convs work at the
 reduced width, and a 1x1 conv restores it. Its shortcuts are parameter-free where possible: G drops
 surplus channels instead of projecting them, and D keeps its input channels and only *learns the
-extra ones* (concatenating a 1x1 conv's output). Only the blocks are provided here; the full deep
-model (two blocks per resolution, z concatenated with the shared embedding everywhere) is not.
+extra ones* (concatenating a 1x1 conv's output).
+
+The whole networks differ from BigGAN's in three ways besides the blocks: ``depth`` blocks per
+resolution (2 in the paper; only the last of a G stage upsamples, only the first of a D stage
+downsamples), the *deep latent scheme* (the whole ``z`` is concatenated with the shared class
+embedding and fed to the input linear and to every conditional BN, instead of one ``z`` chunk per
+block), and a plain 3x3 conv on D's input before the first block. At the release's 128x128 settings
+(``ch = 128``, ``z_dim = shared_dim = 128``, depth 2, attention at 64, 1000 classes) G has
+50,244,484 and D 34,590,210 learnable parameters, exactly the release's counts.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bigtrain.models.biggan_layers import NormFactory, apply_norm, sn_conv2d
+from bigtrain.models.biggan_layers import (
+    ConditionalBatchNorm,
+    NormFactory,
+    SelfAttention,
+    apply_init,
+    apply_norm,
+    attention_resolutions,
+    batch_norm_2d,
+    init_orthogonal,
+    sn_conv2d,
+    sn_embedding,
+    sn_linear,
+)
+from bigtrain.models.common import check_labels, projection
 
 
 class DeepGBlock(nn.Module):
@@ -120,4 +143,288 @@ class DeepDBlock(nn.Module):
         return self.conv4(h) + self._shortcut(x)
 
 
-__all__ = ["DeepDBlock", "DeepGBlock"]
+BOTTOM_WIDTH = 4
+
+# Channel multipliers (of ``ch``) per resolution stage, from the release's ``BigGANdeep.py``. G's
+# tables equal BigGAN's; D's differ (its first block already doubles the width, the input conv
+# gives it ``ch`` channels).
+_G_ARCH: dict[int, tuple[list[int], list[int]]] = {
+    256: ([16, 16, 8, 8, 4, 2], [16, 8, 8, 4, 2, 1]),
+    128: ([16, 16, 8, 4, 2], [16, 8, 4, 2, 1]),
+    64: ([16, 16, 8, 4], [16, 8, 4, 2]),
+    32: ([4, 4, 4], [4, 4, 4]),
+}
+# D: (input multipliers, output multipliers, downsample per stage).
+_D_ARCH: dict[int, tuple[list[int], list[int], list[bool]]] = {
+    256: ([1, 2, 4, 8, 8, 16], [2, 4, 8, 8, 16, 16], [True] * 6),
+    128: ([1, 2, 4, 8, 16], [2, 4, 8, 16, 16], [True] * 5),
+    64: ([1, 2, 4, 8], [2, 4, 8, 16], [True] * 4),
+    32: ([4, 4, 4], [4, 4, 4], [True, True, False]),
+}
+SUPPORTED_RESOLUTIONS = tuple(sorted(_G_ARCH))
+
+
+def _check_resolution(resolution: int) -> None:
+    if resolution not in _G_ARCH:
+        raise ValueError(f"BigGAN-deep resolution must be one of {SUPPORTED_RESOLUTIONS}, got {resolution}")
+
+
+def _check_depth(depth: int) -> None:
+    if depth < 1:
+        raise ValueError(f"BigGAN-deep depth (blocks per resolution) must be >= 1, got {depth}")
+
+
+class BigGANDeepGenerator(nn.Module):
+    """BigGAN-deep generator; ``forward(z [B, z_dim], y [B] | None) -> [B, channels, R, R]``.
+
+    The conditioning vector ``c = [shared(y), z]`` (embedding first, as in the release) feeds the
+    input linear and every conditional BN; an unconditional G uses ``c = z``. Each resolution stage
+    is ``depth`` bottleneck blocks: the first ``depth - 1`` keep the width, the last changes it and
+    upsamples. ``attention`` lists the output resolutions of stages followed by self-attention.
+    Output head as BigGAN's: affine BN -> ReLU -> SN conv3x3 -> tanh.
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        channels: int,
+        num_classes: int,
+        z_dim: int = 128,
+        ch: int = 128,
+        shared_dim: int = 128,
+        depth: int = 2,
+        attention: Iterable[int] = (64,),
+        channel_ratio: int = 4,
+        sn_eps: float = 1e-6,
+        bn_eps: float = 1e-5,
+        cross_replica_bn: bool = False,
+        sn_itrs: int = 1,
+    ) -> None:
+        super().__init__()
+        _check_resolution(resolution)
+        _check_depth(depth)
+        if num_classes > 0 and shared_dim <= 0:
+            raise ValueError("a conditional BigGAN-deep G needs a shared class embedding (shared_dim > 0)")
+        self.resolution = resolution
+        self.channels = channels
+        self.num_classes = num_classes
+        self.z_dim = z_dim
+        self.ch = ch
+        self.depth = depth
+        self.shared_dim = shared_dim if num_classes > 0 else 0
+        self.cross_replica_bn = cross_replica_bn
+        attn = attention_resolutions(attention)
+        cond_dim = self.shared_dim + z_dim
+        sn = {"sn_eps": sn_eps, "sn_itrs": sn_itrs}
+        make_norm: NormFactory = functools.partial(
+            ConditionalBatchNorm, cond_dim=cond_dim, eps=bn_eps, cross_replica=cross_replica_bn, **sn
+        )
+        self.shared = nn.Embedding(num_classes, self.shared_dim) if num_classes > 0 else None
+        ins, outs = _G_ARCH[resolution]
+        self.linear = sn_linear(cond_dim, ch * ins[0] * BOTTOM_WIDTH**2, **sn)
+        self.blocks = nn.ModuleList()
+        self.attention = nn.ModuleDict()
+        for stage, (i, o) in enumerate(zip(ins, outs, strict=True)):
+            for k in range(depth):
+                last = k == depth - 1
+                self.blocks.append(
+                    DeepGBlock(
+                        ch * i,
+                        ch * o if last else ch * i,
+                        make_norm=make_norm,
+                        upsample=last,
+                        channel_ratio=channel_ratio,
+                        **sn,
+                    )
+                )
+            if BOTTOM_WIDTH * 2 ** (stage + 1) in attn:
+                self.attention[str(len(self.blocks) - 1)] = SelfAttention(ch * o, **sn)
+        self.out_bn = batch_norm_2d(ch * outs[-1], affine=True, eps=bn_eps, cross_replica=cross_replica_bn)
+        self.out_conv = sn_conv2d(ch * outs[-1], channels, **sn)
+        init_orthogonal(self)
+
+    def condition(self, z: Tensor, y: Tensor | None) -> Tensor:
+        """The vector every layer is conditioned on: ``[shared(y), z]``, or ``z`` alone."""
+        if self.shared is None:
+            return z
+        assert y is not None
+        return torch.cat([self.shared(y), z], dim=1)
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Map noise ``z: [B, z_dim]`` (and labels ``y: [B]``) to images in [-1, 1]."""
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must have shape [B, {self.z_dim}], got {list(z.shape)}")
+        y = check_labels(y, self.num_classes, z.shape[0])
+        cond = self.condition(z, y)
+        h = self.linear(cond).view(z.shape[0], -1, BOTTOM_WIDTH, BOTTOM_WIDTH)
+        for index, block in enumerate(self.blocks):
+            h = block(h, cond)
+            key = str(index)
+            if key in self.attention:
+                h = self.attention[key](h)
+        return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
+
+
+class BigGANDeepDiscriminator(nn.Module):
+    """BigGAN-deep discriminator; ``forward(x [B, C, R, R], y [B] | None) -> [B]`` raw logits.
+
+    SN conv3x3 (image -> ``ch``), then per resolution stage ``depth`` bottleneck blocks (the first
+    changes the width and downsamples), self-attention after the stages whose output resolution is
+    listed, ReLU, global sum pooling, an SN linear and the projection term, as BigGAN's D.
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        channels: int,
+        num_classes: int,
+        ch: int = 128,
+        depth: int = 2,
+        attention: Iterable[int] = (64,),
+        channel_ratio: int = 4,
+        sn_eps: float = 1e-6,
+        sn_itrs: int = 1,
+    ) -> None:
+        super().__init__()
+        _check_resolution(resolution)
+        _check_depth(depth)
+        self.resolution = resolution
+        self.channels = channels
+        self.num_classes = num_classes
+        self.ch = ch
+        self.depth = depth
+        attn = attention_resolutions(attention)
+        sn = {"sn_eps": sn_eps, "sn_itrs": sn_itrs}
+        ins, outs, downs = _D_ARCH[resolution]
+        self.input_conv = sn_conv2d(channels, ch * ins[0], **sn)
+        self.blocks = nn.ModuleList()
+        self.attention = nn.ModuleDict()
+        res = resolution
+        for i, o, down in zip(ins, outs, downs, strict=True):
+            res = res // 2 if down else res
+            for k in range(depth):
+                self.blocks.append(
+                    DeepDBlock(
+                        ch * (i if k == 0 else o),
+                        ch * o,
+                        downsample=down and k == 0,
+                        channel_ratio=channel_ratio,
+                        **sn,
+                    )
+                )
+            if res in attn:
+                self.attention[str(len(self.blocks) - 1)] = SelfAttention(ch * o, **sn)
+        self.linear = sn_linear(ch * outs[-1], 1, **sn)
+        self.embed = sn_embedding(num_classes, ch * outs[-1], **sn) if num_classes > 0 else None
+        init_orthogonal(self)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Rectified, globally sum-pooled features ``[B, 16 ch]``."""
+        h = self.input_conv(x)
+        for index, block in enumerate(self.blocks):
+            h = block(h)
+            key = str(index)
+            if key in self.attention:
+                h = self.attention[key](h)
+        return F.relu(h).sum(dim=(2, 3))
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Score images ``x`` (with labels ``y``); returns raw logits ``[B]``."""
+        y = check_labels(y, self.num_classes, x.shape[0])
+        h = self.features(x)
+        return projection(self.linear(h).squeeze(1), self.embed, y, h)
+
+
+_ARCH_KEYS = frozenset(
+    {
+        "shared_dim",
+        "depth",
+        "g_depth",
+        "d_depth",
+        "channel_ratio",
+        "attention",
+        "g_attention",
+        "d_attention",
+        "sn_eps",
+        "g_sn_eps",
+        "d_sn_eps",
+        "sn_itrs",
+        "bn_eps",
+        "cross_replica_bn",
+        "init",
+    }
+)
+
+
+def build_biggan_deep(
+    *,
+    resolution: int,
+    channels: int,
+    num_classes: int,
+    z_dim: int,
+    g_width: int,
+    d_width: int,
+    d_norm: str = "batch",
+    **arch: object,
+) -> tuple[BigGANDeepGenerator, BigGANDeepDiscriminator]:
+    """Build a BigGAN-deep ``(G, D)`` pair for the model registry (``model.name=biggan_deep``).
+
+    ``g_width`` / ``d_width`` are the release's ``G_ch`` / ``D_ch``; ``d_norm`` is moot (spectral
+    norm only). Optional ``arch`` keys: ``depth`` (blocks per resolution, 2) or ``g_depth`` /
+    ``d_depth``, ``shared_dim`` (128), ``channel_ratio`` (4), ``attention`` (``(64,)``) or
+    ``g_attention`` / ``d_attention``, ``sn_eps`` (1e-6) or ``g_sn_eps`` / ``d_sn_eps``, ``sn_itrs``
+    (1), ``bn_eps`` (1e-5), ``cross_replica_bn`` (False) and ``init`` (``ortho`` | ``N02``).
+    """
+    unknown = set(arch) - _ARCH_KEYS
+    if unknown:
+        raise ValueError(
+            f"unknown BigGAN-deep option(s) {', '.join('model.arch.' + k for k in sorted(unknown))}; "
+            f"known: {', '.join(sorted(_ARCH_KEYS))}"
+        )
+
+    def get(key: str, default: object) -> object:
+        return arch.get(key, default)
+
+    depth = int(get("depth", 2))  # type: ignore[call-overload]
+    attention = get("attention", (64,))
+    sn_eps = float(get("sn_eps", 1e-6))  # type: ignore[arg-type]
+    sn_itrs = int(get("sn_itrs", 1))  # type: ignore[call-overload]
+    channel_ratio = int(get("channel_ratio", 4))  # type: ignore[call-overload]
+    g = BigGANDeepGenerator(
+        resolution,
+        channels,
+        num_classes,
+        z_dim=z_dim,
+        ch=g_width,
+        shared_dim=int(get("shared_dim", 128)),  # type: ignore[call-overload]
+        depth=int(get("g_depth", depth)),  # type: ignore[call-overload]
+        attention=attention_resolutions(get("g_attention", attention)),
+        channel_ratio=channel_ratio,
+        sn_eps=float(get("g_sn_eps", sn_eps)),  # type: ignore[arg-type]
+        bn_eps=float(get("bn_eps", 1e-5)),  # type: ignore[arg-type]
+        cross_replica_bn=bool(get("cross_replica_bn", False)),
+        sn_itrs=sn_itrs,
+    )
+    d = BigGANDeepDiscriminator(
+        resolution,
+        channels,
+        num_classes,
+        ch=d_width,
+        depth=int(get("d_depth", depth)),  # type: ignore[call-overload]
+        attention=attention_resolutions(get("d_attention", attention)),
+        channel_ratio=channel_ratio,
+        sn_eps=float(get("d_sn_eps", sn_eps)),  # type: ignore[arg-type]
+        sn_itrs=sn_itrs,
+    )
+    apply_init((g, d), str(get("init", "ortho")))
+    return g, d
+
+
+__all__ = [
+    "SUPPORTED_RESOLUTIONS",
+    "BigGANDeepDiscriminator",
+    "BigGANDeepGenerator",
+    "DeepDBlock",
+    "DeepGBlock",
+    "build_biggan_deep",
+]

@@ -17,7 +17,7 @@ max-pooling in its key/value paths); where it does, the release is followed and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -390,6 +390,51 @@ def init_orthogonal(model: nn.Module) -> None:
                     nn.init.orthogonal_(weight)
 
 
+def init_normal(model: nn.Module, std: float) -> None:
+    """N(0, std) for every conv / linear / embedding weight (the raw weight under spectral norm)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear | nn.Embedding):
+            weight = raw_weight(m)
+            if not weight.is_meta:
+                with torch.no_grad():
+                    nn.init.normal_(weight, 0.0, std)
+
+
+def apply_init(nets: Iterable[nn.Module], init: str) -> None:
+    """Re-initialise ``nets`` by the release's ``G_init`` / ``D_init`` name.
+
+    The networks are built with ``ortho`` already; ``N02`` (N(0, 0.02), the reference's CIFAR recipe)
+    overwrites it. Any other name is a config error.
+    """
+    if init == "N02":
+        for net in nets:
+            init_normal(net, std=0.02)
+    elif init != "ortho":
+        raise ValueError(f"model.arch.init must be 'ortho' or 'N02', got {init!r}")
+
+
+def attention_resolutions(value: object) -> frozenset[int]:
+    """Parse where self-attention goes: ``(32, 64)``, one int, or the release's ``"32_64"`` string.
+
+    ``""`` or an empty sequence means none. Every entry must be a power of two >= 4 (a feature-map
+    size the networks can produce).
+    """
+    if isinstance(value, str):
+        res = [int(v) for v in value.split("_") if v]
+    elif isinstance(value, int):
+        res = [value]
+    elif isinstance(value, Iterable):  # tuples, lists, sets, OmegaConf ListConfig
+        res = [int(v) for v in value]
+    else:
+        raise TypeError(
+            f"attention resolutions must be ints, a sequence of ints or 'a_b' strings, got {value!r}"
+        )
+    bad = sorted(r for r in res if r < 4 or r & (r - 1) != 0)
+    if bad:
+        raise ValueError(f"attention resolutions must be powers of two >= 4, got {bad}")
+    return frozenset(res)
+
+
 __all__ = [
     "ConditionalBatchNorm",
     "DBlock",
@@ -397,8 +442,11 @@ __all__ = [
     "NormFactory",
     "SelfAttention",
     "SpectralNorm",
+    "apply_init",
     "apply_norm",
+    "attention_resolutions",
     "batch_norm_2d",
+    "init_normal",
     "init_orthogonal",
     "raw_weight",
     "sn_conv2d",

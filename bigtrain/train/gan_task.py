@@ -11,6 +11,7 @@ overflow, so every rank skips the same steps.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -47,21 +48,27 @@ def _grad_norm(module: nn.Module) -> torch.Tensor:
 
 
 class GANTask:
+    inference_components = ("G_ema",)  # what sampling needs: logged as the run's model artifact
+
     def __init__(self, cfg: DictConfig, manifest: DatasetManifest, device: torch.device, accelerator: Any):
         self.cfg, self.device, self.accelerator = cfg, device, accelerator
         self.num_classes = manifest.num_classes if cfg.model.conditional else 0
         arch = OmegaConf.to_container(cfg.model.arch, resolve=True) if cfg.model.get("arch") else {}
-        self.G, self.D = build_gan(
-            cfg.model.name,
-            resolution=manifest.resolution,
-            channels=manifest.channels,
-            num_classes=self.num_classes,
-            z_dim=cfg.model.z_dim,
-            g_width=cfg.model.g_width,
-            d_width=cfg.model.d_width,
-            d_norm=cfg.model.d_norm,
-            **arch,  # type: ignore[arg-type]
-        )
+        # Networks are initialised on the CPU (the same weights for a seed on every device type);
+        # `bigtrain info` asks for the meta device, where building there skips the init entirely.
+        where = torch.device("meta") if device.type == "meta" else contextlib.nullcontext()
+        with where:
+            self.G, self.D = build_gan(
+                cfg.model.name,
+                resolution=manifest.resolution,
+                channels=manifest.channels,
+                num_classes=self.num_classes,
+                z_dim=cfg.model.z_dim,
+                g_width=cfg.model.g_width,
+                d_width=cfg.model.d_width,
+                d_norm=cfg.model.d_norm,
+                **arch,  # type: ignore[arg-type]
+            )
         if bdist.world_size() > 1:  # BigGAN's cross-replica BN, applied from outside the model
             for net in (self.G, self.D):
                 if getattr(net, "cross_replica_bn", False):

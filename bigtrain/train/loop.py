@@ -27,6 +27,8 @@ from bigtrain.checkpoint.io import Checkpoint, CheckpointError, latest_valid, op
 from bigtrain.config.validate import validate
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.stream import DataStream, StreamSpec
+from bigtrain.distributed import slurm
+from bigtrain.distributed.preemption import Preemption, Request
 from bigtrain.tracking import NullTracker, Tracker
 from bigtrain.tracking.mlflow_tracker import absolute_uri
 from bigtrain.train.fid_hook import FIDEvaluator
@@ -47,6 +49,8 @@ class TrainResult:
     tracking_uri: str | None = None
     seconds: float = 0.0
     img_per_s: float = 0.0
+    stopped_by: str | None = None  # "requeue" or "stop" when a signal ended the run early
+    requeued: bool = False
 
 
 def setup_logging(run_dir: Path | None, main: bool) -> None:
@@ -96,6 +100,12 @@ def _to_uint8_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
     return (grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()).copy()
 
 
+def _brief(metrics: dict[str, float]) -> str:
+    """The losses and img/s of a metrics dict, short enough for one log line."""
+    keys = [k for k in metrics if k.startswith("loss/")] + ["img_per_s"]
+    return ", ".join(f"{k.removeprefix('loss/')} {metrics[k]:.4g}" for k in keys if k in metrics)
+
+
 def dataset_meta(m: DatasetManifest) -> dict[str, Any]:
     """What sampling from a checkpoint needs to know about the data, without the shards."""
     return {
@@ -111,7 +121,9 @@ def dataset_meta(m: DatasetManifest) -> dict[str, Any]:
 class Trainer:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        self.accelerator = bdist.build_accelerator(str(cfg.trainer.precision))
+        self.accelerator = bdist.build_accelerator(
+            str(cfg.trainer.precision), timeout_s=float(cfg.trainer.collective_timeout_s)
+        )
         self.device = self.accelerator.device
         self.rank, self.world = bdist.rank(), bdist.world_size()
         self.main = bdist.is_main()
@@ -221,7 +233,9 @@ class Trainer:
         )
         self.last_checkpoint = path
         if self.main:
-            self.tracker.set_tags({"last_checkpoint": str(path.resolve())})
+            self.tracker.set_tags(
+                {"last_checkpoint": str(path.resolve()), "checkpoint_dir": str(path.parent.resolve())}
+            )
         return path
 
     # -- periodic work ------------------------------------------------------------------------------
@@ -279,6 +293,8 @@ class Trainer:
         )
         data = self._batches()
         window_t, window_imgs = time.time(), 0
+        preemption = Preemption(cfg.requeue_signals, cfg.stop_signals).install()
+        request = Request.NONE
         try:
             while self.step < cfg.max_steps:
                 self.step += 1
@@ -295,9 +311,12 @@ class Trainer:
                     now = time.time()
                     metrics["img_per_s"] = window_imgs / max(now - window_t, 1e-9)
                     metrics["data/skipped"] = float(self.stream.state.skipped)
+                    metrics["data/shard_errors"] = float(self.stream.state.shard_errors)
                     metrics["images_seen"] = float(self.images_seen)
                     window_t, window_imgs = now, 0
                     self.tracker.log_metrics(metrics, self.step)
+                    if bar.disable and self.main:  # batch jobs: a line in the log instead of a bar
+                        log.info("step %d/%d: %s", self.step, cfg.max_steps, _brief(metrics))
                     bar.set_postfix(
                         {
                             k.split("/")[-1] if k.startswith("loss/") else k: f"{v:.3g}"
@@ -311,16 +330,64 @@ class Trainer:
                     self.evaluate()
                 if self.step % cfg.ckpt_every == 0:
                     self.save()
-            if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:08d}"):
-                self.save()
-            if self.step % cfg.sample_every != 0 or grid is None:
-                grid = self.write_grid() or grid
-            if self.cfg.eval.enabled and self.evaluated_step != self.step:
-                self.evaluate()
-            status = "FINISHED"
+                request = preemption.poll()  # every rank, every step: they must agree
+                if request is not Request.NONE:
+                    self._save_on_request(request, preemption.received)
+                    break
+            if request is not Request.NONE:
+                status = "KILLED"  # MLflow's word for a run ended from outside; a requeue reopens it
+            else:
+                grid = self._finish(grid)
+                status = "FINISHED"
         finally:
+            preemption.uninstall()
             bar.close()
             self.close(status)
+        return self._result(start_step, t0, grid, request)
+
+    def _finish(self, grid: Path | None) -> Path | None:
+        """The end of a completed run: a checkpoint, a grid and an evaluation at the last step."""
+        cfg = self.cfg.trainer
+        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:08d}"):
+            self.save()
+        if self.step % cfg.sample_every != 0 or grid is None:
+            grid = self.write_grid() or grid
+        if self.cfg.eval.enabled and self.evaluated_step != self.step:
+            self.evaluate()
+        self.log_model()
+        return grid
+
+    def log_model(self) -> None:
+        """The last checkpoint's inference weights, config and meta as the run's ``model/`` artifacts."""
+        if not (self.main and self.cfg.tracking.enabled and self.cfg.tracking.log_model):
+            return
+        ckpt = self.last_checkpoint
+        assert ckpt is not None
+        names = [f"{n}.pt" for n in getattr(self.task, "inference_components", ())] + [
+            "config.yaml",
+            "meta.json",
+        ]
+        for name in names:
+            self.tracker.log_artifact(ckpt / name, "model")
+        self.tracker.set_tags({"model_artifacts": "model/", "model_checkpoint": str(ckpt.resolve())})
+
+    def _save_on_request(self, request: Request, received: list[str]) -> None:
+        """Every rank saves together (unless this step was just saved), then the loop ends."""
+        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:08d}"):
+            self.save()
+        log.warning(
+            "signal %s: saved %s at step %d; %s",
+            "/".join(received) or "on another rank",
+            self.last_checkpoint,
+            self.step,
+            "requeueing the job" if request is Request.REQUEUE else "stopping (no requeue)",
+        )
+
+    def _result(self, start_step: int, t0: float, grid: Path | None, request: Request) -> TrainResult:
+        requeued = False
+        if request is Request.REQUEUE and self.main:
+            # After the tracker is closed: the requeued job reopens the same MLflow run.
+            requeued = slurm.requeue() if slurm.in_slurm_job() else False
         seconds = time.time() - t0
         steps = self.step - start_step
         return TrainResult(
@@ -333,6 +400,8 @@ class Trainer:
             tracking_uri=self.cfg.tracking.uri if self.cfg.tracking.enabled else None,
             seconds=seconds,
             img_per_s=steps * self.task.images_per_step() * self.world / max(seconds, 1e-9),
+            stopped_by={Request.REQUEUE: "requeue", Request.STOP: "stop"}.get(request),
+            requeued=requeued,
         )
 
     def close(self, status: str) -> None:
@@ -341,9 +410,12 @@ class Trainer:
             self.keys_file.close()
         if self.main:
             self.tracker.close(status)
-            (self.run_dir / "status.json").write_text(
-                json.dumps({"status": status, "step": self.step}) + "\n"
-            )
+            try:  # a full or read-only disk must not hide the error that ended the run
+                (self.run_dir / "status.json").write_text(
+                    json.dumps({"status": status, "step": self.step}) + "\n"
+                )
+            except OSError as exc:
+                log.error("could not write %s: %s", self.run_dir / "status.json", exc)
 
 
 def train(cfg: DictConfig) -> TrainResult:

@@ -229,3 +229,25 @@ def test_conditional_biggan_samples_by_class_with_truncation(mnist_shards: Path,
     assert Image.open(one).size == (2 * 34 + 2, 2 * 34 + 2)
     bad = run_cli("sample", str(ckpt), "--out", str(one), "--class", "12", check=False)
     assert bad.returncode == 2 and "out of range" in bad.stderr
+
+
+def test_biggan_deep_preset_trains_and_resumes_exactly(mnist_shards: Path, tmp_path: Path) -> None:
+    common = (
+        "experiment=mnist_biggan_deep",
+        f"data.path={mnist_shards}",
+        "tracking.enabled=false",
+        *TINY,
+        "model.arch.shared_dim=8",
+        "eval.enabled=false",
+        "trainer.ckpt_every=2",
+        "trainer.sample_every=4",
+    )
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    run_cli("train", *common, f"run.dir={straight}", "trainer.max_steps=4")
+    run_cli("train", *common, f"run.dir={resumed}", "trainer.max_steps=2")
+    run_cli("train", *common, f"run.dir={resumed}", "trainer.max_steps=4")
+    a, b = (_inspect(r / "checkpoints" / "step-00000004") for r in (straight, resumed))
+    assert a["step"] == b["step"] == 4
+    assert a["digests"] == b["digests"]
+    assert "name: biggan_deep" in (straight / "config.yaml").read_text()
+    assert Image.open(straight / "samples" / "step-00000004.png").size[1] == 10 * 34 + 2  # a row per class

@@ -99,3 +99,73 @@ def test_training_logs_to_an_http_server_and_resumes_into_the_same_run(
     assert {"config.yaml", "images"} <= arts
     local = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
     assert "mnist_dcgan" in Path(local).read_text()
+
+
+def test_a_concurrent_sweep_loses_nothing_and_compares(
+    mlflow_server: str, mnist_shards: Path, tmp_path: Path
+) -> None:
+    """Two trainings log to one server at the same time (a sweep): no lock errors, every metric
+    arrives, the EMA generator is a model artifact, and `bigtrain compare` plots both curves."""
+    steps, every = 40, 10
+    procs = {}
+    for loss in ("hinge", "lsgan"):
+        args = [
+            "train",
+            "experiment=mnist_dcgan",
+            f"loss={loss}",
+            f"data.path={mnist_shards}",
+            f"run.dir={tmp_path / loss}",
+            f"run.name=sweep-{loss}",
+            f"tracking.uri={mlflow_server}",
+            "tracking.experiment=sweep",
+            *TINY,
+            "trainer.log_every=2",
+            f"trainer.sample_every={every}",
+            f"eval.every={every}",
+            f"trainer.ckpt_every={every}",
+            f"trainer.max_steps={steps}",
+        ]
+        procs[loss] = subprocess.Popen(
+            [sys.executable, "-m", "bigtrain", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    for loss, proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{loss}: {err[-3000:]}"
+        assert "database is locked" not in err and "Traceback" not in err
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert sorted(r.data.params["loss.name"] for r in runs) == ["hinge", "lsgan"]
+    for run in runs:
+        rid = run.info.run_id
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(rid, "loss/G")] == list(range(2, steps + 1, 2))
+        assert [m.step for m in client.get_metric_history(rid, "fid/digits")] == list(
+            range(every, steps + 1, every)
+        )
+        model = {a.path for a in client.list_artifacts(rid, "model")}
+        assert model == {"model/G_ema.pt", "model/config.yaml", "model/meta.json"}
+        loss = run.data.params["loss.name"]
+        assert run.data.tags["last_checkpoint"] == str(
+            (tmp_path / loss / "checkpoints" / f"step-{steps:08d}").resolve()
+        )
+        assert run.data.tags["checkpoint_dir"] == str((tmp_path / loss / "checkpoints").resolve())
+
+    png = tmp_path / "compare.png"
+    out = run_cli("compare", "--experiment", "sweep", "--uri", mlflow_server, "--out", str(png))
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "sweep-" in line]
+    assert len(rows) == 2 and any("hinge" in r for r in rows) and any("lsgan" in r for r in rows)
+    header = out.stdout.splitlines()[0]
+    assert "loss.name" in header and "fid/digits last" in header
+    from PIL import Image
+
+    assert Image.open(png).size[0] > 400
+    data = json.loads(
+        run_cli(
+            "compare", "--experiment", "sweep", "--uri", mlflow_server, "--out", str(png), "--json"
+        ).stdout
+    )
+    assert data["metric"] == "fid/digits" and all(len(r["curve"]) == steps // every for r in data["runs"])

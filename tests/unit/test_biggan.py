@@ -10,7 +10,6 @@ from torch.nn.utils import parametrize
 from bigtrain.distributed.sync_bn import CrossReplicaBatchNorm, convert_cross_replica_bn
 from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models.biggan import BigGANDiscriminator, BigGANGenerator, build_biggan
-from bigtrain.models.biggan_deep import DeepDBlock, DeepGBlock
 from bigtrain.models.biggan_layers import (
     ConditionalBatchNorm,
     SelfAttention,
@@ -264,23 +263,3 @@ def test_input_validation() -> None:
         BigGANDiscriminator(48, 3, 0, ch=16)
     with pytest.raises(ValueError, match="model.arch.bogus"):
         build_biggan(resolution=32, channels=3, num_classes=0, z_dim=8, g_width=8, d_width=8, bogus=1)
-
-
-def test_biggan_deep_bottleneck_blocks() -> None:
-    torch.manual_seed(0)
-    gblock = DeepGBlock(32, 16, make_norm=lambda c: ConditionalBatchNorm(c, 12))
-    x, cond = torch.randn(2, 32, 4, 4), torch.randn(2, 12)
-    assert gblock(x, cond).shape == (2, 16, 8, 8)
-    # Bottleneck width in // 4 = 8; the shortcut (channel drop + upsample) has no parameters.
-    convs = 32 * 8 + 8 + 2 * (8 * 8 * 9 + 8) + 8 * 16 + 16
-    cbns = 2 * 12 * (32 + 8 + 8 + 8)
-    assert _n_params(gblock) == convs + cbns
-
-    dblock = DeepDBlock(16, 32)
-    x = torch.randn(2, 16, 8, 8)
-    assert dblock(x).shape == (2, 32, 4, 4)
-    residual: list[torch.Tensor] = []
-    dblock.conv4.register_forward_hook(lambda _m, _i, out: residual.append(out))
-    out = dblock(x)
-    # The shortcut's first 16 channels are the pooled input itself; the rest are learned.
-    torch.testing.assert_close((out - residual[0])[:, :16], torch.nn.functional.avg_pool2d(x, 2))

@@ -10,7 +10,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from bigtrain.data.manifest import DatasetManifest
+from bigtrain.data.manifest import DatasetError, DatasetManifest
 from bigtrain.data.stream import DataStream, StreamSpec
 
 
@@ -75,7 +75,7 @@ def test_shuffle_depends_on_seed_and_is_reproducible(mnist_shards: Path) -> None
     assert a != _take(DataStream(_spec(shards, seed=2)), 3)
 
 
-def _write_shard(path: Path, n: int, corrupt: set[int]) -> None:
+def _write_shard(path: Path, n: int, corrupt: frozenset[int] = frozenset()) -> None:
     with wds.TarWriter(str(path), mtime=0.0) as w:
         for i in range(n):
             buf = io.BytesIO()
@@ -98,5 +98,27 @@ def test_unreadable_everything_stops_instead_of_spinning(tmp_path: Path) -> None
     shard = tmp_path / "train-000000.tar"
     shard.write_bytes(b"this is not a tar file")
     stream = DataStream(StreamSpec((str(shard),), batch_size=2, resolution=8, channels=1))
-    with pytest.raises(RuntimeError, match="no readable samples"):
+    with pytest.raises(DatasetError, match="read no samples in epoch 0.*1 failed shard reads"):
         next(stream)
+
+
+def test_truncated_and_missing_shards_are_counted_and_the_rest_is_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shards = [tmp_path / f"train-{i:06d}.tar" for i in range(3)]
+    for shard in shards:
+        _write_shard(shard, 10)
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 2])  # cut mid-member, as a failed copy leaves it
+    shards[2].unlink()  # gone after the run started
+    spec = StreamSpec(tuple(map(str, shards)), batch_size=5, resolution=8, channels=1, shuffle_buffer=1)
+    stream = DataStream(spec)
+    keys = [k for _ in range(6) for k in next(stream)["keys"]]  # two epochs of what is left
+    from_shard = {k.split(":")[0] for k in keys}
+    assert "train-000002.tar" not in from_shard and "train-000000.tar" in from_shard
+    assert stream.state.shard_errors >= 2  # per epoch: the truncated one and the missing one
+    assert "unreadable shard data skipped" in caplog.text
+    state = stream.state_dict()
+    again = DataStream(spec)
+    again.load_state_dict(state)
+    assert again.state.shard_errors == stream.state.shard_errors  # the count travels with the position

@@ -1,0 +1,100 @@
+"""What can be checked of the Docker image and the SLURM scripts without a Docker engine or a GPU
+cluster: the files parse, everything they copy or call exists, the image installs bigtrain from
+the same pyproject.toml (and pins) as CI, and the scripts carry the preemption settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import deepspeed
+from dockerfile_parse import DockerfileParser
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _dockerfile() -> DockerfileParser:
+    parser = DockerfileParser(path=str(REPO / "docker" / "Dockerfile"))
+    assert parser.structure, "empty Dockerfile"
+    return parser
+
+
+def test_dockerfile_parses_and_copies_only_existing_paths() -> None:
+    parser = _dockerfile()
+    instructions = [i["instruction"] for i in parser.structure if i["instruction"] != "COMMENT"]
+    assert instructions[0] in ("ARG", "FROM") and "FROM" in instructions
+    assert "ENTRYPOINT" in instructions and "WORKDIR" in instructions
+    copies = [i["value"].split() for i in parser.structure if i["instruction"] == "COPY"]
+    assert copies
+    for *sources, _dest in copies:
+        for src in sources:
+            assert (REPO / src).exists(), f"Dockerfile copies {src}, which is not in the repository"
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored  # a multi-GB context otherwise
+
+
+def test_image_installs_from_the_same_pins_as_ci() -> None:
+    parser = _dockerfile()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    torch_pin = next(d for d in project["dependencies"] if d.startswith("torch=="))
+    base = parser.args.get("BASE_IMAGE", parser.baseimage)
+    assert base.split(":")[1].startswith(torch_pin.split("==")[1] + "-cuda"), (base, torch_pin)
+    makefile = (REPO / "Makefile").read_text()
+    assert torch_pin.split("==")[1] in makefile  # CI's venv uses the same torch
+    runs = " ".join(i["value"] for i in parser.structure if i["instruction"] == "RUN")
+    extras = re.findall(r'pip install -e "\.\[([a-z,]+)\]"', runs)
+    assert extras, "the image must install bigtrain from pyproject.toml"
+    for extra in extras[0].split(","):
+        assert extra in project["optional-dependencies"]
+
+
+def test_deepspeed_ops_named_in_the_image_exist() -> None:
+    runs = " ".join(i["value"] for i in _dockerfile().structure if i["instruction"] == "RUN")
+    wanted = set(re.findall(r"(DS_BUILD_[A-Z_]+)=1", runs))
+    assert {"DS_BUILD_FUSED_ADAM", "DS_BUILD_CPU_ADAM"} <= wanted  # what ZeRO's optimizers use
+    builders = Path(deepspeed.__file__).parent / "ops" / "op_builder"
+    known = set()
+    for f in builders.rglob("*.py"):
+        known |= set(re.findall(r"BUILD_VAR = [\"'](DS_BUILD_[A-Z_]+)[\"']", f.read_text()))
+    assert wanted <= known, f"unknown DeepSpeed build flags: {sorted(wanted - known)}"
+
+
+def test_entrypoint_runs_bigtrain_or_a_program(tmp_path: Path) -> None:
+    entry = REPO / "docker" / "entrypoint.sh"
+    assert os.access(entry, os.X_OK)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "BIGTRAIN_CACHE": str(tmp_path / "c"),
+    }
+    out = subprocess.run([str(entry), "--help"], capture_output=True, text=True, env=env, check=True)
+    assert "usage: bigtrain COMMAND" in out.stdout and (tmp_path / "c").is_dir()
+    out = subprocess.run(
+        [str(entry), "bigtrain", "--help"], capture_output=True, text=True, env=env, check=True
+    )
+    assert "usage: bigtrain COMMAND" in out.stdout
+    out = subprocess.run(
+        [str(entry), "python", "-c", "print(42)"], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.strip() == "42"
+
+
+def test_slurm_scripts_parse_and_carry_the_preemption_settings() -> None:
+    for script in ("train.sbatch", "train_multinode.sbatch", "launch.sh"):
+        subprocess.run(["bash", "-n", str(REPO / "slurm" / script)], check=True)
+    for script in ("train.sbatch", "train_multinode.sbatch"):
+        directives = [
+            line.split(None, 1)[1].split("#")[0].strip()
+            for line in (REPO / "slurm" / script).read_text().splitlines()
+            if line.startswith("#SBATCH ")
+        ]
+        assert "--requeue" in directives and "--open-mode=append" in directives
+        assert any(re.fullmatch(r"--signal=B:USR2@\d+", d) for d in directives)
+        assert "--ntasks-per-node=1" in directives  # one torchrun per node
+        assert "slurm/launch.sh" in (REPO / "slurm" / script).read_text()
+    launch = (REPO / "slurm" / "launch.sh").read_text()
+    assert "scontrol show hostnames" in launch and "SLURM_NODEID" in launch and 'trap "" USR2' in launch
