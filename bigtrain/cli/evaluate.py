@@ -33,6 +33,9 @@ def main(argv: list[str]) -> int:
             ecfg.seed = a.seed
     fid = FIDEvaluator(ecfg, snap.manifest, snap.device)
     results = {f"{k}/n{ecfg.num_samples}": v for k, v in fid(snap.task.sampler()).items()}
+    extra = getattr(snap.task, "eval_metrics", None)  # a tokenizer's PSNR, SSIM, codebook usage
+    if extra is not None:
+        results |= extra()
     key = f"{fid.metric_key}/n{ecfg.num_samples}"
     out = {
         "step": snap.checkpoint.step,

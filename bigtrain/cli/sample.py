@@ -36,6 +36,13 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     snap = load_snapshot(a.ckpt, a.device)
     task = snap.task
+    if snap.cfg.task != "gan":
+        # A tokenizer does not generate; its grid (originals over reconstructions) is in the run's
+        # samples/ folder and `bigtrain evaluate` gives its rFID.
+        raise ConfigError(
+            f"bigtrain sample draws from a generator; {a.ckpt} is a task={snap.cfg.task} checkpoint "
+            "(use bigtrain evaluate for its reconstruction FID)"
+        )
     g = torch.Generator().manual_seed(a.seed)
     num_classes = getattr(task, "num_classes", 0)
     if (a.classes or a.per_class) and not num_classes:

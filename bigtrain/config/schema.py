@@ -85,6 +85,21 @@ class LossConfig:
 
 
 @dataclass
+class VQLossConfig:
+    """The tokenizer's objective (task=tokenizer; Esser et al. 2021, eq. 4-7). VQ-VAE (van den Oord
+    et al. 2017) is ``perceptual_weight=0, disc_weight=0``."""
+
+    rec_loss: str = "l1"  # l1 | l2 (per pixel)
+    rec_weight: float = 1.0
+    perceptual_weight: float = 1.0  # LPIPS (VGG16 from the cache)
+    codebook_weight: float = 1.0  # the quantiser's codebook + beta * commitment loss
+    disc_weight: float = 0.8  # scales the adaptive weight of the PatchGAN term; 0 = no discriminator
+    disc_start: int = 0  # step from which the GAN term and D's updates are on
+    disc_layers: int = 3
+    disc_width: int = 64
+
+
+@dataclass
 class AdamConfig:
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -160,12 +175,13 @@ class TrackingConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    task: str = "gan"  # the training task (a registry in bigtrain.train.tasks): gan
+    task: str = "gan"  # the training task (a registry in bigtrain.train.tasks): gan | tokenizer
     resume: str = "auto"  # auto | never | PATH to a checkpoint folder
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    vq: VQLossConfig = field(default_factory=VQLossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)

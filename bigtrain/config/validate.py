@@ -41,6 +41,13 @@ def validate(cfg: DictConfig, num_classes: int) -> None:
     for key in ("log_every", "sample_every", "ckpt_every"):
         if cfg.trainer[key] < 1:
             problems.append(f"trainer.{key} must be >= 1")
+    if cfg.task == "tokenizer":
+        if cfg.vq.rec_loss not in ("l1", "l2"):
+            problems.append(f"vq.rec_loss must be l1 or l2 (got '{cfg.vq.rec_loss}')")
+        if str(cfg.trainer.precision) == "fp16":
+            problems.append("task=tokenizer trains in fp32 or bf16: set trainer.precision=bf16")
+        if min(cfg.vq.rec_weight, cfg.vq.perceptual_weight, cfg.vq.codebook_weight, cfg.vq.disc_weight) < 0:
+            problems.append("vq.*_weight must be >= 0")
     if cfg.eval.enabled and cfg.eval.num_samples < 2:
         problems.append("eval.num_samples must be >= 2")
     try:

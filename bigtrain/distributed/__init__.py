@@ -125,6 +125,24 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return out / world_size()
 
 
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum of a tensor over ranks (a new tensor; e.g. codebook usage counts and EMA sums)."""
+    if not is_dist():
+        return values
+    out = values.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def broadcast_tensor(values: torch.Tensor) -> torch.Tensor:
+    """Rank 0's tensor on every rank (e.g. which encoder outputs restart dead codes)."""
+    if not is_dist():
+        return values
+    out = values.detach().clone().contiguous()
+    dist.broadcast(out, src=0)
+    return out
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     if not is_dist():
         return [obj]

@@ -29,17 +29,18 @@ from bigtrain.models.biggan_layers import (
     DBlock,
     GBlock,
     NormFactory,
+    ProjectionDiscriminator,
     SelfAttention,
     apply_init,
     attention_resolutions,
     batch_norm_2d,
     init_orthogonal,
+    run_blocks,
     sn_conv2d,
     sn_embedding,
     sn_linear,
 )
 from bigtrain.models.common import check_labels as _labels
-from bigtrain.models.common import projection
 
 BOTTOM_WIDTH = 4
 """Spatial size of G's first feature map (and of D's last)."""
@@ -249,11 +250,7 @@ class BigGANGenerator(nn.Module):
         y = _labels(y, self.num_classes, z.shape[0])
         z0, conds = self.block_conditions(z, y)
         h = self.linear(z0).view(z.shape[0], -1, BOTTOM_WIDTH, BOTTOM_WIDTH)
-        for index, (block, cond) in enumerate(zip(self.blocks, conds, strict=True)):
-            h = block(h, cond)
-            key = str(index)
-            if key in self.attention:
-                h = self.attention[key](h)
+        h = run_blocks(h, self.blocks, self.attention, conds)
         h = self.out_conv(F.relu(self.out_bn(h)))
         return torch.tanh(h)
 
@@ -279,7 +276,7 @@ def _cbn(
     )
 
 
-class BigGANDiscriminator(nn.Module):
+class BigGANDiscriminator(ProjectionDiscriminator):
     """BigGAN discriminator; ``forward(x [B, C, R, R], y [B] | None) -> [B]`` raw logits.
 
     Every conv, the output linear and the projection embedding are spectrally normalised. The first
@@ -335,19 +332,7 @@ class BigGANDiscriminator(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Rectified, globally sum-pooled features ``[B, 16 ch]`` that the logit is computed from."""
-        h = x
-        for index, block in enumerate(self.blocks):
-            h = block(h)
-            key = str(index)
-            if key in self.attention:
-                h = self.attention[key](h)
-        return F.relu(h).sum(dim=(2, 3))
-
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Score images ``x: [B, C, H, W]`` (with labels ``y: [B]``); returns raw logits ``[B]``."""
-        y = _labels(y, self.num_classes, x.shape[0])
-        h = self.features(x)
-        return projection(self.linear(h).squeeze(1), self.embed, y, h)
+        return F.relu(run_blocks(x, self.blocks, self.attention)).sum(dim=(2, 3))
 
 
 _ARCH_KEYS = frozenset(

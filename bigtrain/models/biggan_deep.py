@@ -28,17 +28,19 @@ from torch import Tensor, nn
 from bigtrain.models.biggan_layers import (
     ConditionalBatchNorm,
     NormFactory,
+    ProjectionDiscriminator,
     SelfAttention,
     apply_init,
     apply_norm,
     attention_resolutions,
     batch_norm_2d,
     init_orthogonal,
+    run_blocks,
     sn_conv2d,
     sn_embedding,
     sn_linear,
 )
-from bigtrain.models.common import check_labels, projection
+from bigtrain.models.common import check_labels
 
 
 class DeepGBlock(nn.Module):
@@ -257,15 +259,11 @@ class BigGANDeepGenerator(nn.Module):
         y = check_labels(y, self.num_classes, z.shape[0])
         cond = self.condition(z, y)
         h = self.linear(cond).view(z.shape[0], -1, BOTTOM_WIDTH, BOTTOM_WIDTH)
-        for index, block in enumerate(self.blocks):
-            h = block(h, cond)
-            key = str(index)
-            if key in self.attention:
-                h = self.attention[key](h)
+        h = run_blocks(h, self.blocks, self.attention, cond)
         return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
 
 
-class BigGANDeepDiscriminator(nn.Module):
+class BigGANDeepDiscriminator(ProjectionDiscriminator):
     """BigGAN-deep discriminator; ``forward(x [B, C, R, R], y [B] | None) -> [B]`` raw logits.
 
     SN conv3x3 (image -> ``ch``), then per resolution stage ``depth`` bottleneck blocks (the first
@@ -320,19 +318,7 @@ class BigGANDeepDiscriminator(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Rectified, globally sum-pooled features ``[B, 16 ch]``."""
-        h = self.input_conv(x)
-        for index, block in enumerate(self.blocks):
-            h = block(h)
-            key = str(index)
-            if key in self.attention:
-                h = self.attention[key](h)
-        return F.relu(h).sum(dim=(2, 3))
-
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Score images ``x`` (with labels ``y``); returns raw logits ``[B]``."""
-        y = check_labels(y, self.num_classes, x.shape[0])
-        h = self.features(x)
-        return projection(self.linear(h).squeeze(1), self.embed, y, h)
+        return F.relu(run_blocks(self.input_conv(x), self.blocks, self.attention)).sum(dim=(2, 3))
 
 
 _ARCH_KEYS = frozenset(

@@ -257,6 +257,40 @@ class SelfAttention(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+def run_blocks(
+    h: Tensor, blocks: nn.ModuleList, attention: nn.ModuleDict, cond: Tensor | list | None = None
+) -> Tensor:
+    """Residual blocks in order, each followed by its self-attention when ``attention`` has one under
+    the block's index. ``cond``: one conditioning tensor for every G block, a list with one per
+    block, or None (D)."""
+    for index, block in enumerate(blocks):
+        h = block(h) if cond is None else block(h, cond[index] if isinstance(cond, list) else cond)
+        key = str(index)
+        if key in attention:
+            h = attention[key](h)
+    return h
+
+
+class ProjectionDiscriminator(nn.Module):
+    """The scoring shared by BigGAN's and BigGAN-deep's D: ``linear(phi(x)) + <embed(y), phi(x)>``
+    (Miyato & Koyama 2018, eq. 3) on the features that the subclass's ``features`` computes."""
+
+    num_classes: int
+    linear: nn.Module
+    embed: nn.Module | None
+
+    def features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Score images ``x: [B, C, H, W]`` (with labels ``y: [B]``); returns raw logits ``[B]``."""
+        from bigtrain.models.common import check_labels, projection
+
+        y = check_labels(y, self.num_classes, x.shape[0])
+        h = self.features(x)
+        return projection(self.linear(h).squeeze(1), self.embed, y, h)
+
+
 def apply_norm(norm: nn.Module, x: Tensor, cond: Tensor | None) -> Tensor:
     """Apply a conditional BN with ``cond``, or any plain (possibly Sync-converted) BN without."""
     if isinstance(norm, ConditionalBatchNorm):
@@ -440,6 +474,7 @@ __all__ = [
     "DBlock",
     "GBlock",
     "NormFactory",
+    "ProjectionDiscriminator",
     "SelfAttention",
     "SpectralNorm",
     "apply_init",
@@ -449,6 +484,7 @@ __all__ = [
     "init_normal",
     "init_orthogonal",
     "raw_weight",
+    "run_blocks",
     "sn_conv2d",
     "sn_embedding",
     "sn_linear",

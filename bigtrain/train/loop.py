@@ -254,6 +254,9 @@ class Trainer:
         if self.main and self.fid is not None:
             t = time.time()
             results = self.fid(self.task.sampler())
+            extra = getattr(self.task, "eval_metrics", None)  # e.g. the tokenizer's PSNR, SSIM, usage
+            if extra is not None:
+                results |= extra()
             value = results[self.fid.metric_key]
             self.fid_history[self.step] = value
             self.tracker.log_metrics(results, self.step)

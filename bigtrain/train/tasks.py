@@ -72,8 +72,14 @@ def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
 def build_task(cfg: DictConfig, manifest: DatasetManifest, device: torch.device, accelerator: Any) -> Task:
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task '{cfg.task}'; choose one of: {', '.join(sorted(TASKS))}")
-    return TASKS[cfg.task](cfg, manifest, device, accelerator)
+    from bigtrain.config.validate import ConfigError
+
+    try:
+        return TASKS[cfg.task](cfg, manifest, device, accelerator)
+    except ValueError as exc:  # a model builder rejecting an option (unknown key, bad size): one line
+        raise ConfigError(str(exc)) from None
 
 
 # registering the built-in tasks
 from bigtrain.train import gan_task as _gan_task  # noqa: E402,F401
+from bigtrain.train import tokenizer_task as _tokenizer_task  # noqa: E402,F401

@@ -127,3 +127,17 @@ def test_biggan_two_ranks_cross_replica_bn_agree_and_resume_exactly(
     assert da["digests"] == db["digests"]
     keys = (tmp_path / "a" / "data-keys" / "rank-0.txt").read_text().split()
     assert len(keys) == 6 * 8 * 2  # 6 steps x batch 8 x 2 accumulated micro-batches, 1 D step
+
+
+def test_tokenizer_two_ranks_keep_one_codebook(mnist_shards: Path, tmp_path: Path) -> None:
+    """Two ranks train the VQ-GAN tokenizer (EMA codebook with dead-code restarts, PatchGAN from
+    step 3): codebook statistics are summed over ranks and restarts take rank 0's choice, so the
+    ranks' tokenizer and discriminator stay identical."""
+    from tests.e2e.test_tokenizer_cli import SMALL
+
+    _torchrun(mnist_shards, tmp_path / "run", *SMALL, "trainer.max_steps=4", "trainer.ckpt_every=4",
+              experiment="mnist_vqgan")  # fmt: skip
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "step-00000004" / "meta.json").read_text())
+    rank0, rank1 = meta["rank_weight_digests"]
+    assert set(rank0) == {"vq", "D"} and rank0 == rank1
+    assert meta["world_size"] == 2
