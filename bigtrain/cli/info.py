@@ -32,6 +32,13 @@ def expected_manifest(cfg: DictConfig) -> tuple[DatasetManifest, str]:
         return DatasetManifest(Path("."), "declared", d.resolution, d.channels, classes, {}), "preset"
 
 
+def _vq_loss(cfg: DictConfig) -> str:
+    """The tokenizer objective in words, e.g. ``l1+lpips+codebook+patchgan``."""
+    v = cfg.vq
+    terms = [str(v.rec_loss)] + (["lpips"] if v.perceptual_weight > 0 else []) + ["codebook"]
+    return "+".join(terms + (["patchgan"] if v.disc_weight > 0 else []))
+
+
 def describe(cfg: DictConfig) -> dict[str, Any]:
     from bigtrain.train.tasks import build_task
 
@@ -44,7 +51,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "params_total": sum(params.values()),
         "model": cfg.model.name,
         "task": cfg.task,
-        "loss": str(cfg.loss.name),
+        "loss": str(cfg.loss.name) if cfg.task == "gan" else _vq_loss(cfg),
         "data": {
             "resolution": manifest.resolution,
             "channels": manifest.channels,

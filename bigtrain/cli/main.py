@@ -13,6 +13,7 @@ from contextlib import contextmanager
 COMMANDS = {
     "prepare": "write WebDataset shards from an image folder or builtin:mnist5k",
     "train": "train (a Hydra app: bigtrain train experiment=mnist_dcgan data.path=...)",
+    "tokenize": "encode image shards into token shards with a trained tokenizer (stage 2's data)",
     "info": "build a preset's networks without training: parameter counts, batch, precision",
     "inspect": "print a checkpoint's step and per-component SHA-256 digests",
     "evaluate": "FID of a checkpoint's EMA generator, logged to its MLflow run",

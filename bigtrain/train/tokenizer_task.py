@@ -145,9 +145,9 @@ class TokenizerTask:
         batches = []
         for _ in range(self.accumulation):
             x = next(data)["image"].to(self.device, non_blocking=True)
-            batches.append(x)
             with autocast():
                 x_rec, q = self.vq(x)
+            batches.append((x, x_rec.detach()))  # D trains on these: no second (stateful) VQ pass
             rec = self._rec(x, x_rec)
             perc = (
                 self.lpips(x, x_rec).mean() if self.lpips is not None else torch.zeros((), device=self.device)
@@ -191,15 +191,14 @@ class TokenizerTask:
         metrics["train/nonfinite_skips"] = float(self.nonfinite_total)
         return metrics
 
-    def _d_step(self, step: int, batches: list[torch.Tensor]) -> float | None:
+    def _d_step(self, step: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
+        """Hinge loss on the real images and the autoencoder step's (detached) reconstructions."""
         assert self.D is not None and self.opt_D is not None
         self.opt_D.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        for x in batches:
-            with torch.no_grad(), self.accelerator.autocast():
-                x_rec = self.vq(x)[0]
+        for x, x_rec in batches:
             with self.accelerator.autocast():
-                real, fake = self.D(x).float(), self.D(x_rec.detach()).float()
+                real, fake = self.D(x).float(), self.D(x_rec).float()
             loss = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())  # hinge, as the release
             (loss / len(batches)).backward()
             total = total + loss.detach() / len(batches)

@@ -6,9 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from bigtrain.data.manifest import DatasetManifest
+from bigtrain.data.prepare import iter_images
+from bigtrain.data.tokenize import read_tokens
+from bigtrain.train.snapshot import load_snapshot
 from tests.conftest import run_cli
 
 SMALL = (
@@ -85,14 +92,60 @@ def test_tokenizer_bad_settings_are_one_line(mnist_shards: Path, tmp_path: Path)
     )
 
 
-def test_evaluate_gives_rfid_and_sample_explains_itself(mnist_shards: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def small_tokenizer(mnist_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("tok") / "run"
     run_cli("train", "experiment=mnist_vqgan", f"data.path={mnist_shards}", f"run.dir={run}", "tracking.enabled=false",
             *SMALL, "trainer.max_steps=2", "eval.enabled=false")  # fmt: skip
-    ckpt = run / "checkpoints" / "step-00000002"
-    out = run_cli("evaluate", str(ckpt), "--num-samples", "100")
+    return run / "checkpoints" / "step-00000002"
+
+
+def test_evaluate_gives_rfid_and_sample_explains_itself(small_tokenizer: Path, tmp_path: Path) -> None:
+    out = run_cli("evaluate", str(small_tokenizer), "--num-samples", "100")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["metric"] == "fid/digits/n100" and result["value"] > 0
     assert 0 < result["metrics"]["eval/ssim"] <= 1 and result["metrics"]["eval/psnr"] > 0
-    bad = run_cli("sample", str(ckpt), "--out", str(tmp_path / "x.png"), check=False)
+    bad = run_cli("sample", str(small_tokenizer), "--out", str(tmp_path / "x.png"), check=False)
     assert bad.returncode == 2 and "use bigtrain evaluate" in bad.stderr
+
+
+def test_tokenize_writes_token_shards_that_decode_like_the_model(
+    small_tokenizer: Path, mnist_shards: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "tokens"
+    report = json.loads(
+        run_cli("tokenize", str(small_tokenizer), str(mnist_shards), str(out), "--workers", "2").stdout
+    )
+    src = DatasetManifest.load(mnist_shards)
+    toks = DatasetManifest.load(out)
+    assert report["counts"] == {"train": src.count("train"), "val": src.count("val")}
+    assert toks.extra["kind"] == "tokens" and toks.extra["tokens"] == {
+        "grid": [8, 8],
+        "vocab": 32,
+        "dtype": "uint16",
+    }
+    tok = toks.extra["tokenizer"]
+    meta = json.loads((small_tokenizer / "meta.json").read_text())
+    assert tok["checkpoint"] == str(small_tokenizer.resolve()) and tok["digest"] == meta["digests"]["vq"]
+    assert [s.file for s in toks.splits["train"]] == [s.file for s in src.splits["train"]]
+    tokens, labels, keys = read_tokens(toks, "val")
+    assert tokens.shape == (500, 8, 8) and tokens.dtype == np.uint16 and tokens.max() < 32
+    # The same codes as the tokenizer gives for those images, in the same order, with their labels.
+    snap = load_snapshot(small_tokenizer, "cpu")
+    vq = snap.task.vq.eval()
+    first = next(iter_images(src, "val", 16))
+    x = torch.from_numpy(first).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    with torch.no_grad():
+        expected = vq.encode(x)[1].indices.numpy()
+    assert np.array_equal(tokens[:16], expected)
+    assert labels.min() >= 0 and labels.max() <= 9 and len(set(keys)) == 500
+    # Deterministic: a second run gives byte-identical shards.
+    again = tmp_path / "again"
+    run_cli("tokenize", str(small_tokenizer), str(mnist_shards), str(again))
+    assert [s.sha256 for s in DatasetManifest.load(again).splits["val"]] == [
+        s.sha256 for s in toks.splits["val"]
+    ]
+    bad = run_cli(
+        "tokenize", str(small_tokenizer), str(tmp_path / "missing"), str(tmp_path / "o"), check=False
+    )
+    assert bad.returncode == 2 and "dataset folder not found" in bad.stderr

@@ -19,7 +19,8 @@ PRESETS = sorted(
 def test_every_preset_reports_parameter_counts(preset: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert info_main([f"experiment={preset}", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert set(info["params"]) >= {"G", "D"} and all(n > 0 for n in info["params"].values())
+    networks = {"gan": {"G", "D"}, "tokenizer": {"vq", "D"}}[info["task"]]
+    assert set(info["params"]) >= networks and all(n > 0 for n in info["params"].values())
     assert info["params_total"] == sum(info["params"].values())
 
 

@@ -1,0 +1,30 @@
+"""``bigtrain tokenize CKPT SHARDS OUT [--workers N] [--batch-size B] [--device cpu|cuda]``
+
+Encode an image shard set (written by ``bigtrain prepare``) with a trained tokenizer checkpoint
+into token shards at OUT (one per image shard, same keys; ``dataset.json`` records the token grid,
+vocabulary and the tokenizer's identity). The prior (stage 2) trains from OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from bigtrain.data.tokenize import tokenize_dataset
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bigtrain tokenize", description=__doc__.split("\n\n")[1])
+    p.add_argument("ckpt", help="a task=tokenizer checkpoint folder")
+    p.add_argument("shards", help="the image dataset folder (with dataset.json)")
+    p.add_argument("out", help="where to write the token shards")
+    p.add_argument("--workers", type=int, default=1, help="processes (each loads the tokenizer once)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    a = p.parse_args(argv)
+    m = tokenize_dataset(a.ckpt, a.shards, a.out, a.workers, a.batch_size, a.device)
+    summary = {split: m.count(split) for split in m.splits}
+    print(
+        json.dumps({"out": str(m.root), "counts": summary, **{k: m.extra[k] for k in ("tokens", "skipped")}})
+    )
+    return 0

@@ -1,0 +1,176 @@
+"""Image shards -> token shards with a frozen tokenizer (stage 1 -> stage 2 of the VQ-GAN pipeline).
+
+Each image shard becomes a token shard of the same name and sample keys: ``<key>.tokens.npy`` (the
+code indices, ``uint16 [h, w]``, or ``int32`` for codebooks over 65,536) and ``<key>.cls``. The
+prior then trains from token shards, so the tokenizer is not run again every epoch. The output's
+``dataset.json`` records the token grid, the vocabulary and the tokenizer's identity (checkpoint,
+step, weight digest, architecture), so a prior knows exactly which tokenizer decodes its samples.
+
+Shards are independent: ``workers`` processes take them in turns, each loading the tokenizer
+once. Writing is deterministic (fixed tar mtimes, evaluation-mode encoder): tokenizing the same
+shards with the same checkpoint gives byte-identical token shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import multiprocessing as mp
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from omegaconf import OmegaConf
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from bigtrain.checkpoint.io import CheckpointError
+from bigtrain.data.manifest import DatasetManifest, ShardInfo
+from bigtrain.data.prepare import to_pil
+
+_WORKER: dict[str, Any] = {}
+
+
+def _load_tokenizer(ckpt: str, device: str) -> Any:
+    from bigtrain.train.snapshot import load_snapshot
+
+    snap = load_snapshot(ckpt, device)
+    if snap.cfg.task != "tokenizer":
+        raise CheckpointError(f"{ckpt} is a task={snap.cfg.task} checkpoint, not a tokenizer")
+    vq = snap.task.vq.eval()  # type: ignore[attr-defined]
+    return snap, vq
+
+
+def _init_worker(ckpt: str, device: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["snap"], _WORKER["vq"] = _load_tokenizer(ckpt, device)
+
+
+@torch.no_grad()
+def _encode(vq: Any, images: list[np.ndarray], device: torch.device) -> np.ndarray:
+    x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    z = vq.quant_conv(vq.encoder(x))
+    return vq.quantize.encode_indices(z).cpu().numpy()
+
+
+def tokenize_shard(src: str, dst: str, channels: int, batch_size: int) -> tuple[str, int, str, int]:
+    """Encode one image shard into ``dst``; returns (file name, samples, sha256, skipped)."""
+    vq = _WORKER["vq"]
+    device = next(vq.parameters()).device
+    dtype = np.uint16 if vq.num_codes <= 2**16 else np.int32
+    count = skipped = 0
+    pending: list[tuple[str, np.ndarray, bytes]] = []
+    with wds.TarWriter(dst, mtime=0) as sink:
+
+        def flush() -> None:
+            nonlocal count
+            if not pending:
+                return
+            codes = _encode(vq, [p[1] for p in pending], device)
+            for (key, _, cls), tokens in zip(pending, codes, strict=True):
+                buf = io.BytesIO()
+                np.save(buf, tokens.astype(dtype), allow_pickle=False)
+                sink.write({"__key__": key, "tokens.npy": buf.getvalue(), "cls": cls})
+                count += 1
+            pending.clear()
+
+        for sample in wds.tarfile_samples([{"url": src}]):
+            try:
+                with Image.open(io.BytesIO(sample["png"])) as im:
+                    arr = np.asarray(to_pil(im, channels))
+            except (OSError, UnidentifiedImageError, KeyError):
+                skipped += 1
+                continue
+            pending.append(
+                (sample["__key__"], arr if arr.ndim == 3 else arr[..., None], sample.get("cls", b"0"))
+            )
+            if len(pending) == batch_size:
+                flush()
+        flush()
+    digest = hashlib.sha256(Path(dst).read_bytes()).hexdigest()
+    return Path(dst).name, count, digest, skipped
+
+
+def tokenize_dataset(
+    ckpt: str | Path,
+    src: str | Path,
+    out: str | Path,
+    workers: int = 1,
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = True,
+    on_shard: Callable[[str], None] | None = None,
+) -> DatasetManifest:
+    """Tokenize every split of the image dataset at ``src`` into ``out``; returns the new manifest."""
+    ckpt = str(Path(ckpt).resolve())
+    manifest = DatasetManifest.load(src)
+    snap, vq = _load_tokenizer(ckpt, device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(split, s) for split, shards in manifest.splits.items() for s in shards]
+    threads = max(1, torch.get_num_threads() // max(1, workers))
+    results: dict[str, tuple[str, int, str, int]] = {}
+    bar = tqdm(total=len(jobs), unit="shard", desc="tokenize", disable=not progress)
+    ctx = mp.get_context("spawn")  # no forked CUDA state, no shared RNG
+    with ProcessPoolExecutor(
+        max(1, workers), mp_context=ctx, initializer=_init_worker, initargs=(ckpt, device, threads)
+    ) as pool:
+        futures = {
+            s.file: pool.submit(
+                tokenize_shard, str(manifest.root / s.file), str(out / s.file), manifest.channels, batch_size
+            )
+            for _, s in jobs
+        }
+        for name, fut in futures.items():
+            results[name] = fut.result()
+            bar.update(1)
+            if on_shard is not None:
+                on_shard(name)
+    bar.close()
+    splits = {
+        split: [ShardInfo(*results[s.file][:3]) for s in shards] for split, shards in manifest.splits.items()
+    }
+    grid = vq.token_grid
+    tokens_manifest = DatasetManifest(
+        root=out,
+        name=f"{manifest.name}-tokens",
+        resolution=manifest.resolution,
+        channels=manifest.channels,
+        classes=manifest.classes,
+        splits=splits,
+        extra={
+            "kind": "tokens",
+            "tokens": {
+                "grid": [grid, grid],
+                "vocab": vq.num_codes,
+                "dtype": "uint16" if vq.num_codes <= 2**16 else "int32",
+            },
+            "skipped": sum(r[3] for r in results.values()),
+            "source": {"path": str(manifest.root.resolve()), "dataset_id": manifest.dataset_id},
+            "tokenizer": {
+                "checkpoint": ckpt,
+                "step": snap.checkpoint.step,
+                "digest": snap.checkpoint.meta.get("digests", {}).get("vq"),
+                "arch": OmegaConf.to_container(snap.cfg.model.arch, resolve=True),
+            },
+        },
+    )
+    tokens_manifest.write()
+    return tokens_manifest
+
+
+def read_tokens(manifest: DatasetManifest, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """All ``(tokens [N, h, w], labels [N], keys)`` of a token split, in shard order (small sets, tests)."""
+    toks, labels, keys = [], [], []
+    for sample in wds.tarfile_samples([{"url": p} for p in manifest.shard_paths(split)]):
+        toks.append(np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False))
+        labels.append(int(sample.get("cls", b"0")))
+        keys.append(sample["__key__"])
+    return np.stack(toks), np.array(labels), keys
+
+
+__all__ = ["read_tokens", "tokenize_dataset", "tokenize_shard"]

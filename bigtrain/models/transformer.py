@@ -1,0 +1,277 @@
+"""The stage-2 prior: a decoder-only transformer over tokenizer codes, class-conditional.
+
+GPT-style (Radford et al. 2019) as used for images by VQ-GAN (Esser et al. 2021) and LlamaGen
+(Sun et al. 2024): the sequence is ``[class token, code_1, ..., code_N]`` in raster order, each block
+is pre-norm ``x + attn(LN(x))``, ``x + MLP(LN(x))`` with causal scaled-dot-product attention
+(PyTorch's fused SDPA) and positions either learned (absolute) or rotary (RoPE, Su et al. 2021, on
+queries and keys). The class embedding has one extra row, the *null class*: training replaces a
+label by it with probability ``label_dropout`` so that one network gives both the conditional and
+the unconditional logits that classifier-free guidance (Ho & Salimans 2022) mixes at sampling time.
+
+``forward(tokens, labels, cache=None)`` returns next-token logits for every position; with a
+:class:`KVCache` it processes only the new positions and appends their keys and values, which turns
+sampling from quadratic into linear work per token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class PriorConfig:
+    vocab: int  # codebook size
+    seq_len: int  # image tokens (grid h * w)
+    num_classes: int  # 0: unconditional (the class token is then always the null class)
+    dim: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    positions: str = "rope"  # rope | learned
+    label_dropout: float = 0.1
+
+
+class KVCache:
+    """Per-layer key/value buffers ``[B, heads, max_len, head_dim]`` filled left to right."""
+
+    def __init__(
+        self,
+        layers: int,
+        batch: int,
+        heads: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        shape = (batch, heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.length = 0  # positions filled
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        start, end = self.length, self.length + k.shape[2]
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def rope_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """cos/sin tables ``[seq_len, head_dim / 2]`` for rotary embeddings."""
+    inv = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(seq_len).float(), inv)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs ``(x[2i], x[2i+1])`` of ``x: [B, H, T, D]`` by the angles of positions ``T``."""
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return out.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: PriorConfig) -> None:
+        super().__init__()
+        if cfg.dim % cfg.heads != 0:
+            raise ValueError(f"dim {cfg.dim} is not divisible by heads {cfg.heads}")
+        self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.dropout = cfg.dropout
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
+    ) -> Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        causal = True
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(layer, k, v)
+            if past > 0:  # new queries see every cached position and the new ones causally
+                causal = False
+                mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
+        if causal:
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, t, c))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: PriorConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.dim)
+        hidden = int(cfg.dim * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.dim, hidden),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(hidden, cfg.dim),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
+    ) -> Tensor:
+        x = x + self.attn(self.ln1(x), rope, cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class TokenPrior(nn.Module):
+    def __init__(self, cfg: PriorConfig) -> None:
+        super().__init__()
+        if cfg.positions not in ("rope", "learned"):
+            raise ValueError(f"positions must be 'rope' or 'learned', got {cfg.positions!r}")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab, cfg.dim)
+        self.cls_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)  # the last row is the null class
+        self.pos_emb = (
+            nn.Parameter(torch.zeros(cfg.seq_len + 1, cfg.dim)) if cfg.positions == "learned" else None
+        )
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
+        self.ln_f = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
+        if cfg.positions == "rope":
+            cos, sin = rope_tables(cfg.seq_len + 1, cfg.dim // cfg.heads)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.layers))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
+    def forward(self, tokens: Tensor, labels: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """Logits ``[B, T, vocab]`` predicting token ``t`` from the class token and tokens ``< t``.
+
+        Without a cache (training), ``tokens [B, T]`` are the first ``T <= seq_len`` codes and the
+        output has ``T + 1`` positions (the last one predicts code ``T``); with a cache, only the new
+        positions are computed: the first call passes the class token alone (``tokens`` of length 0).
+        """
+        b = tokens.shape[0]
+        start = 0 if cache is None else cache.length
+        parts = []
+        if start == 0:
+            if labels is None:
+                labels = torch.full((b,), self.null_class, dtype=torch.long, device=tokens.device)
+            parts.append(self.cls_emb(labels)[:, None])
+        if tokens.shape[1] > 0:
+            parts.append(self.tok_emb(tokens))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        t = x.shape[1]
+        if start + t > self.cfg.seq_len + 1:
+            raise ValueError(
+                f"sequence of {start + t} positions exceeds seq_len + 1 = {self.cfg.seq_len + 1}"
+            )
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb[start : start + t]
+        else:
+            rope = (self.rope_cos[start : start + t], self.rope_sin[start : start + t])
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i)
+        if cache is not None:
+            cache.length += t
+        return self.head(self.ln_f(x))
+
+    def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> KVCache:
+        c = self.cfg
+        return KVCache(c.layers, batch, c.heads, c.seq_len + 1, c.dim // c.heads, device, dtype)
+
+    def loss(self, tokens: Tensor, labels: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
+        """Next-token cross-entropy over all ``seq_len`` codes, with label dropout for CFG."""
+        if labels is not None and self.training and self.cfg.label_dropout > 0:
+            drop = (
+                torch.rand(labels.shape, generator=generator, device=labels.device) < self.cfg.label_dropout
+            )
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        logits = self(tokens[:, :-1], labels)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+
+
+def _filter(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Keep the ``top_k`` largest logits and the smallest set whose probability reaches ``top_p``."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cum - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+@torch.no_grad()
+def generate(
+    model: TokenPrior,
+    labels: Tensor | None,
+    batch: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    cfg_scale: float = 1.0,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sample ``[batch, seq_len]`` codes. ``cfg_scale != 1`` mixes conditional and null-class logits:
+    ``uncond + s * (cond - uncond)`` (both halves run in one batch). ``use_cache=False`` recomputes
+    the whole prefix at every step (the reference path the KV-cache test compares against)."""
+    device = next(model.parameters()).device
+    guided = cfg_scale != 1.0 and labels is not None
+    if labels is None:
+        labels = torch.full((batch,), model.null_class, dtype=torch.long, device=device)
+    cls = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels
+    n = cls.shape[0]
+    out = torch.empty(batch, 0, dtype=torch.long, device=device)
+    cache = model.new_cache(n, device, next(model.parameters()).dtype) if use_cache else None
+    was = model.training
+    model.eval()
+    try:
+        for _ in range(model.cfg.seq_len):
+            seq = torch.cat([out, out]) if guided else out
+            if cache is not None:
+                new = seq[:, -1:] if cache.length > 0 else seq[:, :0]
+                logits = model(new, cls, cache)[:, -1]
+            else:
+                logits = model(seq, cls)[:, -1]
+            logits = logits.float()
+            if guided:
+                cond, uncond = logits[:batch], logits[batch:]
+                logits = uncond + cfg_scale * (cond - uncond)
+            logits = _filter(logits / max(temperature, 1e-6), top_k, top_p)
+            nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            out = torch.cat([out, nxt], dim=1)
+    finally:
+        model.train(was)
+    return out
+
+
+__all__ = ["KVCache", "PriorConfig", "TokenPrior", "generate"]
