@@ -12,7 +12,6 @@ overflow, so every rank skips the same steps.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -28,7 +27,7 @@ from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models import build_gan
 from bigtrain.train.augment import diff_augment, parse_policy
 from bigtrain.train.ema import EMA
-from bigtrain.train.tasks import NonFiniteLossError, register_task
+from bigtrain.train.tasks import NonFiniteGuard, register_task
 
 
 def _adam(params: Any, c: DictConfig) -> torch.optim.Adam:
@@ -98,8 +97,7 @@ class GANTask:
         self.scaler_D = torch.amp.GradScaler(dev_type, enabled=fp16)
         # BigGAN's shared class embedding is exempt from the orthogonal penalty (as in the reference)
         self._g_ortho_exempt = [m for m in (getattr(self.G, "shared", None),) if isinstance(m, nn.Module)]
-        self.nonfinite_skips = 0  # in a row; reset by a good step
-        self.nonfinite_total = 0
+        self.guard = NonFiniteGuard(cfg.trainer)
 
     # -- checkpointable state ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -113,7 +111,7 @@ class GANTask:
             out["G_ema"] = self.ema.state_dict()
         if self.scaler_G.is_enabled():
             out["scaler"] = {"G": self.scaler_G.state_dict(), "D": self.scaler_D.state_dict()}
-        out["task"] = {"nonfinite_skips": self.nonfinite_skips, "nonfinite_total": self.nonfinite_total}
+        out["task"] = self.guard.state_dict()
         return out
 
     def load_state(self, states: Mapping[str, Any]) -> None:
@@ -128,9 +126,7 @@ class GANTask:
         if "scaler" in states and self.scaler_G.is_enabled():
             self.scaler_G.load_state_dict(states["scaler"]["G"])
             self.scaler_D.load_state_dict(states["scaler"]["D"])
-        task = states.get("task", {})
-        self.nonfinite_skips = int(task.get("nonfinite_skips", 0))
-        self.nonfinite_total = int(task.get("nonfinite_total", 0))
+        self.guard.load_state_dict(states.get("task", {}))
 
     def digest_modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"G": self.G, "D": self.D}
@@ -146,18 +142,6 @@ class GANTask:
 
     def images_per_step(self) -> int:
         return self.batch_size * self.cfg.loss.d_steps * self.accumulation
-
-    def _finite(self, loss_sum: torch.Tensor, name: str, step: int) -> float | None:
-        """The rank-averaged loss, or None when the update must be dropped (policy ``skip``)."""
-        value = float(bdist.all_reduce_mean(loss_sum.detach().float()))
-        if math.isfinite(value):
-            return value
-        policy = str(self.cfg.trainer.on_nonfinite)
-        if policy == "skip" and self.nonfinite_skips < self.cfg.trainer.max_nonfinite_skips:
-            self.nonfinite_skips += 1
-            self.nonfinite_total += 1
-            return None
-        raise NonFiniteLossError(name, step)
 
     def _apply(self, module: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         bdist.all_reduce_grads(module.parameters())
@@ -204,7 +188,7 @@ class GANTask:
             total = total + loss.detach() / self.accumulation
             real_logit = real_logit + real_logits.detach().float().mean() / self.accumulation
             fake_logit = fake_logit + fake_logits.detach().float().mean() / self.accumulation
-        value = self._finite(total, "D", step)
+        value = self.guard.check(total, "D", step)
         if value is None:
             self.opt_D.zero_grad(set_to_none=True)
             return None
@@ -230,7 +214,7 @@ class GANTask:
                     loss = loss + orthogonal_penalty(self.G, self.cfg.loss.g_ortho, self._g_ortho_exempt)
                 self.scaler_G.scale(loss / self.accumulation).backward()
                 total = total + loss.detach() / self.accumulation
-            value = self._finite(total, "G", step)
+            value = self.guard.check(total, "G", step)
             if value is None:
                 self.opt_G.zero_grad(set_to_none=True)
                 return None
@@ -255,7 +239,7 @@ class GANTask:
             metrics["loss/G"] = g_loss
             metrics["grad_norm/G"] = float(_grad_norm(self.G))
         if d_out and g_loss is not None:
-            self.nonfinite_skips = 0
+            self.guard.good_step()
         if self.ema is not None:
             self.ema.update(self.G, step)
             metrics["ema/decay"] = self.ema.current_decay(step)
@@ -273,7 +257,7 @@ class GANTask:
             metrics["D/real_logit"], metrics["D/fake_logit"] = float(scores[0]), float(scores[1])
             if self.loss.gradient_penalty:
                 metrics["loss/gp"] = float(scores[2])
-        metrics["train/nonfinite_skips"] = float(self.nonfinite_total)
+        metrics["train/nonfinite_skips"] = float(self.guard.total)
         if self.scaler_G.is_enabled():
             metrics["amp/scale_G"], metrics["amp/scale_D"] = (
                 self.scaler_G.get_scale(),

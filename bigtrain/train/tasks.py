@@ -29,6 +29,43 @@ class NonFiniteLossError(RuntimeError):
         return f"non-finite {self.name} loss at step {self.step}: run stopped; last good checkpoint: {where}"
 
 
+class NonFiniteGuard:
+    """``trainer.on_nonfinite`` for one task: a loss that is NaN/inf on any rank either stops the run
+    (``stop``) or drops that update and counts it (``skip``), up to ``max_nonfinite_skips`` in a row.
+    Its counters are checkpointed in the task's ``task`` component."""
+
+    def __init__(self, trainer_cfg: DictConfig) -> None:
+        self.policy = str(trainer_cfg.on_nonfinite)
+        self.max_skips = int(trainer_cfg.max_nonfinite_skips)
+        self.skips = 0  # in a row; reset by a good step
+        self.total = 0
+
+    def check(self, loss_sum: torch.Tensor, name: str, step: int) -> float | None:
+        """The rank-averaged loss, or None when the update must be dropped; raises to stop."""
+        import math
+
+        from bigtrain import distributed as bdist
+
+        value = float(bdist.all_reduce_mean(loss_sum.detach().float()))
+        if math.isfinite(value):
+            return value
+        if self.policy == "skip" and self.skips < self.max_skips:
+            self.skips += 1
+            self.total += 1
+            return None
+        raise NonFiniteLossError(name, step)
+
+    def good_step(self) -> None:
+        self.skips = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"nonfinite_skips": self.skips, "nonfinite_total": self.total}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.skips = int(state.get("nonfinite_skips", 0))
+        self.total = int(state.get("nonfinite_total", 0))
+
+
 class Task(Protocol):
     def state(self) -> dict[str, Any]:
         """Shared (rank-independent) components to checkpoint, by name."""

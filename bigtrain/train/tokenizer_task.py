@@ -16,7 +16,6 @@ shows originals above their reconstructions.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -31,7 +30,7 @@ from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.prepare import iter_images
 from bigtrain.models.patchgan import PatchDiscriminator
 from bigtrain.models.vqgan import VQModel, build_vqgan
-from bigtrain.train.tasks import NonFiniteLossError, register_task
+from bigtrain.train.tasks import NonFiniteGuard, register_task
 
 EVAL_IMAGES_FOR_PSNR = 256
 
@@ -89,14 +88,14 @@ class TokenizerTask:
             self.lpips = LPIPS().to(device)
         self.batch_size = cfg.data.batch_size
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
-        self.nonfinite_skips = self.nonfinite_total = 0
+        self.guard = NonFiniteGuard(cfg.trainer)
 
     # -- checkpointable state ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         out: dict[str, Any] = {"vq": self.vq.state_dict(), "opt_vq": self.opt_G.state_dict()}
         if self.D is not None and self.opt_D is not None:
             out["D"], out["opt_D"] = self.D.state_dict(), self.opt_D.state_dict()
-        out["task"] = {"nonfinite_skips": self.nonfinite_skips, "nonfinite_total": self.nonfinite_total}
+        out["task"] = self.guard.state_dict()
         return out
 
     def load_state(self, states: Mapping[str, Any]) -> None:
@@ -105,9 +104,7 @@ class TokenizerTask:
         if self.D is not None and self.opt_D is not None:
             self.D.load_state_dict(states["D"])
             self.opt_D.load_state_dict(states["opt_D"])
-        task = states.get("task", {})
-        self.nonfinite_skips = int(task.get("nonfinite_skips", 0))
-        self.nonfinite_total = int(task.get("nonfinite_total", 0))
+        self.guard.load_state_dict(states.get("task", {}))
 
     def digest_modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"vq": self.vq}
@@ -119,18 +116,6 @@ class TokenizerTask:
         return self.batch_size * self.accumulation
 
     # -- one step ---------------------------------------------------------------------------------
-    def _finite(self, loss: torch.Tensor, name: str, step: int) -> float | None:
-        value = float(bdist.all_reduce_mean(loss.detach().float()))
-        if math.isfinite(value):
-            return value
-        if (
-            str(self.cfg.trainer.on_nonfinite) == "skip"
-            and self.nonfinite_skips < self.cfg.trainer.max_nonfinite_skips
-        ):
-            self.nonfinite_skips += 1
-            self.nonfinite_total += 1
-            return None
-        raise NonFiniteLossError(name, step)
 
     def _rec(self, x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
         if self.cfg.vq.rec_loss == "l2":
@@ -170,7 +155,7 @@ class TokenizerTask:
                     sums.get(k, torch.zeros((), device=self.device)) + t.detach().float() / self.accumulation
                 )
         metrics: dict[str, float] = {}
-        value = self._finite(sums["total"], "tokenizer", step)
+        value = self.guard.check(sums["total"], "tokenizer", step)
         if value is None:
             self.opt_G.zero_grad(set_to_none=True)
         else:
@@ -186,9 +171,9 @@ class TokenizerTask:
             if d_value is not None:
                 metrics["loss/D"] = d_value
         if value is not None and (not gan_on or "loss/D" in metrics):
-            self.nonfinite_skips = 0
+            self.guard.good_step()
         metrics["vq/gan_on"] = float(gan_on)
-        metrics["train/nonfinite_skips"] = float(self.nonfinite_total)
+        metrics["train/nonfinite_skips"] = float(self.guard.total)
         return metrics
 
     def _d_step(self, step: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
@@ -202,7 +187,7 @@ class TokenizerTask:
             loss = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())  # hinge, as the release
             (loss / len(batches)).backward()
             total = total + loss.detach() / len(batches)
-        value = self._finite(total, "D", step)
+        value = self.guard.check(total, "D", step)
         if value is None:
             self.opt_D.zero_grad(set_to_none=True)
             return None
