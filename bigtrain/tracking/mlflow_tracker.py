@@ -83,14 +83,29 @@ class MLflowTracker:
             self.client.update_run(self.run_id, status="RUNNING")
             log.info("continuing MLflow run %s", self.run_id)
         else:
-            exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+            exp_id = self._experiment_id(experiment)
             run = self.client.create_run(exp_id, run_name=run_name, tags={"mlflow.runName": run_name})
             self.run_id = run.info.run_id
             flat = [Param(k, v[:MAX_PARAM_LEN]) for k, v in sorted(flatten(params).items())]
             for i in range(0, len(flat), 100):  # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=flat[i : i + 100])
         self.set_tags({**default_tags(), **(tags or {})})
+
+    def _experiment_id(self, name: str) -> str:
+        """The experiment's id, creating it if needed. Jobs of a sweep start together: when another
+        job creates the experiment between our lookup and our create, use theirs."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import time

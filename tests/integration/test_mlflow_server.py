@@ -169,3 +169,30 @@ def test_a_concurrent_sweep_loses_nothing_and_compares(
         ).stdout
     )
     assert data["metric"] == "fid/digits" and all(len(r["curve"]) == steps // every for r in data["runs"])
+
+
+def _open_tracker(args: tuple[str, str, object]) -> str:
+    uri, experiment, barrier = args
+    from bigtrain.tracking.mlflow_tracker import MLflowTracker
+
+    barrier.wait()  # type: ignore[attr-defined] - every job asks for the new experiment at once
+    tracker = MLflowTracker(uri, experiment, "job", {"x": 1})
+    tracker.close()
+    return tracker.run_id
+
+
+def test_jobs_starting_together_share_one_new_experiment(mlflow_server: str) -> None:
+    """A sweep's jobs start at the same moment and all find the experiment missing; the ones that
+    lose the race to create it must use the winner's, not fail (found by the sweep test on CI)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    n = 4
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(n)
+        with ctx.Pool(n) as pool:
+            run_ids = pool.map(_open_tracker, [(mlflow_server, "race", barrier)] * n)
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("race")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(run_ids) and len(set(run_ids)) == n
