@@ -27,18 +27,8 @@ from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models import build_gan
 from bigtrain.train.augment import diff_augment, parse_policy
 from bigtrain.train.ema import EMA
+from bigtrain.train.optim import adam, apply_hparams
 from bigtrain.train.tasks import NonFiniteGuard, register_task
-
-
-def _adam(params: Any, c: DictConfig) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
-
-
-def _apply_hparams(opt: torch.optim.Optimizer, c: DictConfig) -> None:
-    """After loading an optimizer's state, the config's hyper-parameters win over the saved ones,
-    so a resumed run can lower its learning rate (PyTorch would silently restore the old one)."""
-    for group in opt.param_groups:
-        group.update(lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
 
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:
@@ -79,8 +69,8 @@ class GANTask:
         self.D.to(device, memory_format=self.memory_format)
         bdist.broadcast_module(self.G)
         bdist.broadcast_module(self.D)
-        self.opt_G = _adam(self.G.parameters(), cfg.optim.g)
-        self.opt_D = _adam(self.D.parameters(), cfg.optim.d)
+        self.opt_G = adam(self.G.parameters(), cfg.optim.g)
+        self.opt_D = adam(self.D.parameters(), cfg.optim.d)
         self.loss = build_loss(str(cfg.loss.name))
         self.augment = parse_policy(str(cfg.loss.get("diffaugment", "") or ""))
         self.ema = EMA(self.G, cfg.ema.decay, cfg.ema.start_step, cfg.ema.warmup) if cfg.ema.enabled else None
@@ -119,8 +109,8 @@ class GANTask:
         self.D.load_state_dict(states["D"])
         self.opt_G.load_state_dict(states["opt_G"])
         self.opt_D.load_state_dict(states["opt_D"])
-        _apply_hparams(self.opt_G, self.cfg.optim.g)
-        _apply_hparams(self.opt_D, self.cfg.optim.d)
+        apply_hparams(self.opt_G, self.cfg.optim.g)
+        apply_hparams(self.opt_D, self.cfg.optim.d)
         if self.ema is not None:
             self.ema.load_state_dict(states["G_ema"])
         if "scaler" in states and self.scaler_G.is_enabled():

@@ -30,15 +30,10 @@ from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.prepare import iter_images
 from bigtrain.models.patchgan import PatchDiscriminator
 from bigtrain.models.vqgan import VQModel, build_vqgan
+from bigtrain.train.optim import adam, apply_hparams
 from bigtrain.train.tasks import NonFiniteGuard, register_task
 
 EVAL_IMAGES_FOR_PSNR = 256
-
-
-def _adam(params: Any, cfg: DictConfig) -> torch.optim.Adam:
-    return torch.optim.Adam(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
-    )
 
 
 def _to_unit(batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -75,12 +70,12 @@ class TokenizerTask:
         self.vq.quantize.reduce = bdist.all_reduce_sum
         self.vq.quantize.broadcast = bdist.broadcast_tensor
         bdist.broadcast_module(self.vq)
-        self.opt_G = _adam(self.vq.parameters(), cfg.optim.g)
+        self.opt_G = adam(self.vq.parameters(), cfg.optim.g)
         self.opt_D = None
         if self.D is not None:
             self.D.to(device)
             bdist.broadcast_module(self.D)
-            self.opt_D = _adam(self.D.parameters(), cfg.optim.d)
+            self.opt_D = adam(self.D.parameters(), cfg.optim.d)
         self.lpips: nn.Module | None = None
         if v.perceptual_weight > 0 and device.type != "meta":
             from bigtrain.losses.perceptual import LPIPS
@@ -101,9 +96,11 @@ class TokenizerTask:
     def load_state(self, states: Mapping[str, Any]) -> None:
         self.vq.load_state_dict(states["vq"])
         self.opt_G.load_state_dict(states["opt_vq"])
+        apply_hparams(self.opt_G, self.cfg.optim.g)
         if self.D is not None and self.opt_D is not None:
             self.D.load_state_dict(states["D"])
             self.opt_D.load_state_dict(states["opt_D"])
+            apply_hparams(self.opt_D, self.cfg.optim.d)
         self.guard.load_state_dict(states.get("task", {}))
 
     def digest_modules(self) -> dict[str, nn.Module]:

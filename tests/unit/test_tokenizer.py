@@ -138,3 +138,30 @@ def test_adaptive_weight_is_the_ratio_of_gradient_norms() -> None:
     g2 = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
     torch.testing.assert_close(lam, 0.8 * g1.norm() / (g2.norm() + 1e-4))
     assert not lam.requires_grad
+
+
+def test_resumed_optimizers_take_the_configs_learning_rates() -> None:
+    """As for GANs: after loading a checkpoint the config's optimizer settings win (lowering a
+    learning rate after a divergence must work)."""
+    import contextlib
+    from pathlib import Path
+
+    from bigtrain.config.compose import compose_config
+    from bigtrain.data.manifest import DatasetManifest
+    from bigtrain.train.tokenizer_task import TokenizerTask
+
+    class _Acc:
+        def autocast(self) -> contextlib.AbstractContextManager[None]:
+            return contextlib.nullcontext()
+
+    small = ["model.arch.ch=8", "model.arch.groups=8", "model.arch.z_channels=8", "model.arch.embed_dim=8",
+             "model.arch.num_codes=16", "data.path=/unused"]  # fmt: skip
+    manifest = DatasetManifest(Path("."), "t", 32, 1, [str(i) for i in range(10)], {})
+    first = TokenizerTask(
+        compose_config(["experiment=mnist_vqgan", *small]), manifest, torch.device("cpu"), _Acc()
+    )
+    lowered = compose_config(["experiment=mnist_vqgan", *small, "optim.g.lr=1e-5", "optim.d.lr=2e-5"])
+    resumed = TokenizerTask(lowered, manifest, torch.device("cpu"), _Acc())
+    resumed.load_state(first.state())
+    assert resumed.opt_G.param_groups[0]["lr"] == 1e-5
+    assert resumed.opt_D is not None and resumed.opt_D.param_groups[0]["lr"] == 2e-5
