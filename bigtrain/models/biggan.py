@@ -40,6 +40,7 @@ from bigtrain.models.biggan_layers import (
     sn_embedding,
     sn_linear,
 )
+from bigtrain.models.common import check_arch_keys
 from bigtrain.models.common import check_labels as _labels
 
 BOTTOM_WIDTH = 4
@@ -376,12 +377,7 @@ def build_biggan(
     (False) and ``wide`` (True). The defaults are the release's 128x128 ImageNet settings; its CIFAR
     one is ``hier=False, shared_dim=0, attention=()`` with widths 64 and ``z_dim=128``.
     """
-    unknown = set(arch) - _ARCH_KEYS
-    if unknown:
-        raise ValueError(
-            f"unknown BigGAN option(s) {', '.join('model.arch.' + k for k in sorted(unknown))}; "
-            f"known: {', '.join(sorted(_ARCH_KEYS))}"
-        )
+    check_arch_keys("BigGAN", arch, _ARCH_KEYS)
     attention = arch.get("attention", (64,))
     sn_eps = float(arch.get("sn_eps", 1e-6))  # type: ignore[arg-type]
     sn_itrs = int(arch.get("sn_itrs", 1))  # type: ignore[call-overload]

@@ -40,7 +40,7 @@ from bigtrain.models.biggan_layers import (
     sn_embedding,
     sn_linear,
 )
-from bigtrain.models.common import check_labels
+from bigtrain.models.common import check_arch_keys, check_labels
 
 
 class DeepGBlock(nn.Module):
@@ -361,34 +361,26 @@ def build_biggan_deep(
     ``g_attention`` / ``d_attention``, ``sn_eps`` (1e-6) or ``g_sn_eps`` / ``d_sn_eps``, ``sn_itrs``
     (1), ``bn_eps`` (1e-5), ``cross_replica_bn`` (False) and ``init`` (``ortho`` | ``N02``).
     """
-    unknown = set(arch) - _ARCH_KEYS
-    if unknown:
-        raise ValueError(
-            f"unknown BigGAN-deep option(s) {', '.join('model.arch.' + k for k in sorted(unknown))}; "
-            f"known: {', '.join(sorted(_ARCH_KEYS))}"
-        )
+    check_arch_keys("BigGAN-deep", arch, _ARCH_KEYS)
 
-    def get(key: str, default: object) -> object:
-        return arch.get(key, default)
-
-    depth = int(get("depth", 2))  # type: ignore[call-overload]
-    attention = get("attention", (64,))
-    sn_eps = float(get("sn_eps", 1e-6))  # type: ignore[arg-type]
-    sn_itrs = int(get("sn_itrs", 1))  # type: ignore[call-overload]
-    channel_ratio = int(get("channel_ratio", 4))  # type: ignore[call-overload]
+    depth = int(arch.get("depth", 2))  # type: ignore[call-overload]
+    attention = arch.get("attention", (64,))
+    sn_eps = float(arch.get("sn_eps", 1e-6))  # type: ignore[arg-type]
+    sn_itrs = int(arch.get("sn_itrs", 1))  # type: ignore[call-overload]
+    channel_ratio = int(arch.get("channel_ratio", 4))  # type: ignore[call-overload]
     g = BigGANDeepGenerator(
         resolution,
         channels,
         num_classes,
         z_dim=z_dim,
         ch=g_width,
-        shared_dim=int(get("shared_dim", 128)),  # type: ignore[call-overload]
-        depth=int(get("g_depth", depth)),  # type: ignore[call-overload]
-        attention=attention_resolutions(get("g_attention", attention)),
+        shared_dim=int(arch.get("shared_dim", 128)),  # type: ignore[call-overload]
+        depth=int(arch.get("g_depth", depth)),  # type: ignore[call-overload]
+        attention=attention_resolutions(arch.get("g_attention", attention)),
         channel_ratio=channel_ratio,
-        sn_eps=float(get("g_sn_eps", sn_eps)),  # type: ignore[arg-type]
-        bn_eps=float(get("bn_eps", 1e-5)),  # type: ignore[arg-type]
-        cross_replica_bn=bool(get("cross_replica_bn", False)),
+        sn_eps=float(arch.get("g_sn_eps", sn_eps)),  # type: ignore[arg-type]
+        bn_eps=float(arch.get("bn_eps", 1e-5)),  # type: ignore[arg-type]
+        cross_replica_bn=bool(arch.get("cross_replica_bn", False)),
         sn_itrs=sn_itrs,
     )
     d = BigGANDeepDiscriminator(
@@ -396,13 +388,13 @@ def build_biggan_deep(
         channels,
         num_classes,
         ch=d_width,
-        depth=int(get("d_depth", depth)),  # type: ignore[call-overload]
-        attention=attention_resolutions(get("d_attention", attention)),
+        depth=int(arch.get("d_depth", depth)),  # type: ignore[call-overload]
+        attention=attention_resolutions(arch.get("d_attention", attention)),
         channel_ratio=channel_ratio,
-        sn_eps=float(get("d_sn_eps", sn_eps)),  # type: ignore[arg-type]
+        sn_eps=float(arch.get("d_sn_eps", sn_eps)),  # type: ignore[arg-type]
         sn_itrs=sn_itrs,
     )
-    apply_init((g, d), str(get("init", "ortho")))
+    apply_init((g, d), str(arch.get("init", "ortho")))
     return g, d
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bigtrain.models.common import check_arch_keys
 from bigtrain.models.quantizers import QuantizerOutput, VectorQuantizer
 from bigtrain.models.vq_layers import AttnBlock, Downsample, ResBlock, Upsample, group_norm
 
@@ -215,12 +216,7 @@ _ARCH_DEFAULTS: dict[str, object] = {
 def build_vqgan(*, resolution: int, channels: int, **arch: object) -> VQModel:
     """A :class:`VQModel` from ``model.arch`` options (defaults: the release's ImageNet f16 model
     with 1,024 codes); an unknown key is an error naming it."""
-    unknown = sorted(set(arch) - set(_ARCH_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"unknown tokenizer option(s) {', '.join('model.arch.' + k for k in unknown)}; "
-            f"known: {', '.join(sorted(_ARCH_DEFAULTS))}"
-        )
+    check_arch_keys("tokenizer", arch, _ARCH_DEFAULTS)
     a = {**_ARCH_DEFAULTS, **arch}
     if a["quantizer"] not in ("st", "ema"):
         raise ValueError(f"model.arch.quantizer must be 'st' or 'ema', got {a['quantizer']!r}")
