@@ -40,6 +40,11 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/stream.py
 	$(BIN)/python benchmarks/gan_step.py
+	$(BIN)/python benchmarks/biggan_step.py batch=50 iters=5 warmup=2
+	$(BIN)/python benchmarks/tokenizer_step.py batch=32 iters=10 warmup=2
+	$(BIN)/python benchmarks/prior_train.py batch=64 iters=10 warmup=2
+	$(BIN)/python benchmarks/prior_step.py
+	$(BIN)/python benchmarks/prior_sampling.py
 
 clean:
 	rm -rf runs mlflow.db mlruns .pytest_cache

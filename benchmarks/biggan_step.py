@@ -9,7 +9,7 @@ preset's accumulation unless overridden), after warm-up; prints one JSON line la
 
 from __future__ import annotations
 
-from gan_step import main
+from task_step import main
 
 if __name__ == "__main__":
     main(default_experiment="cifar10_biggan", bench="biggan_step")

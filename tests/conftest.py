@@ -81,3 +81,44 @@ TINY = [
     "eval.batch_size=100",
     "eval.ref_max_images=1000",
 ]
+
+
+# A VQ-GAN tokenizer of a few thousand parameters (mnist_vqgan's shape, 32 codes, GAN on at step 3).
+TOKENIZER_SMALL = (
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "data.shuffle_buffer=64",
+    "model.arch.ch=8",
+    "model.arch.groups=8",
+    "model.arch.z_channels=8",
+    "model.arch.embed_dim=8",
+    "model.arch.num_codes=32",
+    "model.arch.restart_after=2",
+    "vq.disc_start=3",
+    "vq.disc_width=8",
+    "optim.schedule.name=constant",  # the resumed twins change max_steps, the cosine's horizon
+    "trainer.ckpt_every=2",
+    "trainer.sample_every=4",
+    "trainer.log_every=1",
+    "trainer.progress=false",
+    "eval.every=4",
+    "eval.num_samples=100",
+    "eval.batch_size=50",
+)
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(mnist_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-step tokenizer checkpoint (stage 1), shared by the tokenizer and prior tests."""
+    run = tmp_path_factory.mktemp("tok") / "run"
+    run_cli("train", "experiment=mnist_vqgan", f"data.path={mnist_shards}", f"run.dir={run}", "tracking.enabled=false",
+            *TOKENIZER_SMALL, "trainer.max_steps=2", "eval.enabled=false")  # fmt: skip
+    return run / "checkpoints" / "step-00000002"
+
+
+@pytest.fixture(scope="session")
+def token_shards(small_tokenizer: Path, mnist_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits as 8x8 codes of ``small_tokenizer`` (``bigtrain tokenize``)."""
+    out = tmp_path_factory.mktemp("tokens") / "mnist5k-tokens"
+    run_cli("tokenize", str(small_tokenizer), str(mnist_shards), str(out), "--workers", "1")
+    return out

@@ -9,13 +9,16 @@ previous checkpoint untouched and the half-written folder is never mistaken for 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,12 +47,24 @@ class Checkpoint:
     def component_names(self) -> list[str]:
         return sorted(self.meta.get("digests", {}))
 
+    def shared_components(self) -> dict[str, Any]:
+        """The rank-independent components a task loads: not ``rng.rankR`` / ``data.rankR``, not the
+        trainer's counters, not an engine's own files in a subfolder (``deepspeed/...``)."""
+        return {
+            n: self.load(n)
+            for n in self.component_names()
+            if "." not in n and "/" not in n and n != "trainer"
+        }
+
     def load(self, name: str) -> Any:
         f = self.path / f"{name}.pt"
         if not f.is_file():
             raise CheckpointError(f"checkpoint {self.path} has no component '{name}'")
         try:
-            return torch.load(f, map_location="cpu", weights_only=False)
+            # an engine's pickles (DeepSpeed) import their library, whose logger would print to
+            # stdout: keep stdout for the commands' own output (`bigtrain inspect --json`)
+            with contextlib.redirect_stdout(sys.stderr):
+                return torch.load(f, map_location="cpu", weights_only=False)
         except Exception as exc:  # torch raises many types for a damaged zip/pickle
             raise CheckpointError(f"cannot read {f}: {type(exc).__name__}: {exc}") from exc
 
@@ -133,8 +148,13 @@ def save_checkpoint(
     meta: dict[str, Any],
     config_yaml: str,
     keep_last: int,
+    native: Callable[[Path], dict[str, str]] | None = None,
 ) -> Path:
     """Collective: every rank calls it. ``shared`` is written by rank 0, ``per_rank`` by each rank.
+
+    ``native(folder)``, when given, is called on every rank to let an engine write its own files
+    into the folder (DeepSpeed's partitioned optimizer state); it returns the digests of the files
+    this rank wrote, by component name (``deepspeed/zero_pp_rank_0_mp_rank_00_optim_states``).
 
     Returns the final folder. On an I/O error the temporary folder is removed and the previous
     checkpoint is left as it was.
@@ -168,6 +188,12 @@ def save_checkpoint(
                     digests[name] = digest(obj)
     except OSError as exc:
         error = f"{type(exc).__name__}: {exc}"
+    # collective: every rank writes its engine files, or (after an error anywhere) none does
+    if native is not None and not any(bdist.all_gather_objects(error)):
+        try:
+            digests.update(native(tmp))
+        except (OSError, RuntimeError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
     gathered = bdist.all_gather_objects((digests, error))
     errors = [e for _, e in gathered if e]
     if rank == 0:

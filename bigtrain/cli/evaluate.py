@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
             ecfg.feature = a.feature
         if a.seed is not None:
             ecfg.seed = a.seed
-    fid = FIDEvaluator(ecfg, snap.manifest, snap.device)
+    fid = FIDEvaluator(ecfg, getattr(snap.task, "eval_manifest", snap.manifest), snap.device)
     results = {f"{k}/n{ecfg.num_samples}": v for k, v in fid(snap.task.sampler()).items()}
     extra = getattr(snap.task, "eval_metrics", None)  # a tokenizer's PSNR, SSIM, codebook usage
     if extra is not None:

@@ -51,7 +51,8 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "params_total": sum(params.values()),
         "model": cfg.model.name,
         "task": cfg.task,
-        "loss": str(cfg.loss.name) if cfg.task == "gan" else _vq_loss(cfg),
+        "loss": {"gan": str(cfg.loss.name), "prior": "next-token cross-entropy"}.get(cfg.task)
+        or _vq_loss(cfg),
         "data": {
             "resolution": manifest.resolution,
             "channels": manifest.channels,
@@ -65,6 +66,11 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "images_per_step_per_process": task.images_per_step(),
         "precision": str(cfg.trainer.precision),
         "max_steps": cfg.trainer.max_steps,
+        **(
+            {"engine": str(cfg.prior.engine), "zero_stage": int(cfg.prior.zero_stage)}
+            if cfg.task == "prior"
+            else {}
+        ),
     }
 
 
@@ -86,8 +92,15 @@ def main(argv: list[str]) -> int:
     )
     for name, n in info["params"].items():
         print(f"  {name.ljust(width)}  {n:>13,} parameters")
+    per_step = (
+        f"{info['d_steps']} D step(s) per G step"
+        if info["task"] == "gan"
+        else f"engine {info['engine']} (ZeRO-{info['zero_stage']})"
+        if info["task"] == "prior"
+        else "1 update per step"
+    )
     print(
-        f"  batch {info['batch_per_process']} x {info['accumulation']} accumulation per process, {info['d_steps']} D step(s) per G step, "
+        f"  batch {info['batch_per_process']} x {info['accumulation']} accumulation per process, {per_step}, "
         f"precision {info['precision']}, {info['max_steps']} steps"
     )
     sys.stdout.flush()

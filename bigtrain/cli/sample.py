@@ -9,7 +9,7 @@ import torch
 from torchvision.utils import save_image
 
 from bigtrain.config.validate import ConfigError
-from bigtrain.train.snapshot import load_snapshot
+from bigtrain.train.snapshot import Snapshot, load_snapshot
 
 
 def main(argv: list[str]) -> int:
@@ -33,9 +33,16 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--per-class", action="store_true", help="one row per class (conditional models)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    prior = p.add_argument_group("task=prior checkpoints (default: the run's prior.* settings)")
+    prior.add_argument("--temperature", type=float, default=None)
+    prior.add_argument("--top-k", type=int, default=None)
+    prior.add_argument("--top-p", type=float, default=None)
+    prior.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
     a = p.parse_args(argv)
     snap = load_snapshot(a.ckpt, a.device)
     task = snap.task
+    if snap.cfg.task == "prior":
+        return _sample_prior(a, snap)
     if snap.cfg.task != "gan":
         # A tokenizer does not generate; its grid (originals over reconstructions) is in the run's
         # samples/ folder and `bigtrain evaluate` gives its rFID.
@@ -72,6 +79,39 @@ def main(argv: list[str]) -> int:
     else:
         images = task.sampler(a.truncation, a.classes)(a.rows * a.rows, g)
         nrow = a.rows
-    save_image(images, a.out, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
-    print(f"wrote {a.out} ({images.shape[0]} images, step {snap.checkpoint.step})")
+    return _write(a.out, images, nrow, snap.checkpoint.step)
+
+
+def _write(out: str, images: torch.Tensor, nrow: int, step: int) -> int:
+    save_image(images, out, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+    print(f"wrote {out} ({images.shape[0]} images, step {step})")
     return 0
+
+
+def _sample_prior(a: argparse.Namespace, snap: Snapshot) -> int:
+    """Codes from the transformer (KV cache, the run's or the given sampling settings), decoded by
+    the tokenizer the token dataset records."""
+    task = snap.task
+    num_classes = getattr(task, "num_classes", 0)
+    if a.interpolate or a.truncation:
+        raise ConfigError(
+            "--interpolate and --truncation are for GAN generators; a prior takes --temperature, --top-k, --top-p, --cfg-scale"
+        )
+    if (a.classes or a.per_class) and not num_classes:
+        raise ConfigError("--class/--per-class need a class-conditional prior (model.conditional=true)")
+    bad = [c for c in a.classes or [] if not 0 <= c < num_classes]
+    if bad:
+        raise ConfigError(f"--class {bad[0]} is out of range: the model has {num_classes} classes")
+    g = torch.Generator(snap.device).manual_seed(a.seed)
+    opts = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p, "cfg_scale": a.cfg_scale}
+    if a.per_class or a.classes:
+        classes = a.classes or list(range(num_classes))
+        labels = (
+            torch.tensor(classes).repeat_interleave(a.rows)
+            if a.per_class
+            else torch.tensor(classes)[torch.arange(a.rows * a.rows) % len(classes)]
+        )
+    else:
+        labels = task._labels(a.rows * a.rows, torch.Generator().manual_seed(a.seed), None)  # noqa: SLF001
+    images = task.generate_images(labels, len(labels) if labels is not None else a.rows * a.rows, g, **opts)  # type: ignore[attr-defined]
+    return _write(a.out, images, a.rows, snap.checkpoint.step)

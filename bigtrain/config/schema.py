@@ -107,10 +107,49 @@ class AdamConfig:
     weight_decay: float = 0.0
 
 
+class ScheduleName(StrEnum):
+    constant = "constant"
+    cosine = "cosine"  # half a cosine from lr to lr * min_lr_ratio at trainer.max_steps
+    linear = "linear"
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning-rate schedule of every optimizer of the run, a pure function of the step (so a
+    resumed run continues it exactly, with no scheduler state in the checkpoint)."""
+
+    name: ScheduleName = ScheduleName.constant
+    warmup_steps: int = 0  # linear warm-up from lr / warmup_steps to lr over the first steps
+    min_lr_ratio: float = 0.0  # where cosine / linear decay ends, as a fraction of lr
+
+
 @dataclass
 class OptimConfig:
-    g: AdamConfig = field(default_factory=AdamConfig)
+    g: AdamConfig = field(default_factory=AdamConfig)  # G; the tokenizer; the prior (as AdamW)
     d: AdamConfig = field(default_factory=AdamConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+class Engine(StrEnum):
+    torch = "torch"  # plain PyTorch: one all-reduce of the gradients per step
+    deepspeed = "deepspeed"  # DeepSpeed's engine with ZeRO (prior.zero_stage)
+
+
+@dataclass
+class PriorTrainConfig:
+    """Stage 2 of the VQ-GAN pipeline (task=prior): how the transformer trains and samples."""
+
+    engine: Engine = Engine.deepspeed
+    zero_stage: int = 2  # DeepSpeed ZeRO stage: 1 optimizer states, 2 + gradients, 3 + parameters
+    grad_clip: float = 1.0  # global gradient-norm clipping (0 = off)
+    # The frozen tokenizer that decodes samples; empty = the checkpoint recorded by `bigtrain tokenize`
+    # in the token dataset's dataset.json
+    tokenizer: str = ""
+    # Sampling for grids, FID and `bigtrain sample` (Esser et al. 2021; LlamaGen's CFG)
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    cfg_scale: float = 1.0  # classifier-free guidance; 1 = off
 
 
 @dataclass
@@ -175,13 +214,14 @@ class TrackingConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    task: str = "gan"  # the training task (a registry in bigtrain.train.tasks): gan | tokenizer
+    task: str = "gan"  # the training task (a registry in bigtrain.train.tasks): gan | tokenizer | prior
     resume: str = "auto"  # auto | never | PATH to a checkpoint folder
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     vq: VQLossConfig = field(default_factory=VQLossConfig)
+    prior: PriorTrainConfig = field(default_factory=PriorTrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)

@@ -12,8 +12,24 @@ class ConfigError(ValueError):
     """An invalid combination of config values."""
 
 
-def validate(cfg: DictConfig, num_classes: int) -> None:
+def validate(cfg: DictConfig, num_classes: int, data_kind: str = "images") -> None:
     problems: list[str] = []
+    if (data_kind == "tokens") != (cfg.task == "prior"):
+        problems.append(
+            f"task={cfg.task} cannot train on {data_kind} ({cfg.data.path}): "
+            + (
+                "task=prior trains on token shards (bigtrain tokenize)"
+                if cfg.task == "prior"
+                else "token shards are for task=prior"
+            )
+        )
+    if cfg.task == "prior":
+        if int(cfg.prior.zero_stage) not in (0, 1, 2, 3):
+            problems.append(f"prior.zero_stage must be 0, 1, 2 or 3 (got {cfg.prior.zero_stage})")
+        if cfg.prior.grad_clip < 0 or cfg.prior.temperature <= 0 or not 0 < cfg.prior.top_p <= 1:
+            problems.append("prior: grad_clip >= 0, temperature > 0 and 0 < top_p <= 1 are required")
+        if str(cfg.prior.engine) == "torch" and str(cfg.trainer.precision) == "fp16":
+            problems.append("prior.engine=torch trains in fp32 or bf16 (fp16 needs prior.engine=deepspeed)")
     if cfg.data.batch_size < 1:
         problems.append(f"data.batch_size must be >= 1 (got {cfg.data.batch_size})")
     if cfg.data.num_workers < 0:
@@ -48,6 +64,9 @@ def validate(cfg: DictConfig, num_classes: int) -> None:
             problems.append("task=tokenizer trains in fp32 or bf16: set trainer.precision=bf16")
         if min(cfg.vq.rec_weight, cfg.vq.perceptual_weight, cfg.vq.codebook_weight, cfg.vq.disc_weight) < 0:
             problems.append("vq.*_weight must be >= 0")
+    sched = cfg.optim.schedule
+    if sched.warmup_steps < 0 or not 0.0 <= sched.min_lr_ratio <= 1.0:
+        problems.append("optim.schedule: warmup_steps >= 0 and 0 <= min_lr_ratio <= 1 are required")
     if cfg.eval.enabled and cfg.eval.num_samples < 2:
         problems.append("eval.num_samples must be >= 2")
     try:

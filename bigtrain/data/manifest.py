@@ -39,6 +39,11 @@ class DatasetManifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def kind(self) -> str:
+        """``images`` (``bigtrain prepare``) or ``tokens`` (``bigtrain tokenize``)."""
+        return str(self.extra.get("kind", "images"))
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 

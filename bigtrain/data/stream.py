@@ -59,6 +59,9 @@ class StreamSpec:
     num_workers: int = 0
     shuffle_buffer: int = 1000
     flip: bool = False
+    # "images": PNG samples -> "image" float [B, C, H, W]; "tokens": token shards written by
+    # `bigtrain tokenize` -> "tokens" long [B, h * w] (raster order), no flips
+    kind: str = "images"
 
 
 @dataclass
@@ -101,8 +104,12 @@ class _ShardStream(IterableDataset):
         return True
 
     def _decode(self, raw: dict[str, Any], flip: bool) -> tuple[np.ndarray, int]:
-        """PNG bytes -> uint8 HxWxC (converted to [-1, 1] per batch, in one vectorised op)."""
+        """PNG bytes -> uint8 HxWxC (converted to [-1, 1] per batch, in one vectorised op); or a
+        token sample -> its codes, flattened in raster order."""
         s = self.spec
+        if s.kind == "tokens":
+            codes = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False)
+            return codes.reshape(-1).astype(np.int64), int(raw["cls"]) if "cls" in raw else 0
         with Image.open(io.BytesIO(raw["png"])) as im:
             img = im if im.mode == ("L" if s.channels == 1 else "RGB") else to_pil(im, s.channels)
             if img.size != (s.resolution, s.resolution):
@@ -152,7 +159,7 @@ class _ShardStream(IterableDataset):
                 keys.append(f"{raw.get('__url__', '?').rsplit('/', 1)[-1]}:{raw.get('__key__')}")
                 if len(images) == s.batch_size:
                     yield {
-                        "image": _to_unit_range(np.stack(images)),
+                        **self._collate(images),
                         "label": torch.tensor(labels, dtype=torch.long),
                         "keys": keys,
                         "worker": logical,
@@ -165,6 +172,11 @@ class _ShardStream(IterableDataset):
                     f"missing or unreadable ({self.shard_errors} failed shard reads); check data.path"
                 )
             epoch, cursor = epoch + 1, 0
+
+    def _collate(self, items: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        if self.spec.kind == "tokens":
+            return {"tokens": torch.from_numpy(np.stack(items))}
+        return {"image": _to_unit_range(np.stack(items))}
 
 
 def _to_unit_range(batch: np.ndarray) -> torch.Tensor:

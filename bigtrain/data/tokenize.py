@@ -28,26 +28,17 @@ from omegaconf import OmegaConf
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from bigtrain.checkpoint.io import CheckpointError
 from bigtrain.data.manifest import DatasetManifest, ShardInfo
 from bigtrain.data.prepare import to_pil
 
 _WORKER: dict[str, Any] = {}
 
 
-def _load_tokenizer(ckpt: str, device: str) -> Any:
-    from bigtrain.train.snapshot import load_snapshot
-
-    snap = load_snapshot(ckpt, device)
-    if snap.cfg.task != "tokenizer":
-        raise CheckpointError(f"{ckpt} is a task={snap.cfg.task} checkpoint, not a tokenizer")
-    vq = snap.task.vq.eval()  # type: ignore[attr-defined]
-    return snap, vq
-
-
 def _init_worker(ckpt: str, device: str, threads: int) -> None:
+    from bigtrain.train.snapshot import load_tokenizer
+
     torch.set_num_threads(threads)
-    _WORKER["snap"], _WORKER["vq"] = _load_tokenizer(ckpt, device)
+    _WORKER["vq"], _ = load_tokenizer(ckpt, device)
 
 
 @torch.no_grad()
@@ -107,8 +98,10 @@ def tokenize_dataset(
 ) -> DatasetManifest:
     """Tokenize every split of the image dataset at ``src`` into ``out``; returns the new manifest."""
     ckpt = str(Path(ckpt).resolve())
+    from bigtrain.train.snapshot import load_tokenizer
+
     manifest = DatasetManifest.load(src)
-    snap, vq = _load_tokenizer(ckpt, device)
+    vq, ck = load_tokenizer(ckpt, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(split, s) for split, shards in manifest.splits.items() for s in shards]
@@ -153,9 +146,11 @@ def tokenize_dataset(
             "source": {"path": str(manifest.root.resolve()), "dataset_id": manifest.dataset_id},
             "tokenizer": {
                 "checkpoint": ckpt,
-                "step": snap.checkpoint.step,
-                "digest": snap.checkpoint.meta.get("digests", {}).get("vq"),
-                "arch": OmegaConf.to_container(snap.cfg.model.arch, resolve=True),
+                "step": ck.step,
+                "digest": ck.meta.get("digests", {}).get("vq"),
+                "arch": OmegaConf.to_container(
+                    OmegaConf.load(ck.path / "config.yaml").model.arch, resolve=True
+                ),
             },
         },
     )

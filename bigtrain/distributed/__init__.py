@@ -68,7 +68,7 @@ def shutdown(clean: bool) -> None:
     another still talks to it), at once after an error (a peer may be gone)."""
     if not is_dist():
         return
-    if clean:
+    if clean or world_size() == 1:  # alone, a barrier cannot hang; it lets gloo's queued work finish
         dist.barrier()
     dist.destroy_process_group()
 

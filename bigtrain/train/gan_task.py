@@ -27,7 +27,7 @@ from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models import build_gan
 from bigtrain.train.augment import diff_augment, parse_policy
 from bigtrain.train.ema import EMA
-from bigtrain.train.optim import adam, apply_hparams
+from bigtrain.train.optim import adam, apply_hparams, lr_factor, set_lr
 from bigtrain.train.tasks import NonFiniteGuard, register_task
 
 
@@ -217,7 +217,11 @@ class GANTask:
 
     def train_step(self, step: int, data: Iterator[dict[str, Any]]) -> dict[str, float]:
         autocast = self.accelerator.autocast
-        metrics: dict[str, float] = {}
+        factor = lr_factor(step, self.cfg.optim.schedule, self.cfg.trainer.max_steps)
+        metrics: dict[str, float] = {
+            "lr/G": set_lr(self.opt_G, self.cfg.optim.g, factor),
+            "lr/D": set_lr(self.opt_D, self.cfg.optim.d, factor),
+        }
         d_out = []
         for _ in range(self.cfg.loss.d_steps):
             out = self._d_step(step, data, autocast)

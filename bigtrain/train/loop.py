@@ -107,7 +107,8 @@ def _brief(metrics: dict[str, float]) -> str:
 
 
 def dataset_meta(m: DatasetManifest) -> dict[str, Any]:
-    """What sampling from a checkpoint needs to know about the data, without the shards."""
+    """What sampling from a checkpoint needs to know about the data, without the shards (for token
+    data also the token space, the tokenizer that decodes it and the source images)."""
     return {
         "path": str(m.root),
         "name": m.name,
@@ -115,6 +116,7 @@ def dataset_meta(m: DatasetManifest) -> dict[str, Any]:
         "channels": m.channels,
         "classes": m.classes,
         "dataset_id": m.dataset_id,
+        "extra": {k: m.extra[k] for k in ("kind", "tokens", "tokenizer", "source") if k in m.extra},
     }
 
 
@@ -134,7 +136,7 @@ class Trainer:
         setup_logging(self.run_dir, self.main)
         self.manifest = DatasetManifest.load(cfg.data.path)
         shards = self.manifest.shard_paths(cfg.data.split)
-        validate(cfg, self.manifest.num_classes)
+        validate(cfg, self.manifest.num_classes, self.manifest.kind)
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
         seed_everything(cfg.seed)  # identical initial weights on every rank
@@ -152,18 +154,25 @@ class Trainer:
                 num_workers=cfg.data.num_workers,
                 shuffle_buffer=cfg.data.shuffle_buffer,
                 flip=cfg.data.flip,
+                kind=self.manifest.kind,
             )
         )
         self.step = 0
         self.images_seen = 0
         self.fid_history: dict[int, float] = {}
         self.evaluated_step = -1
+        self.grid_step = -1
         run_id = None
         self.last_checkpoint: Path | None = None
         ck = _resume_from(cfg, self.run_dir)
         if ck is not None:
             run_id = self._load(ck)
-        self.fid = FIDEvaluator(cfg.eval, self.manifest, self.device) if cfg.eval.enabled else None
+        # FID compares with images: a task on other data (the prior's tokens) names their source
+        self.fid = (
+            FIDEvaluator(cfg.eval, getattr(self.task, "eval_manifest", self.manifest), self.device)
+            if cfg.eval.enabled
+            else None
+        )
         if self.fid is not None and self.main:
             self.fid.prepare()  # absent weights fail now, not after an hour of training
         self.tracker = _build_tracker(cfg, run_id)
@@ -191,10 +200,10 @@ class Trainer:
         return {"step": self.step, "images_seen": self.images_seen, "fid": dict(self.fid_history)}
 
     def _load(self, ck: Checkpoint) -> str | None:
-        states = {
-            name: ck.load(name) for name in ck.component_names() if "." not in name and name != "trainer"
-        }
-        self.task.load_state(states)
+        self.task.load_state(ck.shared_components())
+        load_native = getattr(self.task, "load_native", None)  # an engine's own files (DeepSpeed)
+        if load_native is not None:
+            load_native(ck)
         counters = ck.load("trainer")
         self.step, self.images_seen = int(counters["step"]), int(counters["images_seen"])
         self.fid_history = {int(k): float(v) for k, v in counters.get("fid", {}).items()}
@@ -230,6 +239,7 @@ class Trainer:
             },
             self.config_yaml,
             self.cfg.trainer.keep_last,
+            native=getattr(self.task, "save_native", None),
         )
         self.last_checkpoint = path
         if self.main:
@@ -239,7 +249,15 @@ class Trainer:
         return path
 
     # -- periodic work ------------------------------------------------------------------------------
+    def _before_sampling(self) -> None:
+        """Collective: a task whose weights are sharded (ZeRO-3) gathers them for the main process."""
+        hook = getattr(self.task, "before_sampling", None)
+        if hook is not None:
+            hook()
+
     def write_grid(self) -> Path | None:
+        self.grid_step = self.step
+        self._before_sampling()
         if not self.main:
             return None
         images, nrow = self.task.sample_grid(self.cfg.sample.seed, self.cfg.sample.grid_rows)
@@ -251,6 +269,7 @@ class Trainer:
 
     def evaluate(self) -> float | None:
         value = None
+        self._before_sampling()
         if self.main and self.fid is not None:
             t = time.time()
             results = self.fid(self.task.sampler())
@@ -350,10 +369,9 @@ class Trainer:
 
     def _finish(self, grid: Path | None) -> Path | None:
         """The end of a completed run: a checkpoint, a grid and an evaluation at the last step."""
-        cfg = self.cfg.trainer
         if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:08d}"):
             self.save()
-        if self.step % cfg.sample_every != 0 or grid is None:
+        if self.grid_step != self.step:  # the same decision on every rank (writing may be collective)
             grid = self.write_grid() or grid
         if self.cfg.eval.enabled and self.evaluated_step != self.step:
             self.evaluate()

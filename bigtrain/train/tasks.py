@@ -119,4 +119,5 @@ def build_task(cfg: DictConfig, manifest: DatasetManifest, device: torch.device,
 
 # registering the built-in tasks
 from bigtrain.train import gan_task as _gan_task  # noqa: E402,F401
+from bigtrain.train import prior_task as _prior_task  # noqa: E402,F401
 from bigtrain.train import tokenizer_task as _tokenizer_task  # noqa: E402,F401

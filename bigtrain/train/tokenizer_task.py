@@ -30,7 +30,7 @@ from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.prepare import iter_images
 from bigtrain.models.patchgan import PatchDiscriminator
 from bigtrain.models.vqgan import VQModel, build_vqgan
-from bigtrain.train.optim import adam, apply_hparams
+from bigtrain.train.optim import adam, apply_hparams, lr_factor, set_lr
 from bigtrain.train.tasks import NonFiniteGuard, register_task
 
 EVAL_IMAGES_FOR_PSNR = 256
@@ -122,6 +122,10 @@ class TokenizerTask:
     def train_step(self, step: int, data: Iterator[dict[str, Any]]) -> dict[str, float]:
         v, autocast = self.cfg.vq, self.accelerator.autocast
         gan_on = self.D is not None and step >= v.disc_start
+        factor = lr_factor(step, self.cfg.optim.schedule, self.cfg.trainer.max_steps)
+        lr = set_lr(self.opt_G, self.cfg.optim.g, factor)
+        if self.opt_D is not None:
+            set_lr(self.opt_D, self.cfg.optim.d, factor)
         self.opt_G.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         batches = []
@@ -151,7 +155,7 @@ class TokenizerTask:
                 sums[k] = (
                     sums.get(k, torch.zeros((), device=self.device)) + t.detach().float() / self.accumulation
                 )
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = {"lr/vq": lr}
         value = self.guard.check(sums["total"], "tokenizer", step)
         if value is None:
             self.opt_G.zero_grad(set_to_none=True)

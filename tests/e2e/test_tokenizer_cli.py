@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -16,28 +15,8 @@ from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.prepare import iter_images
 from bigtrain.data.tokenize import read_tokens
 from bigtrain.train.snapshot import load_snapshot
+from tests.conftest import TOKENIZER_SMALL as SMALL
 from tests.conftest import run_cli
-
-SMALL = (
-    "data.batch_size=8",
-    "data.num_workers=0",
-    "data.shuffle_buffer=64",
-    "model.arch.ch=8",
-    "model.arch.groups=8",
-    "model.arch.z_channels=8",
-    "model.arch.embed_dim=8",
-    "model.arch.num_codes=32",
-    "model.arch.restart_after=2",
-    "vq.disc_start=3",
-    "vq.disc_width=8",
-    "trainer.ckpt_every=2",
-    "trainer.sample_every=4",
-    "trainer.log_every=1",
-    "trainer.progress=false",
-    "eval.every=4",
-    "eval.num_samples=100",
-    "eval.batch_size=50",
-)
 
 
 def _inspect(ckpt: Path) -> dict:
@@ -90,14 +69,6 @@ def test_tokenizer_bad_settings_are_one_line(mnist_shards: Path, tmp_path: Path)
         proc.returncode == 2
         and "bigtrain: error: unknown tokenizer option(s) model.arch.codes" in proc.stderr
     )
-
-
-@pytest.fixture(scope="module")
-def small_tokenizer(mnist_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("tok") / "run"
-    run_cli("train", "experiment=mnist_vqgan", f"data.path={mnist_shards}", f"run.dir={run}", "tracking.enabled=false",
-            *SMALL, "trainer.max_steps=2", "eval.enabled=false")  # fmt: skip
-    return run / "checkpoints" / "step-00000002"
 
 
 def test_evaluate_gives_rfid_and_sample_explains_itself(small_tokenizer: Path, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def test_every_config_file_composes(override: str) -> None:
     assert OmegaConf.to_container(cfg, resolve=True)
     if override.startswith("experiment="):
         nc = 10 if cfg.model.conditional else 0
-        validate(cfg, num_classes=max(nc, 10))
+        validate(cfg, num_classes=max(nc, 10), data_kind="tokens" if cfg.task == "prior" else "images")
 
 
 def test_experiment_presets_found() -> None:

@@ -19,9 +19,20 @@ PRESETS = sorted(
 def test_every_preset_reports_parameter_counts(preset: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert info_main([f"experiment={preset}", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    networks = {"gan": {"G", "D"}, "tokenizer": {"vq", "D"}}[info["task"]]
+    networks = {"gan": {"G", "D"}, "tokenizer": {"vq", "D"}, "prior": {"prior"}}[info["task"]]
     assert set(info["params"]) >= networks and all(n > 0 for n in info["params"].values())
     assert info["params_total"] == sum(info["params"].values())
+
+
+def test_gpt_b_prior_has_llamagen_size(capsys: pytest.CaptureFixture[str]) -> None:
+    assert info_main(["experiment=imagenet256_gpt_b", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    # 768 wide, 12 layers, 16,384 codes x 256 tokens, 1,000 classes + the null class
+    assert (
+        info["params"] == {"prior": 110_990_592} and info["engine"] == "deepspeed" and info["zero_stage"] == 2
+    )
+    info_main(["experiment=imagenet256_gpt_b"])
+    assert "engine deepspeed (ZeRO-2), precision bf16" in capsys.readouterr().out
 
 
 def test_dcgan_counts_and_text_output(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,144 @@
+"""Throughput of one training step of any task (``gan``, ``tokenizer``, ``prior``) as its preset
+trains it, on one in-memory batch so the input pipeline is not measured. Prints one JSON line last
+with ``img_per_s`` (real images, or token sequences, consumed per second), ``sec_per_iter``,
+``peak_mem_gib`` and, for the prior, ``tokens_per_s``. The thin scripts ``gan_step.py``,
+``biggan_step.py``, ``tokenizer_step.py`` and ``prior_train.py`` call it with their defaults.
+
+    python benchmarks/task_step.py experiment=mnist_dcgan batch=64 iters=50 device=cpu precision=no
+        [channels_last=true] [compile=true] [model.g_width=16 ...]   (dotted keys: config overrides)
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import emit, parse_args, peak_mem_gib
+from hydra import compose, initialize_config_dir
+
+from bigtrain.config.schema import register
+from bigtrain.data.manifest import DatasetManifest
+from bigtrain.train.tasks import build_task
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class _Acc:
+    """The slice of an Accelerator the tasks use (autocast), without starting a process group."""
+
+    def __init__(self, device: str, precision: str):
+        self.device_type = "cuda" if device.startswith("cuda") else "cpu"
+        self.precision = precision
+
+    def autocast(self):  # noqa: ANN201
+        if self.precision == "no":
+            return torch.autocast(self.device_type, enabled=False)
+        return torch.autocast(
+            self.device_type, dtype=torch.float16 if self.precision == "fp16" else torch.bfloat16
+        )
+
+
+def _synthetic(cfg: Any, batch: int, device: torch.device) -> tuple[DatasetManifest, dict[str, torch.Tensor]]:
+    """The data shape the preset declares, and one fixed batch of it on the device."""
+    d = cfg.data
+    classes = [str(i) for i in range(d.num_classes)]
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, max(1, d.num_classes), (batch,), generator=g).to(device)
+    extra: dict[str, Any] = {}
+    if cfg.task == "prior":
+        vocab, grid = int(cfg.model.arch.vocab), int(cfg.model.arch.token_grid)
+        extra = {"kind": "tokens", "tokens": {"grid": [grid, grid], "vocab": vocab}}
+        data = {"tokens": torch.randint(0, vocab, (batch, grid * grid), generator=g).to(device)}
+    else:
+        x = torch.rand(batch, d.channels, d.resolution, d.resolution, generator=g) * 2 - 1
+        data = {"image": x.to(device)}
+    manifest = DatasetManifest(
+        Path(tempfile.gettempdir()), "synthetic", d.resolution, d.channels, classes, {}, extra
+    )
+    return manifest, {**data, "label": labels}
+
+
+def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> None:
+    a = parse_args(
+        {
+            "experiment": default_experiment,
+            "batch": 64,
+            "iters": 50,
+            "warmup": 5,
+            "device": "cpu",
+            "precision": "no",  # no|fp32, bf16, fp16
+            "channels_last": False,
+            "compile": False,
+        }
+    )
+    precision = "no" if a["precision"] in ("no", "fp32") else a["precision"]
+    register()
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"experiment={a['experiment']}",
+                "data.path=/unused",
+                f"data.batch_size={a['batch']}",
+                f"trainer.precision={precision}",
+                f"trainer.channels_last={a['channels_last']}",
+                f"trainer.compile={a['compile']}",
+                *a["overrides"],
+            ],
+        )
+    torch.manual_seed(0)
+    device = torch.device(a["device"])
+    manifest, batch = _synthetic(cfg, a["batch"], device)
+    task = build_task(cfg, manifest, device, _Acc(a["device"], precision))
+
+    def data():  # noqa: ANN202
+        while True:
+            yield batch
+
+    it = data()
+    t0 = time.perf_counter()
+    first = task.train_step(1, it)
+    first_iter_s = time.perf_counter() - t0
+    for step in range(2, a["warmup"] + 1):
+        task.train_step(step, it)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for step in range(a["warmup"] + 1, a["warmup"] + a["iters"] + 1):
+        task.train_step(step, it)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    sec = (time.perf_counter() - t) / a["iters"]
+    nets = {k: m for k, m in task.digest_modules().items() if k != "G_ema"}
+    result: dict[str, Any] = {
+        "bench": bench,
+        "experiment": a["experiment"],
+        "task": cfg.task,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "precision": a["precision"],
+        "channels_last": a["channels_last"],
+        "compile": a["compile"],
+        "batch": a["batch"],
+        "accumulation": getattr(task, "accumulation", 1),
+        "params": {k: sum(p.numel() for p in m.parameters()) for k, m in nets.items()},
+        "first_losses": {k.removeprefix("loss/"): v for k, v in first.items() if k.startswith("loss/")},
+        "first_iter_s": round(first_iter_s, 3),
+        "sec_per_iter": round(sec, 5),
+        "img_per_s": round(task.images_per_step() / sec, 1),
+        "peak_mem_gib": round(peak_mem_gib(a["device"]), 3),
+        "overrides": a["overrides"],
+    }
+    if cfg.task == "gan":
+        result["d_steps"] = cfg.loss.d_steps
+    if cfg.task == "prior":
+        result["engine"] = f"{cfg.prior.engine} (ZeRO-{cfg.prior.zero_stage})"
+        result["tokens_per_s"] = round(task.images_per_step() * batch["tokens"].shape[1] / sec, 1)
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
