@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/biggan_step.py batch=50 iters=5 warmup=2
 	$(BIN)/python benchmarks/tokenizer_step.py batch=32 iters=10 warmup=2
 	$(BIN)/python benchmarks/prior_train.py batch=64 iters=10 warmup=2
+	$(BIN)/python benchmarks/gan_step.py experiment=mnist_progan batch=16 iters=20 warmup=3
 	$(BIN)/python benchmarks/prior_step.py
 	$(BIN)/python benchmarks/prior_sampling.py
 

@@ -93,6 +93,10 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
     device = torch.device(a["device"])
     manifest, batch = _synthetic(cfg, a["batch"], device)
     task = build_task(cfg, manifest, device, _Acc(a["device"], precision))
+    first_step = 1
+    stages = getattr(task, "stages", None)
+    if stages is not None:  # a growing model: time its last stage, faded in (the costliest)
+        first_step = stages.total_steps - stages.stages[-1].steps + stages.stages[-1].fade_steps + 1
 
     def data():  # noqa: ANN202
         while True:
@@ -100,15 +104,15 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
 
     it = data()
     t0 = time.perf_counter()
-    first = task.train_step(1, it)
+    first = task.train_step(first_step, it)
     first_iter_s = time.perf_counter() - t0
-    for step in range(2, a["warmup"] + 1):
+    for step in range(first_step + 1, first_step + a["warmup"]):
         task.train_step(step, it)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    for step in range(a["warmup"] + 1, a["warmup"] + a["iters"] + 1):
+    for step in range(first_step + a["warmup"], first_step + a["warmup"] + a["iters"]):
         task.train_step(step, it)
     if device.type == "cuda":
         torch.cuda.synchronize()

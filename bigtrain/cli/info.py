@@ -39,6 +39,10 @@ def _vq_loss(cfg: DictConfig) -> str:
     return "+".join(terms + (["patchgan"] if v.disc_weight > 0 else []))
 
 
+class _NoStages:
+    stages: tuple = ()
+
+
 def describe(cfg: DictConfig) -> dict[str, Any]:
     from bigtrain.train.tasks import build_task
 
@@ -66,6 +70,15 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "images_per_step_per_process": task.images_per_step(),
         "precision": str(cfg.trainer.precision),
         "max_steps": cfg.trainer.max_steps,
+        "stages": [
+            {
+                "resolution": s.resolution,
+                "steps": s.steps,
+                "fade_steps": s.fade_steps,
+                "batch_size": s.batch_size or cfg.data.batch_size,
+            }
+            for s in (getattr(task, "stages", None) or _NoStages()).stages
+        ],
         **(
             {"engine": str(cfg.prior.engine), "zero_stage": int(cfg.prior.zero_stage)}
             if cfg.task == "prior"
@@ -103,5 +116,10 @@ def main(argv: list[str]) -> int:
         f"  batch {info['batch_per_process']} x {info['accumulation']} accumulation per process, {per_step}, "
         f"precision {info['precision']}, {info['max_steps']} steps"
     )
+    if info["stages"]:
+        print("  stages: " + " -> ".join(
+            f"{s['resolution']}px {s['steps']} steps" + (f" (fade {s['fade_steps']})" if s["fade_steps"] else "")
+            for s in info["stages"]
+        ))  # fmt: skip
     sys.stdout.flush()
     return 0

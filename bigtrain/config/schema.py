@@ -82,6 +82,8 @@ class LossConfig:
     # BigGAN's off-diagonal orthogonal regularisation of G's / D's weights (Brock et al. 2019, 3.1)
     g_ortho: float = 0.0
     d_ortho: float = 0.0
+    # ProGAN's drift term eps * E[D(x)^2] on real logits, keeping a WGAN critic's output near 0
+    drift: float = 0.0
 
 
 @dataclass
@@ -212,6 +214,15 @@ class TrackingConfig:
 
 
 @dataclass
+class StagesConfig:
+    """Resolution stages (``bigtrain.train.stages``): empty = train at the dataset's resolution."""
+
+    # each: {resolution, steps | images, fade_steps | fade_images, batch_size?, lr_g?, lr_d?}
+    schedule: list[dict[str, Any]] = field(default_factory=list)
+    reset_optimizer: bool = False  # ProGAN: fresh Adam moments when a stage starts
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0
     task: str = "gan"  # the training task (a registry in bigtrain.train.tasks): gan | tokenizer | prior
@@ -222,6 +233,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     vq: VQLossConfig = field(default_factory=VQLossConfig)
     prior: PriorTrainConfig = field(default_factory=PriorTrainConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)

@@ -64,6 +64,11 @@ def validate(cfg: DictConfig, num_classes: int, data_kind: str = "images") -> No
             problems.append("task=tokenizer trains in fp32 or bf16: set trainer.precision=bf16")
         if min(cfg.vq.rec_weight, cfg.vq.perceptual_weight, cfg.vq.codebook_weight, cfg.vq.disc_weight) < 0:
             problems.append("vq.*_weight must be >= 0")
+    if cfg.stages.schedule and cfg.task != "gan":
+        problems.append(
+            f"stages.schedule is for task=gan with a growing model (model=progan); task={cfg.task} "
+            "does not train in resolution stages yet"
+        )
     sched = cfg.optim.schedule
     if sched.warmup_steps < 0 or not 0.0 <= sched.min_lr_ratio <= 1.0:
         problems.append("optim.schedule: warmup_steps >= 0 and 0 <= min_lr_ratio <= 1 are required")

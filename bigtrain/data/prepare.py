@@ -187,9 +187,14 @@ def prepare(src: str, out: str | Path, opts: PrepareOptions) -> DatasetManifest:
 
 
 def iter_images(
-    manifest: DatasetManifest, split: str, batch_size: int, limit: int | None = None
+    manifest: DatasetManifest,
+    split: str,
+    batch_size: int,
+    limit: int | None = None,
+    resolution: int | None = None,
 ) -> Iterator[np.ndarray]:
-    """Decoded uint8 images [B, H, W, C] of ``split`` in shard order (for FID reference statistics)."""
+    """Decoded uint8 images [B, H, W, C] of ``split`` in shard order (for FID reference statistics),
+    resized to ``resolution`` the way the training stream does (a resolution stage's references)."""
     paths = manifest.shard_paths(split)
     batch: list[np.ndarray] = []
     seen = 0
@@ -198,7 +203,10 @@ def iter_images(
             break
         try:
             with Image.open(io.BytesIO(sample["png"])) as im:
-                arr = np.asarray(to_pil(im, manifest.channels))
+                img = to_pil(im, manifest.channels)
+                if resolution is not None and img.size != (resolution, resolution):
+                    img = resize_square(img, resolution)
+                arr = np.asarray(img)
         except (OSError, UnidentifiedImageError, KeyError):
             continue
         batch.append(arr if arr.ndim == 3 else arr[..., None])

@@ -29,7 +29,7 @@ import itertools
 import logging
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -220,6 +220,15 @@ class DataStream:
         self.spec = spec
         self.state = StreamState()
         self._iter: Iterator[dict[str, Any]] | None = None
+
+    def reshape(self, resolution: int, batch_size: int) -> bool:
+        """Deliver ``resolution`` px batches of ``batch_size`` from the next batch on (a resolution
+        stage): the position is kept, so no sample is skipped or repeated. True if it changed."""
+        if (resolution, batch_size) == (self.spec.resolution, self.spec.batch_size):
+            return False
+        self.spec = replace(self.spec, resolution=resolution, batch_size=batch_size)
+        self._iter = None  # batches a worker prefetched at the old shape are dropped, not consumed
+        return True
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -99,7 +99,9 @@ def itertools_chain(*its: Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
 
 
 def all_reduce_grads(params: Iterable[nn.Parameter]) -> None:
-    """Average gradients over ranks with one flat all-reduce (missing grads count as zero)."""
+    """Average gradients over ranks with one flat all-reduce (missing grads count as zero, and a
+    parameter without a gradient here keeps none: the blocks a growing network has not reached
+    yet get no optimizer update, with one process or many)."""
     if not is_dist():
         return
     params = [p for p in params if p.requires_grad]
@@ -112,7 +114,8 @@ def all_reduce_grads(params: Iterable[nn.Parameter]) -> None:
     offset = 0
     for p, g in zip(params, grads, strict=True):
         n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
+        if p.grad is not None:
+            p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
 
 

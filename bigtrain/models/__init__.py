@@ -22,6 +22,7 @@ from bigtrain.models.biggan import build_biggan
 from bigtrain.models.biggan_deep import build_biggan_deep
 from bigtrain.models.dcgan import D_NORMS, DCGANDiscriminator, DCGANGenerator
 from bigtrain.models.mlp_gan import MLPDiscriminator, MLPGenerator
+from bigtrain.models.progan import build_progan
 
 GANBuilder = Callable[..., tuple[nn.Module, nn.Module]]
 """``builder(*, resolution, channels, num_classes, z_dim, g_width, d_width, d_norm) -> (G, D)``."""
@@ -129,6 +130,29 @@ __all__ = [
     "build_gan",
     "register_gan",
 ]
+
+
+@register_gan("progan")
+def _build_progan(
+    *,
+    resolution: int,
+    channels: int,
+    num_classes: int,
+    z_dim: int,
+    g_width: int,  # noqa: ARG001 - ProGAN's widths come from fmap_base / fmap_max
+    d_width: int,  # noqa: ARG001
+    d_norm: str,  # noqa: ARG001 - its D has no normalisation (WGAN-GP's penalty is per sample)
+    fmap_base: int = 8192,
+    fmap_max: int = 512,
+    mbstd_group: int = 4,
+) -> tuple[nn.Module, nn.Module]:
+    """Karras et al. 2018, growing with fade-in (``bigtrain.models.progan``); unconditional."""
+    if num_classes:
+        raise ValueError("model=progan is unconditional (as in the paper): set model.conditional=false")
+    return build_progan(
+        resolution=resolution, channels=channels, z_dim=z_dim, fmap_base=fmap_base, fmap_max=fmap_max,
+        mbstd_group=mbstd_group,
+    )  # fmt: skip
 
 
 # BigGAN and BigGAN-deep (Brock et al. 2019) register from their own modules' builders.

@@ -22,15 +22,23 @@ from bigtrain.train.rng import preserve_rng
 log = logging.getLogger(__name__)
 
 
-def reference_key(manifest: DatasetManifest, split: str, max_images: int) -> str:
+def reference_key(
+    manifest: DatasetManifest, split: str, max_images: int, resolution: int | None = None
+) -> str:
     """Reference statistics depend on (dataset content, split, resolution, how many images)."""
     n = min(max_images, manifest.count(split))
-    return f"{manifest.name}-{manifest.dataset_id}-{split}-{manifest.resolution}px-n{n}"
+    return f"{manifest.name}-{manifest.dataset_id}-{split}-{resolution or manifest.resolution}px-n{n}"
 
 
 class FIDEvaluator:
-    def __init__(self, cfg: DictConfig, manifest: DatasetManifest, device: torch.device):
+    """``resolution`` (a resolution stage's) resizes the reference images as the stream does, with
+    statistics cached per resolution; None = the dataset's own."""
+
+    def __init__(
+        self, cfg: DictConfig, manifest: DatasetManifest, device: torch.device, resolution: int | None = None
+    ):
         self.cfg, self.manifest, self.device = cfg, manifest, device
+        self.resolution = None if resolution == manifest.resolution else resolution
         self._extractor: Any = None
         self._ref: tuple[np.ndarray, np.ndarray] | None = None
         self._ref_feats: np.ndarray | None = None
@@ -46,10 +54,10 @@ class FIDEvaluator:
         with preserve_rng():
             self._extractor = build_feature_extractor(self.cfg.feature, self.device)
             split, limit = self.cfg.ref_split, self.cfg.ref_max_images
-            key = reference_key(self.manifest, split, limit)
+            key = reference_key(self.manifest, split, limit, self.resolution)
             self._ref = reference_stats(
                 key,
-                lambda: iter_images(self.manifest, split, self.cfg.batch_size, limit),
+                lambda: iter_images(self.manifest, split, self.cfg.batch_size, limit, self.resolution),
                 self._extractor,
                 self.device,
             )

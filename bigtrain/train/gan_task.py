@@ -12,6 +12,8 @@ overflow, so every rank skips the same steps.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -28,7 +30,10 @@ from bigtrain.models import build_gan
 from bigtrain.train.augment import diff_augment, parse_policy
 from bigtrain.train.ema import EMA
 from bigtrain.train.optim import adam, apply_hparams, lr_factor, set_lr
+from bigtrain.train.stages import Position, StageSchedule
 from bigtrain.train.tasks import NonFiniteGuard, register_task
+
+log = logging.getLogger(__name__)
 
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:
@@ -88,6 +93,54 @@ class GANTask:
         # BigGAN's shared class embedding is exempt from the orthogonal penalty (as in the reference)
         self._g_ortho_exempt = [m for m in (getattr(self.G, "shared", None),) if isinstance(m, nn.Module)]
         self.guard = NonFiniteGuard(cfg.trainer)
+        self.stages = self._stage_schedule(cfg, manifest) if cfg.stages.schedule else None
+        self._step = 0  # the last step trained (or restored): where the stage schedule stands
+        if self.stages is not None:
+            self._set_stage(self.stages.at(1))
+
+    # -- resolution stages (ProGAN growing) -------------------------------------------------------
+    def _stage_schedule(self, cfg: DictConfig, manifest: DatasetManifest) -> StageSchedule:
+        if not hasattr(self.G, "set_stage"):
+            raise ValueError(
+                f"stages.schedule needs a growing model (model=progan); {cfg.model.name} trains at one resolution"
+            )
+        items = OmegaConf.to_container(cfg.stages.schedule, resolve=True)
+        assert isinstance(items, list)
+        per_step = {
+            i: int(d.get("batch_size") or cfg.data.batch_size) * cfg.loss.d_steps * self.accumulation
+            * bdist.world_size()
+            for i, d in enumerate(items)
+        }  # fmt: skip
+        schedule = StageSchedule.from_config(items, per_step)
+        for s in schedule.stages:
+            level = math.log2(s.resolution / 4) + 1
+            if level != int(level) or not 1 <= level <= self.G.levels:  # type: ignore[operator]
+                raise ValueError(
+                    f"stage resolution {s.resolution} is not one of the model's 4, 8, ..., {manifest.resolution}"
+                )
+        if schedule.stages[-1].resolution != manifest.resolution:
+            raise ValueError(
+                f"the last stage must reach the dataset's resolution {manifest.resolution} "
+                f"(it ends at {schedule.stages[-1].resolution})"
+            )
+        return schedule
+
+    def _set_stage(self, pos: Position) -> None:
+        level = int(math.log2(pos.stage.resolution // 4)) + 1
+        nets = [self.G, self.D] + ([self.ema.model] if self.ema is not None else [])
+        for net in nets:
+            net.set_stage(level, pos.alpha)  # type: ignore[operator]
+        self.batch_size = int(pos.stage.batch_size or self.cfg.data.batch_size)
+
+    def data_shape(self, step: int) -> tuple[int, int] | None:
+        """The (resolution, batch size) the stream must deliver for ``step``; None = unchanged."""
+        if self.stages is None:
+            return None
+        stage = self.stages.at(step).stage
+        return stage.resolution, int(stage.batch_size or self.cfg.data.batch_size)
+
+    def current_resolution(self) -> int:
+        return self.G.current_resolution if self.stages is not None else self.G.resolution  # type: ignore[return-value]
 
     # -- checkpointable state ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -102,6 +155,8 @@ class GANTask:
         if self.scaler_G.is_enabled():
             out["scaler"] = {"G": self.scaler_G.state_dict(), "D": self.scaler_D.state_dict()}
         out["task"] = self.guard.state_dict()
+        if self.stages is not None:
+            out["task"]["stages"] = self.stages.state_dict(max(1, self._step))
         return out
 
     def load_state(self, states: Mapping[str, Any]) -> None:
@@ -117,6 +172,13 @@ class GANTask:
             self.scaler_G.load_state_dict(states["scaler"]["G"])
             self.scaler_D.load_state_dict(states["scaler"]["D"])
         self.guard.load_state_dict(states.get("task", {}))
+        saved = states.get("task", {}).get("stages")
+        if self.stages is not None and saved is not None:
+            warning = self.stages.check_resume(saved)
+            if warning:
+                log.warning(warning)
+            self._step = int(saved["step"])
+            self._set_stage(self.stages.at(self._step))  # sampling a checkpoint uses its stage
 
     def digest_modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"G": self.G, "D": self.D}
@@ -172,6 +234,8 @@ class GANTask:
                 )
                 loss = loss + gp
                 gp_sum = gp_sum + gp.detach()
+            if self.cfg.loss.drift > 0:  # ProGAN: keep the critic's output near 0
+                loss = loss + self.cfg.loss.drift * real_logits.float().square().mean()
             if self.cfg.loss.d_ortho > 0:
                 loss = loss + orthogonal_penalty(self.D, self.cfg.loss.d_ortho) / self.accumulation
             self.scaler_D.scale(loss / self.accumulation).backward()
@@ -218,10 +282,23 @@ class GANTask:
     def train_step(self, step: int, data: Iterator[dict[str, Any]]) -> dict[str, float]:
         autocast = self.accelerator.autocast
         factor = lr_factor(step, self.cfg.optim.schedule, self.cfg.trainer.max_steps)
-        metrics: dict[str, float] = {
-            "lr/G": set_lr(self.opt_G, self.cfg.optim.g, factor),
-            "lr/D": set_lr(self.opt_D, self.cfg.optim.d, factor),
-        }
+        metrics: dict[str, float] = {}
+        lr_g = lr_d = None
+        if self.stages is not None:
+            pos = self.stages.at(step)
+            self._set_stage(pos)
+            if self.cfg.stages.reset_optimizer and pos.index > 0 and pos.step_in_stage == 1:
+                self.opt_G.state.clear()  # ProGAN: Adam's moments start afresh at each stage
+                self.opt_D.state.clear()
+            lr_g, lr_d = pos.stage.lr_g, pos.stage.lr_d
+            metrics |= {
+                "stage": float(pos.index),
+                "alpha": pos.alpha,
+                "resolution": float(pos.stage.resolution),
+            }
+        self._step = step
+        metrics["lr/G"] = set_lr(self.opt_G, self.cfg.optim.g, factor, lr_g)
+        metrics["lr/D"] = set_lr(self.opt_D, self.cfg.optim.d, factor, lr_d)
         d_out = []
         for _ in range(self.cfg.loss.d_steps):
             out = self._d_step(step, data, autocast)

@@ -168,11 +168,8 @@ class Trainer:
         if ck is not None:
             run_id = self._load(ck)
         # FID compares with images: a task on other data (the prior's tokens) names their source
-        self.fid = (
-            FIDEvaluator(cfg.eval, getattr(self.task, "eval_manifest", self.manifest), self.device)
-            if cfg.eval.enabled
-            else None
-        )
+        self._fids: dict[int, FIDEvaluator] = {}  # one per resolution stage (reference statistics)
+        self.fid = self._fid_for(self.manifest.resolution) if cfg.eval.enabled else None
         if self.fid is not None and self.main:
             self.fid.prepare()  # absent weights fail now, not after an hour of training
         self.tracker = _build_tracker(cfg, run_id)
@@ -249,6 +246,20 @@ class Trainer:
         return path
 
     # -- periodic work ------------------------------------------------------------------------------
+    def _fid_for(self, resolution: int) -> FIDEvaluator:
+        if resolution not in self._fids:
+            # FID compares with images: a task on other data (the prior's tokens) names their source
+            source = getattr(self.task, "eval_manifest", self.manifest)
+            self._fids[resolution] = FIDEvaluator(self.cfg.eval, source, self.device, resolution)
+        return self._fids[resolution]
+
+    def _reshape_data(self) -> None:
+        """A resolution stage starts: the stream delivers its resolution and batch size from now on."""
+        shape_of = getattr(self.task, "data_shape", None)
+        shape = shape_of(self.step) if shape_of is not None else None
+        if shape is not None and self.stream.reshape(*shape):
+            log.info("step %d: data at %dpx, batch %d per process", self.step, *shape)
+
     def _before_sampling(self) -> None:
         """Collective: a task whose weights are sharded (ZeRO-3) gathers them for the main process."""
         hook = getattr(self.task, "before_sampling", None)
@@ -272,11 +283,15 @@ class Trainer:
         self._before_sampling()
         if self.main and self.fid is not None:
             t = time.time()
-            results = self.fid(self.task.sampler())
+            current = getattr(self.task, "current_resolution", None)
+            fid = self._fid_for(current()) if current is not None else self.fid
+            results = fid(self.task.sampler())
             extra = getattr(self.task, "eval_metrics", None)  # e.g. the tokenizer's PSNR, SSIM, usage
             if extra is not None:
                 results |= extra()
-            value = results[self.fid.metric_key]
+            value = results[fid.metric_key]
+            if current is not None:  # a resolution stage's FID uses references at its resolution
+                results["eval/resolution"] = float(current())
             self.fid_history[self.step] = value
             self.tracker.log_metrics(results, self.step)
             self.tracker.set_tags({"fid_last": f"{value:.4f}"})
@@ -320,6 +335,7 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 self.step += 1
+                self._reshape_data()
                 try:
                     metrics = self.task.train_step(self.step, data)
                 except NonFiniteLossError as exc:

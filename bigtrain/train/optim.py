@@ -40,9 +40,10 @@ def lr_factor(step: int, schedule: DictConfig, max_steps: int) -> float:
     return floor + (1.0 - floor) * shape
 
 
-def set_lr(opt: Any, c: DictConfig, factor: float) -> float:
-    """Every parameter group of ``opt`` (a torch or DeepSpeed optimizer) at ``c.lr * factor``."""
-    lr = float(c.lr) * factor
+def set_lr(opt: Any, c: DictConfig, factor: float, base: float | None = None) -> float:
+    """Every parameter group of ``opt`` (a torch or DeepSpeed optimizer) at ``c.lr * factor``
+    (``base * factor`` when a resolution stage sets its own rate)."""
+    lr = float(c.lr if base is None else base) * factor
     for group in opt.param_groups:
         group["lr"] = lr
     return lr

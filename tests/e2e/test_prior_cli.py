@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -43,6 +44,15 @@ def _digests(run: Path, step: int) -> dict[str, str]:
     return json.loads(run_cli("inspect", str(ck), "--json").stdout)["digests"]
 
 
+def _twins(run: Callable[..., object], common: tuple[str, ...], tmp_path: Path) -> tuple[Path, dict, dict]:
+    """A 4-step run and its twin interrupted after step 2 and resumed: (run dir, both digests)."""
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    run(*common, f"run.dir={straight}", "trainer.max_steps=4")
+    run(*common, f"run.dir={resumed}", "trainer.max_steps=2")
+    run(*common, f"run.dir={resumed}", "trainer.max_steps=4")
+    return straight, _digests(straight, 4), _digests(resumed, 4)
+
+
 def _torchrun(*args: str) -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -58,11 +68,7 @@ def test_prior_trains_samples_evaluates_and_resumes_exactly(token_shards: Path, 
     db = tmp_path / "mlflow.db"
     common = ("train", "experiment=mnist_transformer", f"data.path={token_shards}",
               f"tracking.uri=sqlite:///{db}", "eval.every=4", *PRIOR_SMALL)  # fmt: skip
-    straight, resumed = tmp_path / "a", tmp_path / "b"
-    run_cli(*common, f"run.dir={straight}", "trainer.max_steps=4")
-    run_cli(*common, f"run.dir={resumed}", "trainer.max_steps=2")
-    run_cli(*common, f"run.dir={resumed}", "trainer.max_steps=4")
-    a, b = _digests(straight, 4), _digests(resumed, 4)
+    straight, a, b = _twins(run_cli, common, tmp_path)
     assert {"prior", "task", "deepspeed/mp_rank_00_model_states", "deepspeed/zero_pp_rank_0_mp_rank_00_optim_states"} <= set(a)  # fmt: skip
     assert a == b
     ck = straight / "checkpoints" / "step-00000004"
@@ -108,11 +114,7 @@ def test_prior_trains_samples_evaluates_and_resumes_exactly(token_shards: Path, 
 def test_prior_two_ranks_zero2_agree_and_resume_exactly(token_shards: Path, tmp_path: Path) -> None:
     common = ("train", "experiment=mnist_transformer", f"data.path={token_shards}", "tracking.enabled=false",
               "eval.enabled=false", "trainer.accumulation=2", *PRIOR_SMALL)  # fmt: skip
-    straight, resumed = tmp_path / "a", tmp_path / "b"
-    _torchrun(*common, f"run.dir={straight}", "trainer.max_steps=4")
-    _torchrun(*common, f"run.dir={resumed}", "trainer.max_steps=2")
-    _torchrun(*common, f"run.dir={resumed}", "trainer.max_steps=4")
-    a, b = _digests(straight, 4), _digests(resumed, 4)
+    straight, a, b = _twins(_torchrun, common, tmp_path)
     assert {f"deepspeed/zero_pp_rank_{r}_mp_rank_00_optim_states" for r in (0, 1)} <= set(a)
     assert a == b
     meta = json.loads((straight / "checkpoints" / "step-00000004" / "meta.json").read_text())
@@ -130,11 +132,7 @@ def test_prior_two_ranks_zero3_gather_for_sampling_and_resume_exactly(
 ) -> None:
     common = ("train", "experiment=mnist_transformer", f"data.path={token_shards}", "tracking.enabled=false",
               "prior.zero_stage=3", "eval.every=4", *PRIOR_SMALL)  # fmt: skip
-    straight, resumed = tmp_path / "a", tmp_path / "b"
-    _torchrun(*common, f"run.dir={straight}", "trainer.max_steps=4")
-    _torchrun(*common, f"run.dir={resumed}", "trainer.max_steps=2")
-    _torchrun(*common, f"run.dir={resumed}", "trainer.max_steps=4")
-    a, b = _digests(straight, 4), _digests(resumed, 4)
+    straight, a, b = _twins(_torchrun, common, tmp_path)
     # ZeRO-3 partitions the parameters too: each rank writes its own model-states file
     assert {f"deepspeed/zero_pp_rank_{r}_mp_rank_00_model_states" for r in (0, 1)} <= set(a)
     assert a == b
@@ -166,3 +164,20 @@ def test_prior_data_and_tokenizer_mismatches_are_one_line(
     proc = run_cli(*base, "experiment=mnist_transformer", f"data.path={other}", "trainer.max_steps=2",
                    "eval.enabled=false", check=False)  # fmt: skip
     assert proc.returncode == 2 and "is not the one that made these tokens" in proc.stderr
+
+
+def test_prior_trains_in_bf16_with_deepspeed(token_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "bf16"
+    run_cli("train", "experiment=mnist_transformer", f"data.path={token_shards}", f"run.dir={run}",
+            "tracking.enabled=false", "eval.enabled=false", "trainer.precision=bf16", "trainer.max_steps=2",
+            *PRIOR_SMALL)  # fmt: skip
+    import torch
+
+    weights = torch.load(run / "checkpoints" / "step-00000002" / "prior.pt", weights_only=True)
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.bfloat16}
+    assert "step 2/2: prior " in (run / "train.log").read_text()
+    # DeepSpeed keeps fp32 master weights in its optimizer partition, which the checkpoint holds
+    (optim,) = (run / "checkpoints" / "step-00000002" / "deepspeed").glob("*zero_pp_rank_0_*optim_states.pt")
+    assert f"deepspeed/{optim.stem}" in _digests(run, 2)  # DeepSpeed names it bf16_zero_pp_rank_0_...
+    state = torch.load(optim, weights_only=False)["optimizer_state_dict"]
+    assert {t.dtype for t in state["single_partition_of_fp32_groups"]} == {torch.float32}

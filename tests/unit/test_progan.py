@@ -5,6 +5,7 @@ the schedule's alpha ramp."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +122,46 @@ def test_schedule_from_config_in_images_and_its_errors() -> None:
         StageSchedule([Stage(4, 10, fade_steps=2)])
     with pytest.raises(ValueError, match="unknown key"):
         StageSchedule.from_config([{"resolution": 4, "steps": 1, "fade": 3}], {})
+
+
+def test_gan_task_follows_the_stages_and_resets_adam_at_a_new_stage() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from bigtrain.config.schema import register
+    from bigtrain.data.manifest import DatasetManifest
+    from bigtrain.train.gan_task import GANTask
+
+    register()
+    configs = str(Path(__file__).resolve().parents[2] / "configs")
+    with initialize_config_dir(configs, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "experiment=mnist_progan", "data.path=/x", "model.arch.fmap_base=64", "model.arch.fmap_max=16",
+            "model.z_dim=8", "data.batch_size=4", "stages.schedule=[{resolution: 4, steps: 2}, "
+            "{resolution: 8, steps: 3, fade_steps: 2, batch_size: 2, lr_g: 0.5}]",
+        ])  # fmt: skip
+    torch.manual_seed(0)
+    manifest = DatasetManifest(Path("."), "t", 8, 1, [str(i) for i in range(10)], {})
+
+    class Acc:
+        def autocast(self) -> torch.autocast:
+            return torch.autocast("cpu", enabled=False)
+
+    task = GANTask(cfg, manifest, torch.device("cpu"), Acc())
+
+    def data():  # noqa: ANN202
+        while True:
+            res, n = task.data_shape(task._step)  # noqa: SLF001 - what the loop asks the stream for
+            yield {"image": torch.rand(n, 1, res, res) * 2 - 1, "label": torch.zeros(n, dtype=torch.long)}
+
+    it = data()
+    for step in (1, 2):
+        m = task.train_step(step, it)
+        assert (m["stage"], m["alpha"], m["resolution"]) == (0, 1.0, 4) and task.images_per_step() == 4
+    first = task.G.to_rgb[0].weight
+    assert task.opt_G.state[first]["step"] == 2
+    m = task.train_step(3, it)  # stage 1 starts: fade-in at alpha 0.5, batch 2, its own G learning rate
+    assert (m["stage"], m["alpha"], m["resolution"], m["lr/G"]) == (1, 0.5, 8, 0.5)
+    assert task.images_per_step() == 2 and task.opt_G.state[first]["step"] == 1  # Adam started afresh
+    assert task.G.current_resolution == task.ema.model.current_resolution == 8  # type: ignore[union-attr]
+    state = task.state()["task"]["stages"]
+    assert state == {"step": 3, "stage": 1, "resolution": 8, "alpha": 0.5}
