@@ -139,7 +139,8 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
     if cfg.task == "gan":
         result["d_steps"] = cfg.loss.d_steps
     if cfg.task == "prior":
-        result["engine"] = f"{cfg.prior.engine} (ZeRO-{cfg.prior.zero_stage})"
+        engine = str(cfg.prior.engine)
+        result["engine"] = f"deepspeed (ZeRO-{cfg.prior.zero_stage})" if engine == "deepspeed" else engine
         result["tokens_per_s"] = round(task.images_per_step() * batch["tokens"].shape[1] / sec, 1)
     emit(result)
 
