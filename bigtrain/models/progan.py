@@ -68,6 +68,14 @@ def minibatch_stddev(x: Tensor, group: int = 4) -> Tensor:
     return torch.cat([x, y], dim=1)
 
 
+def _levels(resolution: int) -> int:
+    """Level of the final resolution: 1 = 4x4, 2 = 8x8, ..."""
+    levels = int(math.log2(resolution)) - 1 if resolution >= 4 else 0
+    if levels < 1 or 4 * 2 ** (levels - 1) != resolution:
+        raise ValueError(f"ProGAN needs a power-of-two resolution >= 4, got {resolution}")
+    return levels
+
+
 def _lrelu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, 0.2)
 
@@ -124,9 +132,7 @@ class ProGANGenerator(_Growing):
         self, resolution: int, channels: int, z_dim: int = 512, fmap_base: int = 8192, fmap_max: int = 512
     ) -> None:
         super().__init__()
-        levels = int(math.log2(resolution)) - 1
-        if 4 * 2 ** (levels - 1) != resolution or levels < 1:
-            raise ValueError(f"ProGAN needs a power-of-two resolution >= 4, got {resolution}")
+        levels = _levels(resolution)
         self.resolution, self.channels, self.z_dim, self.num_classes = resolution, channels, z_dim, 0
         self.levels = levels
         nf = widths(levels, fmap_base, fmap_max)
@@ -160,9 +166,7 @@ class ProGANDiscriminator(_Growing):
         self, resolution: int, channels: int, fmap_base: int = 8192, fmap_max: int = 512, mbstd_group: int = 4
     ) -> None:
         super().__init__()
-        levels = int(math.log2(resolution)) - 1
-        if 4 * 2 ** (levels - 1) != resolution or levels < 1:
-            raise ValueError(f"ProGAN needs a power-of-two resolution >= 4, got {resolution}")
+        levels = _levels(resolution)
         self.resolution, self.channels, self.num_classes, self.levels = resolution, channels, 0, levels
         self.mbstd_group = mbstd_group
         nf = widths(levels, fmap_base, fmap_max)

@@ -167,7 +167,6 @@ class Trainer:
         ck = _resume_from(cfg, self.run_dir)
         if ck is not None:
             run_id = self._load(ck)
-        # FID compares with images: a task on other data (the prior's tokens) names their source
         self._fids: dict[int, FIDEvaluator] = {}  # one per resolution stage (reference statistics)
         self.fid = self._fid_for(self.manifest.resolution) if cfg.eval.enabled else None
         if self.fid is not None and self.main:

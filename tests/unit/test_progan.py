@@ -165,3 +165,9 @@ def test_gan_task_follows_the_stages_and_resets_adam_at_a_new_stage() -> None:
     assert task.G.current_resolution == task.ema.model.current_resolution == 8  # type: ignore[union-attr]
     state = task.state()["task"]["stages"]
     assert state == {"step": 3, "stage": 1, "resolution": 8, "alpha": 0.5}
+
+
+def test_resolution_must_be_a_power_of_two() -> None:
+    for bad in (2, 24, 48):
+        with pytest.raises(ValueError, match="power-of-two resolution >= 4"):
+            build_progan(resolution=bad, channels=1, z_dim=8)
