@@ -52,11 +52,7 @@ def main(argv: list[str]) -> int:
         )
     g = torch.Generator().manual_seed(a.seed)
     num_classes = getattr(task, "num_classes", 0)
-    if (a.classes or a.per_class) and not num_classes:
-        raise ConfigError("--class/--per-class need a class-conditional model (model.conditional=true)")
-    bad = [c for c in a.classes or [] if not 0 <= c < num_classes]
-    if bad:
-        raise ConfigError(f"--class {bad[0]} is out of range: the model has {num_classes} classes")
+    _check_classes(a, num_classes, "model")
     if a.per_class:
         from bigtrain.train.gan_task import truncated_normal
 
@@ -82,6 +78,15 @@ def main(argv: list[str]) -> int:
     return _write(a.out, images, nrow, snap.checkpoint.step)
 
 
+def _check_classes(a: argparse.Namespace, num_classes: int, what: str) -> None:
+    """``--class`` / ``--per-class`` need a conditional network and labels in its range."""
+    if (a.classes or a.per_class) and not num_classes:
+        raise ConfigError(f"--class/--per-class need a class-conditional {what} (model.conditional=true)")
+    bad = [c for c in a.classes or [] if not 0 <= c < num_classes]
+    if bad:
+        raise ConfigError(f"--class {bad[0]} is out of range: the model has {num_classes} classes")
+
+
 def _write(out: str, images: torch.Tensor, nrow: int, step: int) -> int:
     save_image(images, out, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
     print(f"wrote {out} ({images.shape[0]} images, step {step})")
@@ -97,11 +102,7 @@ def _sample_prior(a: argparse.Namespace, snap: Snapshot) -> int:
         raise ConfigError(
             "--interpolate and --truncation are for GAN generators; a prior takes --temperature, --top-k, --top-p, --cfg-scale"
         )
-    if (a.classes or a.per_class) and not num_classes:
-        raise ConfigError("--class/--per-class need a class-conditional prior (model.conditional=true)")
-    bad = [c for c in a.classes or [] if not 0 <= c < num_classes]
-    if bad:
-        raise ConfigError(f"--class {bad[0]} is out of range: the model has {num_classes} classes")
+    _check_classes(a, num_classes, "prior")
     g = torch.Generator(snap.device).manual_seed(a.seed)
     opts = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p, "cfg_scale": a.cfg_scale}
     if a.per_class or a.classes:

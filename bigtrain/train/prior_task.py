@@ -118,8 +118,8 @@ def _import_deepspeed() -> Any:
     return deepspeed
 
 
-def _init_deepspeed_dist() -> None:
-    """DeepSpeed needs a process group; a single process (no launcher) gets a 1-rank one."""
+def _init_deepspeed_dist() -> Any:
+    """DeepSpeed, joined to the process group; a single process (no launcher) gets a 1-rank one."""
     deepspeed = _import_deepspeed()
 
     if not bdist.is_dist():
@@ -133,6 +133,7 @@ def _init_deepspeed_dist() -> None:
         for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
             os.environ.setdefault(k, v)
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return deepspeed
 
 
 class PriorTask:
@@ -189,8 +190,7 @@ class PriorTask:
 
     def engine(self) -> Any:
         if self._engine is None:
-            deepspeed = _import_deepspeed()
-            _init_deepspeed_dist()
+            deepspeed = _init_deepspeed_dist()
             opt = _adamw(self.model, self.cfg.optim.g, self.device)
             self._engine, *_ = deepspeed.initialize(
                 model=self.model, optimizer=opt, config=deepspeed_config(self.cfg)
