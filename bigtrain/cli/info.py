@@ -39,8 +39,9 @@ def _vq_loss(cfg: DictConfig) -> str:
     return "+".join(terms + (["patchgan"] if v.disc_weight > 0 else []))
 
 
-class _NoStages:
-    stages: tuple = ()
+def _stages(task: Any) -> tuple:
+    staging = getattr(task, "staging", None)
+    return staging.schedule.stages if staging is not None else ()
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
@@ -68,16 +69,17 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "effective_batch_per_process": cfg.data.batch_size * cfg.trainer.accumulation,
         "d_steps": cfg.loss.d_steps,
         "images_per_step_per_process": task.images_per_step(),
-        "precision": str(cfg.trainer.precision),
+        "precision": {"no": "fp32"}.get(str(cfg.trainer.precision), str(cfg.trainer.precision)),
         "max_steps": cfg.trainer.max_steps,
         "stages": [
             {
                 "resolution": s.resolution,
                 "steps": s.steps,
                 "fade_steps": s.fade_steps,
-                "batch_size": s.batch_size or cfg.data.batch_size,
+                "batch_size": s.batch(cfg.data.batch_size),
+                "micro_batch": s.micro(cfg.data.batch_size),
             }
-            for s in (getattr(task, "stages", None) or _NoStages()).stages
+            for s in _stages(task)
         ],
         **(
             {"engine": str(cfg.prior.engine), "zero_stage": int(cfg.prior.zero_stage)}
@@ -119,6 +121,7 @@ def main(argv: list[str]) -> int:
     if info["stages"]:
         print("  stages: " + " -> ".join(
             f"{s['resolution']}px {s['steps']} steps" + (f" (fade {s['fade_steps']})" if s["fade_steps"] else "")
+            + f" batch {s['batch_size']}" + (f" as {s['batch_size'] // s['micro_batch']} x {s['micro_batch']}" if s["micro_batch"] != s["batch_size"] else "")
             for s in info["stages"]
         ))  # fmt: skip
     sys.stdout.flush()

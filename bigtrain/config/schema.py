@@ -217,9 +217,11 @@ class TrackingConfig:
 class StagesConfig:
     """Resolution stages (``bigtrain.train.stages``): empty = train at the dataset's resolution."""
 
-    # each: {resolution, steps | images, fade_steps | fade_images, batch_size?, lr_g?, lr_d?}
+    # each: {resolution, steps | images, fade_steps | fade_images, batch_size?, micro_batch?, lr_g?, lr_d?}
     schedule: list[dict[str, Any]] = field(default_factory=list)
     reset_optimizer: bool = False  # ProGAN: fresh Adam moments when a stage starts
+    # a stage's batch above this (per process) is split into accumulated micro-batches; 0 = no cap
+    max_micro_batch: int = 0
 
 
 @dataclass

@@ -64,11 +64,13 @@ def validate(cfg: DictConfig, num_classes: int, data_kind: str = "images") -> No
             problems.append("task=tokenizer trains in fp32 or bf16: set trainer.precision=bf16")
         if min(cfg.vq.rec_weight, cfg.vq.perceptual_weight, cfg.vq.codebook_weight, cfg.vq.disc_weight) < 0:
             problems.append("vq.*_weight must be >= 0")
-    if cfg.stages.schedule and cfg.task != "gan":
+    if cfg.stages.schedule and cfg.task not in ("gan", "tokenizer"):
         problems.append(
-            f"stages.schedule is for task=gan with a growing model (model=progan); task={cfg.task} "
-            "does not train in resolution stages yet"
+            f"stages.schedule is for images (task=gan with a growing model, task=tokenizer); "
+            f"task={cfg.task} trains on token sequences of one length"
         )
+    if int(cfg.stages.max_micro_batch) < 0:
+        problems.append("stages.max_micro_batch must be >= 0 (0 = no cap)")
     sched = cfg.optim.schedule
     if sched.warmup_steps < 0 or not 0.0 <= sched.min_lr_ratio <= 1.0:
         problems.append("optim.schedule: warmup_steps >= 0 and 0 <= min_lr_ratio <= 1 are required")

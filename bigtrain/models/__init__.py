@@ -113,10 +113,12 @@ def _build_dcgan(
     g_width: int,
     d_width: int,
     d_norm: str,
+    grow: bool = False,
 ) -> tuple[nn.Module, nn.Module]:
-    """Radford et al. 2016 DCGAN pair; ``d_norm`` picks D's normalisation (see ``dcgan``)."""
-    g = DCGANGenerator(z_dim, resolution, channels, num_classes, g_width)
-    d = DCGANDiscriminator(resolution, channels, num_classes, d_width, norm=d_norm)
+    """Radford et al. 2016 DCGAN pair; ``d_norm`` picks D's normalisation (see ``dcgan``);
+    ``grow`` adds the layers for progressive resolution stages (``stages.schedule``)."""
+    g = DCGANGenerator(z_dim, resolution, channels, num_classes, g_width, grow=grow)
+    d = DCGANDiscriminator(resolution, channels, num_classes, d_width, norm=d_norm, grow=grow)
     return g, d
 
 

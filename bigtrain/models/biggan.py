@@ -12,11 +12,18 @@ the projection term ``<embed(y), h>`` of Miyato & Koyama 2018 (eq. 3) for condit
 With ``ch = 96``, ``z_dim = 120``, ``shared_dim = 128``, ``hier = True``, attention at 64x64 and
 1000 classes, the 128x128 pair has exactly the release's 70,433,988 (G) and 87,982,370 (D)
 learnable parameters; spectral-norm power-iteration vectors are buffers, not parameters.
+
+``grow=True`` (``model.arch.grow``) lets both networks train in progressive resolution stages
+(``bigtrain.models.growing``) with their residual blocks faded in: G gets an output head (BN ->
+ReLU -> SN-conv3x3 -> tanh, like its own) for every lower resolution, D an SN 1x1 from-image conv
+into the first block at each lower input resolution (that block's leading ReLU acts on it). At the
+final stage both compute exactly the non-growing networks, whose parameters keep their names.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -42,6 +49,7 @@ from bigtrain.models.biggan_layers import (
 )
 from bigtrain.models.common import check_arch_keys
 from bigtrain.models.common import check_labels as _labels
+from bigtrain.models.growing import Growing, fade_images
 
 BOTTOM_WIDTH = 4
 """Spatial size of G's first feature map (and of D's last)."""
@@ -107,7 +115,18 @@ def _d_stages(resolution: int) -> list[_Stage]:
     return stages
 
 
-class BigGANGenerator(nn.Module):
+class _RGBHead(nn.Module):
+    """A growing G's output head at a lower resolution: BN -> ReLU -> SN-conv3x3 -> tanh."""
+
+    def __init__(self, in_ch: int, channels: int, bn: nn.Module, sn_eps: float, sn_itrs: int) -> None:
+        super().__init__()
+        self.bn, self.conv = bn, sn_conv2d(in_ch, channels, sn_eps=sn_eps, sn_itrs=sn_itrs)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.tanh(self.conv(F.relu(self.bn(h))))
+
+
+class BigGANGenerator(Growing, nn.Module):
     """BigGAN generator; ``forward(z [B, z_dim], y [B] | None) -> [B, channels, R, R]`` in [-1, 1].
 
     Conditioning of the BN layers (each residual block's two BNs share one vector):
@@ -148,6 +167,7 @@ class BigGANGenerator(nn.Module):
         bn_eps: float = 1e-5,
         cross_replica_bn: bool = False,
         sn_itrs: int = 1,
+        grow: bool = False,
     ) -> None:
         super().__init__()
         stages = _g_stages(resolution)
@@ -225,7 +245,26 @@ class BigGANGenerator(nn.Module):
         # Output head: affine BN -> ReLU -> SN conv3x3 (tanh applied in forward).
         self.out_bn = batch_norm_2d(out_ch, affine=True, **bn_kw)
         self.out_conv = sn_conv2d(out_ch, channels, sn_eps=sn_eps, sn_itrs=sn_itrs)
+        # growing: a head on the 4x4 map and after every block but the last (keyed by resolution)
+        widths = [ch * stages[0].in_mult] + [ch * st.out_mult for st in stages[:-1]]
+        self.to_rgb = nn.ModuleDict(
+            {
+                str(BOTTOM_WIDTH * 2**j): _RGBHead(
+                    w, channels, batch_norm_2d(w, affine=True, **bn_kw), sn_eps, sn_itrs
+                )
+                for j, w in enumerate(widths if grow else [])
+            }
+        )
+        self.init_growing(
+            [BOTTOM_WIDTH * 2**j for j in range(len(stages) + 1)] if grow else [resolution], resolution
+        )
         init_orthogonal(self)
+
+    def _to_image(self, j: int, h: Tensor) -> Tensor:
+        """The image after ``j`` blocks (``4 * 2^j`` px)."""
+        if j == len(self.blocks):
+            return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
+        return self.to_rgb[str(BOTTOM_WIDTH * 2**j)](h)
 
     def block_conditions(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, list[Tensor | None]]:
         """Split ``z`` into the input-linear latent and the per-block BN conditioning inputs."""
@@ -251,9 +290,12 @@ class BigGANGenerator(nn.Module):
         y = _labels(y, self.num_classes, z.shape[0])
         z0, conds = self.block_conditions(z, y)
         h = self.linear(z0).view(z.shape[0], -1, BOTTOM_WIDTH, BOTTOM_WIDTH)
-        h = run_blocks(h, self.blocks, self.attention, conds)
-        h = self.out_conv(F.relu(self.out_bn(h)))
-        return torch.tanh(h)
+        j = int(math.log2(self.stage_resolution // BOTTOM_WIDTH))  # blocks to run: all unless growing
+        if not self.fading:
+            return self._to_image(j, run_blocks(h, self.blocks, self.attention, conds, stop=j))
+        prev = run_blocks(h, self.blocks, self.attention, conds, stop=j - 1)
+        new = run_blocks(prev, self.blocks, self.attention, conds, start=j - 1, stop=j)
+        return fade_images(self._to_image(j - 1, prev), self._to_image(j, new), self.alpha)
 
 
 def _cbn(
@@ -277,7 +319,7 @@ def _cbn(
     )
 
 
-class BigGANDiscriminator(ProjectionDiscriminator):
+class BigGANDiscriminator(Growing, ProjectionDiscriminator):
     """BigGAN discriminator; ``forward(x [B, C, R, R], y [B] | None) -> [B]`` raw logits.
 
     Every conv, the output linear and the projection embedding are spectrally normalised. The first
@@ -297,6 +339,7 @@ class BigGANDiscriminator(ProjectionDiscriminator):
         sn_eps: float = 1e-6,
         wide: bool = True,
         sn_itrs: int = 1,
+        grow: bool = False,
     ) -> None:
         super().__init__()
         stages = _d_stages(resolution)
@@ -329,11 +372,35 @@ class BigGANDiscriminator(ProjectionDiscriminator):
         self.embed = (
             sn_embedding(num_classes, out_ch, sn_eps=sn_eps, sn_itrs=sn_itrs) if num_classes > 0 else None
         )
+        # growing: the first block that takes each input resolution, and an SN 1x1 from-image conv
+        # into it for every resolution below the full one
+        self.entry: dict[int, int] = {}
+        for index, stage in enumerate(stages):
+            self.entry.setdefault(stage.resolution * 2 if stage.resample else stage.resolution, index)
+        self.from_rgb = nn.ModuleDict(
+            {
+                str(r): sn_conv2d(
+                    channels, ch * stages[i].in_mult, kernel_size=1, sn_eps=sn_eps, sn_itrs=sn_itrs
+                )
+                for r, i in self.entry.items()
+                if grow and r < resolution
+            }
+        )
+        self.init_growing(list(self.entry) if grow else [resolution], resolution)
         init_orthogonal(self)
+
+    def _from_image(self, r: int, x: Tensor) -> Tensor:
+        return x if r == self.resolution else self.from_rgb[str(r)](x)
 
     def features(self, x: Tensor) -> Tensor:
         """Rectified, globally sum-pooled features ``[B, 16 ch]`` that the logit is computed from."""
-        return F.relu(run_blocks(x, self.blocks, self.attention)).sum(dim=(2, 3))
+        r = self.stage_resolution
+        h, first = self._from_image(r, x), self.entry[r]
+        if self.fading:  # the new blocks' path, blended with the previous stage's on the pooled image
+            half = self.entry[r // 2]
+            new = run_blocks(h, self.blocks, self.attention, start=first, stop=half)
+            h, first = torch.lerp(self._from_image(r // 2, F.avg_pool2d(x, 2)), new, self.alpha), half
+        return F.relu(run_blocks(h, self.blocks, self.attention, start=first)).sum(dim=(2, 3))
 
 
 _ARCH_KEYS = frozenset(
@@ -351,6 +418,7 @@ _ARCH_KEYS = frozenset(
         "bn_eps",
         "cross_replica_bn",
         "wide",
+        "grow",
     }
 )
 
@@ -374,7 +442,7 @@ def build_biggan(
     ``hier`` (default True), ``shared_dim`` (128; 0 = per-layer class embeddings), ``attention``
     (resolutions for both nets, default ``(64,)``) or ``g_attention`` / ``d_attention``, ``sn_eps``
     (1e-6) or ``g_sn_eps`` / ``d_sn_eps``, ``sn_itrs`` (1), ``bn_eps`` (1e-5), ``cross_replica_bn``
-    (False) and ``wide`` (True). The defaults are the release's 128x128 ImageNet settings; its CIFAR
+    (False), ``wide`` (True) and ``grow`` (False: progressive resolution stages). The defaults are the release's 128x128 ImageNet settings; its CIFAR
     one is ``hier=False, shared_dim=0, attention=()`` with widths 64 and ``z_dim=128``.
     """
     check_arch_keys("BigGAN", arch, _ARCH_KEYS)
@@ -394,6 +462,7 @@ def build_biggan(
         bn_eps=float(arch.get("bn_eps", 1e-5)),  # type: ignore[arg-type]
         cross_replica_bn=bool(arch.get("cross_replica_bn", False)),
         sn_itrs=sn_itrs,
+        grow=bool(arch.get("grow", False)),
     )
     d = BigGANDiscriminator(
         resolution,
@@ -404,6 +473,7 @@ def build_biggan(
         sn_eps=float(arch.get("d_sn_eps", sn_eps)),  # type: ignore[arg-type]
         wide=bool(arch.get("wide", True)),
         sn_itrs=sn_itrs,
+        grow=bool(arch.get("grow", False)),
     )
     apply_init((g, d), str(arch.get("init", "ortho")))
     return g, d

@@ -258,12 +258,18 @@ class SelfAttention(nn.Module):
 
 
 def run_blocks(
-    h: Tensor, blocks: nn.ModuleList, attention: nn.ModuleDict, cond: Tensor | list | None = None
+    h: Tensor,
+    blocks: nn.ModuleList,
+    attention: nn.ModuleDict,
+    cond: Tensor | list | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Tensor:
-    """Residual blocks in order, each followed by its self-attention when ``attention`` has one under
-    the block's index. ``cond``: one conditioning tensor for every G block, a list with one per
-    block, or None (D)."""
-    for index, block in enumerate(blocks):
+    """Residual blocks ``start .. stop - 1`` in order (all by default; a growing network runs part),
+    each followed by its self-attention when ``attention`` has one under the block's index.
+    ``cond``: one conditioning tensor for every G block, a list with one per block, or None (D)."""
+    for index in range(start, len(blocks) if stop is None else stop):
+        block = blocks[index]
         h = block(h) if cond is None else block(h, cond[index] if isinstance(cond, list) else cond)
         key = str(index)
         if key in attention:

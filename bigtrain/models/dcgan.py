@@ -4,6 +4,12 @@ The architecture guidelines of the paper (section 3) are followed: strided convo
 of pooling, fractionally-strided convolutions in G, BatchNorm in both networks (but not on G's
 output or D's input), ReLU in G with a tanh output, LeakyReLU(0.2) in D, no fully-connected
 hidden layers. The depth is derived from the resolution so one class covers 8x8 to 256x256.
+
+With ``grow=True`` both networks can also train in progressive stages (8x8 up to ``resolution``,
+``bigtrain.models.growing``): G gets a to-image layer for each lower resolution, shaped like its
+own last layer (a stride-2 transposed conv to the image channels, tanh), and D a from-image layer
+for each, shaped like its first (a stride-2 conv, LeakyReLU). At the final stage the networks
+compute exactly the non-growing DCGAN, whose parameters keep their names.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigtrain.models.common import check_labels as _labels
 from bigtrain.models.common import projection
+from bigtrain.models.growing import Growing, fade_images
 
 D_NORMS = ("batch", "layer", "none")
 
@@ -59,7 +67,7 @@ def _d_norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown D norm {kind!r}; choose one of {', '.join(D_NORMS)}")
 
 
-class DCGANGenerator(nn.Module):
+class DCGANGenerator(Growing, nn.Module):
     """``[z, embed(y)]`` -> 4x4 -> ... -> ``resolution``, halving channels as resolution doubles.
 
     With ``k = log2(resolution) - 2`` upsampling stages, the 4x4 map has ``width * 2**(k-1)``
@@ -74,6 +82,7 @@ class DCGANGenerator(nn.Module):
         channels: int,
         num_classes: int = 0,
         width: int = 64,
+        grow: bool = False,
     ) -> None:
         super().__init__()
         stages = _num_stages(resolution)
@@ -103,17 +112,36 @@ class DCGANGenerator(nn.Module):
         # No BatchNorm on the output layer (paper section 3): it caused sample oscillation.
         layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
+        # growing: to-image layers from the 4x4, 8x8, ... features (the last one is net[-2:])
+        self.to_rgb = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose2d(width * 2 ** (stages - 1 - j), channels, 4, 2, 1), nn.Tanh())
+            for j in range(stages - 1 if grow else 0)
+        )
+        self.init_growing([8 * 2**j for j in range(stages)] if grow else [resolution], resolution)
         _init_weights(self)
+
+    def _to_image(self, j: int, h: Tensor) -> Tensor:
+        """The image at stage ``j`` (8 * 2^j px) from the features of the ``j`` blocks before it."""
+        if j == len(self.to_rgb):
+            return self.net[-1](self.net[-2](h))
+        return self.to_rgb[j](h)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """Map noise ``z: [B, z_dim]`` (and labels ``y: [B]``) to images ``[B, C, H, W]`` in [-1, 1]."""
         y = _labels(y, self.num_classes, z.shape[0])
         if self.embed is not None and y is not None:
             z = torch.cat([z, self.embed(y)], dim=1)
-        return self.net(z[:, :, None, None])
+        if self.stage_resolution == self.resolution and not self.fading:
+            return self.net(z[:, :, None, None])
+        j = self.stage_index
+        h = prev = self.net[2](self.net[1](self.net[0](z[:, :, None, None])))  # 4x4
+        for b in range(j):
+            prev, h = h, self.net[3 + 3 * b : 6 + 3 * b](h)
+        img = self._to_image(j, h)
+        return fade_images(self._to_image(j - 1, prev), img, self.alpha) if self.fading else img
 
 
-class DCGANDiscriminator(nn.Module):
+class DCGANDiscriminator(Growing, nn.Module):
     """Strided-conv discriminator mirroring :class:`DCGANGenerator`, ending in one logit.
 
     Channels double as resolution halves (``width`` at ``resolution / 2``) down to 4x4, then a 4x4
@@ -131,6 +159,7 @@ class DCGANDiscriminator(nn.Module):
         num_classes: int = 0,
         width: int = 64,
         norm: str = "batch",
+        grow: bool = False,
     ) -> None:
         super().__init__()
         if norm not in D_NORMS:
@@ -153,6 +182,12 @@ class DCGANDiscriminator(nn.Module):
             ]
             ch *= 2
         self.features = nn.Sequential(*layers)
+        # growing: from-image layers for resolution / 2, / 4, ... (the full one is features[:2])
+        self.from_rgb = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, width * 2**m, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True))
+            for m in range(1, stages if grow else 1)
+        )
+        self.init_growing([resolution // 2**m for m in range(stages)] if grow else [resolution], resolution)
         self.head = nn.Conv2d(ch, 1, 4, 1, 0)  # 4x4 -> 1x1
         self.embed = nn.Embedding(num_classes, ch) if num_classes > 0 else None
         _init_weights(self)
@@ -163,6 +198,29 @@ class DCGANDiscriminator(nn.Module):
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Score images ``x: [B, C, H, W]`` (with labels ``y: [B]``); returns raw logits ``[B]``."""
         y = _labels(y, self.num_classes, x.shape[0])
-        h = self.features(x)
+        h = (
+            self.features(x)
+            if self.stage_resolution == self.resolution and not self.fading
+            else self._grown(x)
+        )
         # the projection term on globally sum-pooled features
         return projection(self.head(h).flatten(), self.embed, y, h.sum(dim=(2, 3)))
+
+    def _from_image(self, m: int, x: Tensor) -> Tensor:
+        """Features at half the input's size, for an input of ``resolution / 2^m`` px."""
+        return self.features[1](self.features[0](x)) if m == 0 else self.from_rgb[m - 1](x)
+
+    def _grown(self, x: Tensor) -> Tensor:
+        m = len(self.stage_resolutions) - 1 - self.stage_index  # input is resolution / 2^m
+        blocks = len(self.stage_resolutions) - 1  # down-blocks i: resolution / 2^(i+1) -> / 2^(i+2)
+        h, first = self._from_image(m, x), m
+        if self.fading:  # the new layers' path blended with the previous stage's on the pooled image
+            h = torch.lerp(
+                self._from_image(m + 1, F.avg_pool2d(x, 2)),
+                self.features[2 + 3 * m : 5 + 3 * m](h),
+                self.alpha,
+            )
+            first = m + 1
+        for i in range(first, blocks):
+            h = self.features[2 + 3 * i : 5 + 3 * i](h)
+        return h

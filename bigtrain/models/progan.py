@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bigtrain.models.growing import Growing
+
 
 class EqualizedLinear(nn.Module):
     def __init__(self, fan_in: int, fan_out: int, gain: float = math.sqrt(2), bias: bool = True) -> None:
@@ -112,19 +114,19 @@ class _DBlock(nn.Module):
         return F.avg_pool2d(x, 2)
 
 
-class _Growing(nn.Module):
-    """The level / alpha state both networks share (set by the stage schedule every step)."""
+class _Growing(Growing, nn.Module):
+    """ProGAN counts stages as levels (1 = 4x4, 2 = 8x8, ...); the state is the shared one."""
 
     levels: int
 
     def set_stage(self, level: int, alpha: float) -> None:
         if not 1 <= level <= self.levels:
             raise ValueError(f"level must be in 1..{self.levels} (4x4 .. {4 * 2 ** (self.levels - 1)}px)")
-        self.level, self.alpha = level, float(alpha)
+        self.set_resolution(4 * 2 ** (level - 1), alpha)
 
     @property
-    def current_resolution(self) -> int:
-        return 4 * 2 ** (self.level - 1)
+    def level(self) -> int:
+        return self.stage_index + 1
 
 
 class ProGANGenerator(_Growing):
@@ -145,7 +147,7 @@ class ProGANGenerator(_Growing):
         self.to_rgb = nn.ModuleList(
             [EqualizedConv2d(nf[lv], channels, 1, gain=1.0) for lv in range(1, levels + 1)]
         )
-        self.set_stage(levels, 1.0)
+        self.init_growing([4 * 2**lv for lv in range(levels)], resolution)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:  # noqa: ARG002 - unconditional
         x = self.dense(pixel_norm(z)).view(z.shape[0], -1, 4, 4)
@@ -175,7 +177,7 @@ class ProGANDiscriminator(_Growing):
         self.conv = EqualizedConv2d(nf[1] + 1, nf[1], 3)
         self.dense0 = EqualizedLinear(nf[1] * 16, nf[0])
         self.dense1 = EqualizedLinear(nf[0], 1, gain=1.0)
-        self.set_stage(levels, 1.0)
+        self.init_growing([4 * 2**lv for lv in range(levels)], resolution)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # noqa: ARG002 - unconditional
         lv = self.level

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -30,7 +29,7 @@ from bigtrain.models import build_gan
 from bigtrain.train.augment import diff_augment, parse_policy
 from bigtrain.train.ema import EMA
 from bigtrain.train.optim import adam, apply_hparams, lr_factor, set_lr
-from bigtrain.train.stages import Position, StageSchedule
+from bigtrain.train.stages import StageDriver, StagedTask, build_driver
 from bigtrain.train.tasks import NonFiniteGuard, register_task
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ def _grad_norm(module: nn.Module) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
-class GANTask:
+class GANTask(StagedTask):
     inference_components = ("G_ema",)  # what sampling needs: logged as the run's model artifact
 
     def __init__(self, cfg: DictConfig, manifest: DatasetManifest, device: torch.device, accelerator: Any):
@@ -93,54 +92,32 @@ class GANTask:
         # BigGAN's shared class embedding is exempt from the orthogonal penalty (as in the reference)
         self._g_ortho_exempt = [m for m in (getattr(self.G, "shared", None),) if isinstance(m, nn.Module)]
         self.guard = NonFiniteGuard(cfg.trainer)
-        self.stages = self._stage_schedule(cfg, manifest) if cfg.stages.schedule else None
-        self._step = 0  # the last step trained (or restored): where the stage schedule stands
-        if self.stages is not None:
-            self._set_stage(self.stages.at(1))
+        self.final_resolution = manifest.resolution
+        self.staging = self._stage_driver(cfg, manifest) if cfg.stages.schedule else None
+        self.follow_stage(1)
 
-    # -- resolution stages (ProGAN growing) -------------------------------------------------------
-    def _stage_schedule(self, cfg: DictConfig, manifest: DatasetManifest) -> StageSchedule:
-        if not hasattr(self.G, "set_stage"):
+    # -- resolution stages (progressive growing) ---------------------------------------------------
+    def _stage_driver(self, cfg: DictConfig, manifest: DatasetManifest) -> StageDriver:
+        """A GAN's generator makes images of one size, so its stages need networks that grow:
+        ProGAN, or DCGAN / BigGAN built with ``model.arch.grow=true``."""
+        if not (getattr(self.G, "growing", False) and getattr(self.D, "growing", False)):
             raise ValueError(
-                f"stages.schedule needs a growing model (model=progan); {cfg.model.name} trains at one resolution"
+                f"stages.schedule needs a growing model (model=progan, or model.arch.grow=true with "
+                f"model=dcgan or biggan); {cfg.model.name} as configured trains at one resolution"
             )
-        items = OmegaConf.to_container(cfg.stages.schedule, resolve=True)
-        assert isinstance(items, list)
-        per_step = {
-            i: int(d.get("batch_size") or cfg.data.batch_size) * cfg.loss.d_steps * self.accumulation
-            * bdist.world_size()
-            for i, d in enumerate(items)
-        }  # fmt: skip
-        schedule = StageSchedule.from_config(items, per_step)
-        for s in schedule.stages:
-            level = math.log2(s.resolution / 4) + 1
-            if level != int(level) or not 1 <= level <= self.G.levels:  # type: ignore[operator]
-                raise ValueError(
-                    f"stage resolution {s.resolution} is not one of the model's 4, 8, ..., {manifest.resolution}"
-                )
-        if schedule.stages[-1].resolution != manifest.resolution:
-            raise ValueError(
-                f"the last stage must reach the dataset's resolution {manifest.resolution} "
-                f"(it ends at {schedule.stages[-1].resolution})"
-            )
-        return schedule
-
-    def _set_stage(self, pos: Position) -> None:
-        level = int(math.log2(pos.stage.resolution // 4)) + 1
+        allowed = sorted(set(self.G.stage_resolutions) & set(self.D.stage_resolutions))  # type: ignore[arg-type]
         nets = [self.G, self.D] + ([self.ema.model] if self.ema is not None else [])
-        for net in nets:
-            net.set_stage(level, pos.alpha)  # type: ignore[operator]
-        self.batch_size = int(pos.stage.batch_size or self.cfg.data.batch_size)
+        return build_driver(
+            cfg,
+            images_per_micro_step=int(cfg.loss.d_steps) * self.accumulation,
+            growing=nets,
+            allowed=allowed,
+            final_resolution=manifest.resolution,
+            world_size=bdist.world_size(),
+        )
 
-    def data_shape(self, step: int) -> tuple[int, int] | None:
-        """The (resolution, batch size) the stream must deliver for ``step``; None = unchanged."""
-        if self.stages is None:
-            return None
-        stage = self.stages.at(step).stage
-        return stage.resolution, int(stage.batch_size or self.cfg.data.batch_size)
-
-    def current_resolution(self) -> int:
-        return self.G.current_resolution if self.stages is not None else self.G.resolution  # type: ignore[return-value]
+    def stage_optimizers(self) -> list[Any]:
+        return [self.opt_G, self.opt_D]
 
     # -- checkpointable state ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -155,8 +132,7 @@ class GANTask:
         if self.scaler_G.is_enabled():
             out["scaler"] = {"G": self.scaler_G.state_dict(), "D": self.scaler_D.state_dict()}
         out["task"] = self.guard.state_dict()
-        if self.stages is not None:
-            out["task"]["stages"] = self.stages.state_dict(max(1, self._step))
+        self.save_stages(out["task"])
         return out
 
     def load_state(self, states: Mapping[str, Any]) -> None:
@@ -172,13 +148,7 @@ class GANTask:
             self.scaler_G.load_state_dict(states["scaler"]["G"])
             self.scaler_D.load_state_dict(states["scaler"]["D"])
         self.guard.load_state_dict(states.get("task", {}))
-        saved = states.get("task", {}).get("stages")
-        if self.stages is not None and saved is not None:
-            warning = self.stages.check_resume(saved)
-            if warning:
-                log.warning(warning)
-            self._step = int(saved["step"])
-            self._set_stage(self.stages.at(self._step))  # sampling a checkpoint uses its stage
+        self.load_stages(states.get("task", {}))
 
     def digest_modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"G": self.G, "D": self.D}
@@ -282,21 +252,8 @@ class GANTask:
     def train_step(self, step: int, data: Iterator[dict[str, Any]]) -> dict[str, float]:
         autocast = self.accelerator.autocast
         factor = lr_factor(step, self.cfg.optim.schedule, self.cfg.trainer.max_steps)
-        metrics: dict[str, float] = {}
-        lr_g = lr_d = None
-        if self.stages is not None:
-            pos = self.stages.at(step)
-            self._set_stage(pos)
-            if self.cfg.stages.reset_optimizer and pos.index > 0 and pos.step_in_stage == 1:
-                self.opt_G.state.clear()  # ProGAN: Adam's moments start afresh at each stage
-                self.opt_D.state.clear()
-            lr_g, lr_d = pos.stage.lr_g, pos.stage.lr_d
-            metrics |= {
-                "stage": float(pos.index),
-                "alpha": pos.alpha,
-                "resolution": float(pos.stage.resolution),
-            }
-        self._step = step
+        metrics = self.follow_stage(step)
+        lr_g, lr_d = self.stage_lr
         metrics["lr/G"] = set_lr(self.opt_G, self.cfg.optim.g, factor, lr_g)
         metrics["lr/D"] = set_lr(self.opt_D, self.cfg.optim.d, factor, lr_d)
         d_out = []

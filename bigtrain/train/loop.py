@@ -315,7 +315,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.cfg.trainer
-        start_step, t0 = self.step, time.time()
+        start_images, t0 = self.images_seen, time.time()
         grid = None
         status = "FAILED"
         bar = tqdm(
@@ -380,7 +380,7 @@ class Trainer:
             preemption.uninstall()
             bar.close()
             self.close(status)
-        return self._result(start_step, t0, grid, request)
+        return self._result(start_images, t0, grid, request)
 
     def _finish(self, grid: Path | None) -> Path | None:
         """The end of a completed run: a checkpoint, a grid and an evaluation at the last step."""
@@ -419,13 +419,12 @@ class Trainer:
             "requeueing the job" if request is Request.REQUEUE else "stopping (no requeue)",
         )
 
-    def _result(self, start_step: int, t0: float, grid: Path | None, request: Request) -> TrainResult:
+    def _result(self, start_images: int, t0: float, grid: Path | None, request: Request) -> TrainResult:
         requeued = False
         if request is Request.REQUEUE and self.main:
             # After the tracker is closed: the requeued job reopens the same MLflow run.
             requeued = slurm.requeue() if slurm.in_slurm_job() else False
         seconds = time.time() - t0
-        steps = self.step - start_step
         return TrainResult(
             run_dir=self.run_dir,
             step=self.step,
@@ -435,7 +434,7 @@ class Trainer:
             mlflow_run_id=self.tracker.run_id,
             tracking_uri=self.cfg.tracking.uri if self.cfg.tracking.enabled else None,
             seconds=seconds,
-            img_per_s=steps * self.task.images_per_step() * self.world / max(seconds, 1e-9),
+            img_per_s=(self.images_seen - start_images) / max(seconds, 1e-9),  # stages change the batch
             stopped_by={Request.REQUEUE: "requeue", Request.STOP: "stop"}.get(request),
             requeued=requeued,
         )

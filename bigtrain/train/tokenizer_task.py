@@ -12,6 +12,12 @@ VQ-VAE is the same step with ``vq.perceptual_weight=0`` and ``vq.disc_weight=0``
 Evaluation reconstructs ``eval.ref_split`` images: rFID (and precision/recall) on the FID path,
 PSNR and SSIM, codebook usage and perplexity over the window since the last evaluation; the grid
 shows originals above their reconstructions.
+
+Resolution stages (``stages.schedule``) train the fully convolutional tokenizer on smaller images
+first, without growing (there is nothing to fade in): any multiple of the downsampling factor up to
+the dataset's resolution, with the stage's batch (split into micro-batches if asked) and learning
+rates (``lr_g`` the autoencoder's, ``lr_d`` the PatchGAN's); evaluation and grids use the stage's
+resolution.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from bigtrain.data.prepare import iter_images
 from bigtrain.models.patchgan import PatchDiscriminator
 from bigtrain.models.vqgan import VQModel, build_vqgan
 from bigtrain.train.optim import adam, apply_hparams, lr_factor, set_lr
+from bigtrain.train.stages import StagedTask, build_driver
 from bigtrain.train.tasks import NonFiniteGuard, register_task
 
 EVAL_IMAGES_FOR_PSNR = 256
@@ -51,7 +58,7 @@ def adaptive_weight(
     return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach() * scale
 
 
-class TokenizerTask:
+class TokenizerTask(StagedTask):
     inference_components = ("vq",)
 
     def __init__(self, cfg: DictConfig, manifest: DatasetManifest, device: torch.device, accelerator: Any):
@@ -84,6 +91,23 @@ class TokenizerTask:
         self.batch_size = cfg.data.batch_size
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         self.guard = NonFiniteGuard(cfg.trainer)
+        f, self.final_resolution = self.vq.factor, manifest.resolution
+        self.staging = (
+            build_driver(
+                cfg,
+                images_per_micro_step=self.accumulation,
+                growing=(),
+                allowed=list(range(f, manifest.resolution + 1, f)),
+                final_resolution=manifest.resolution,
+                world_size=bdist.world_size(),
+            )
+            if cfg.stages.schedule
+            else None
+        )
+        self.follow_stage(1)
+
+    def stage_optimizers(self) -> list[Any]:  # resolution stages: no growing, fully convolutional
+        return [o for o in (self.opt_G, self.opt_D) if o is not None]
 
     # -- checkpointable state ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -91,6 +115,7 @@ class TokenizerTask:
         if self.D is not None and self.opt_D is not None:
             out["D"], out["opt_D"] = self.D.state_dict(), self.opt_D.state_dict()
         out["task"] = self.guard.state_dict()
+        self.save_stages(out["task"])
         return out
 
     def load_state(self, states: Mapping[str, Any]) -> None:
@@ -102,6 +127,7 @@ class TokenizerTask:
             self.opt_D.load_state_dict(states["opt_D"])
             apply_hparams(self.opt_D, self.cfg.optim.d)
         self.guard.load_state_dict(states.get("task", {}))
+        self.load_stages(states.get("task", {}))
 
     def digest_modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"vq": self.vq}
@@ -123,9 +149,10 @@ class TokenizerTask:
         v, autocast = self.cfg.vq, self.accelerator.autocast
         gan_on = self.D is not None and step >= v.disc_start
         factor = lr_factor(step, self.cfg.optim.schedule, self.cfg.trainer.max_steps)
-        lr = set_lr(self.opt_G, self.cfg.optim.g, factor)
+        stage_metrics = self.follow_stage(step)
+        lr = set_lr(self.opt_G, self.cfg.optim.g, factor, self.stage_lr[0])
         if self.opt_D is not None:
-            set_lr(self.opt_D, self.cfg.optim.d, factor)
+            set_lr(self.opt_D, self.cfg.optim.d, factor, self.stage_lr[1])
         self.opt_G.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         batches = []
@@ -155,7 +182,7 @@ class TokenizerTask:
                 sums[k] = (
                     sums.get(k, torch.zeros((), device=self.device)) + t.detach().float() / self.accumulation
                 )
-        metrics: dict[str, float] = {"lr/vq": lr}
+        metrics: dict[str, float] = {"lr/vq": lr, **stage_metrics}
         value = self.guard.check(sums["total"], "tokenizer", step)
         if value is None:
             self.opt_G.zero_grad(set_to_none=True)
@@ -209,7 +236,8 @@ class TokenizerTask:
 
     def _eval_images(self, n: int) -> Iterator[torch.Tensor]:
         split = self.cfg.eval.ref_split
-        for batch in iter_images(self.manifest, split, self.cfg.eval.batch_size, n):
+        res = self.current_resolution()
+        for batch in iter_images(self.manifest, split, self.cfg.eval.batch_size, n, resolution=res):
             yield _to_unit(batch, self.device)
 
     def sample_grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:  # noqa: ARG002 - fixed images

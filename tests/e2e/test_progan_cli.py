@@ -86,10 +86,53 @@ def test_progan_grows_and_resumes_mid_fade_exactly(
 def test_stage_schedules_that_cannot_work_are_one_line(mnist_shards: Path, tmp_path: Path) -> None:
     base = ("train", f"data.path={mnist_shards}", f"run.dir={tmp_path}", "tracking.enabled=false")
     proc = run_cli(*base, "experiment=mnist_dcgan", SCHEDULE, check=False)
-    assert proc.returncode == 2 and "needs a growing model (model=progan)" in proc.stderr
-    proc = run_cli(*base, "experiment=mnist_vqgan", SCHEDULE, check=False)
-    assert proc.returncode == 2 and "stages.schedule is for task=gan" in proc.stderr
+    assert (
+        proc.returncode == 2 and "needs a growing model (model=progan, or model.arch.grow=true" in proc.stderr
+    )
+    proc = run_cli(*base, "experiment=mnist_vqgan", SCHEDULE, check=False)  # no growing: nothing fades
+    assert proc.returncode == 2 and "stage 1 has fade_steps, but this model does not grow" in proc.stderr
+    proc = run_cli(*base, "experiment=mnist_transformer", SCHEDULE, check=False)
+    assert proc.returncode == 2 and "stages.schedule is for images" in proc.stderr
     proc = run_cli(*base, "experiment=mnist_progan", "stages.schedule=[{resolution: 4, steps: 2}, {resolution: 16, steps: 2}]", check=False)  # fmt: skip
     assert proc.returncode == 2 and "must reach the dataset's resolution 32" in proc.stderr
     proc = run_cli(*base, "experiment=mnist_progan", "stages.schedule=[{resolution: 4, steps: 2}, {resolution: 12, steps: 2}]", check=False)  # fmt: skip
     assert proc.returncode == 2 and "stage resolution 12 is not one of the model's" in proc.stderr
+
+
+def test_growing_biggan_splits_a_stage_batch_and_resumes_mid_fade_exactly(
+    mnist_shards: Path, tmp_path: Path
+) -> None:
+    """BigGAN with `model.arch.grow=true`: residual blocks faded in 8 -> 16 -> 32 px; the 16 px
+    stage's batch of 8 arrives as 2 micro-batches of 4 whose gradients are accumulated."""
+    from bigtrain.checkpoint.io import open_checkpoint
+
+    schedule = (
+        "stages.schedule=[{resolution: 8, steps: 2}, "
+        "{resolution: 16, steps: 4, fade_steps: 4, batch_size: 8, micro_batch: 4}, "
+        "{resolution: 32, steps: 2, fade_steps: 1}]"
+    )
+    common = (
+        "train", "experiment=mnist_biggan", f"data.path={mnist_shards}", "tracking.enabled=false",
+        "model.arch.grow=true", "loss.d_steps=1", "model.g_width=4", "model.d_width=4", "model.z_dim=20", "data.batch_size=6",
+        "data.num_workers=0", "data.shuffle_buffer=64", "ema.start_step=0", "trainer.progress=false",
+        "trainer.ckpt_every=4", "trainer.sample_every=4", "eval.enabled=false", schedule,
+    )  # fmt: skip
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    log = run_cli(*common, f"run.dir={straight}", "trainer.max_steps=8").stderr
+    assert "step 3: data at 16px, batch 4 per process" in log and "step 7: data at 32px, batch 6" in log
+    run_cli(*common, f"run.dir={resumed}", "trainer.max_steps=4")  # step 4: 16 px, alpha 0.5
+    run_cli(*common, f"run.dir={resumed}", "trainer.max_steps=8")
+    a, b = (_digests(r / "checkpoints" / "step-00000008") for r in (straight, resumed))
+    assert a == b and {"G", "D", "G_ema", "opt_G", "opt_D"} <= set(a)
+    ck = open_checkpoint(straight / "checkpoints" / "step-00000004")
+    assert ck.load("task")["stages"] == {"step": 4, "stage": 1, "resolution": 16, "alpha": 0.5}
+    assert ck.load("trainer")["images_seen"] == 2 * 6 + 2 * 8  # the split stage still takes 8 a step
+    assert (
+        open_checkpoint(straight / "checkpoints" / "step-00000008").load("trainer")["images_seen"]
+        == 2 * 6 + 4 * 8 + 2 * 6
+    )
+    assert Image.open(straight / "samples" / "step-00000004.png").size == (10 * 18 + 2, 10 * 18 + 2)
+    info = json.loads(run_cli("info", *common[1:], "--json").stdout)
+    assert [(s["resolution"], s["batch_size"], s["micro_batch"]) for s in info["stages"]] == [
+        (8, 6, 6), (16, 8, 4), (32, 6, 6)
+    ]  # fmt: skip

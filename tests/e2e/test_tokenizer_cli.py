@@ -55,6 +55,38 @@ def test_tokenizer_trains_evaluates_and_resumes_exactly(mnist_shards: Path, tmp_
     assert grid.size == (8 * 34 + 2, 8 * 34 + 2)  # 4 pairs of rows: originals over reconstructions
 
 
+def test_tokenizer_trains_in_resolution_stages_without_growing(mnist_shards: Path, tmp_path: Path) -> None:
+    """16 px then 32 px (LlamaGen-style stages: the same fully convolutional networks, no fade),
+    the first stage's batch of 8 split into 2 micro-batches; evaluation and grids at the stage's
+    resolution; a resume inside the first stage continues exactly."""
+    db = tmp_path / "mlflow.db"
+    common = (
+        "train", "experiment=mnist_vqgan", f"data.path={mnist_shards}", f"tracking.uri=sqlite:///{db}", *SMALL,
+        "stages.schedule=[{resolution: 16, steps: 2, micro_batch: 4, lr_g: 1.0e-3}, {resolution: 32, steps: 2}]",
+        "eval.every=2", "trainer.sample_every=2", "sample.grid_rows=4",
+    )  # fmt: skip
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    log = run_cli(*common, f"run.dir={straight}", "trainer.max_steps=4").stderr
+    assert "step 1: data at 16px, batch 4 per process" in log and "step 3: data at 32px, batch 8" in log
+    run_cli(*common, f"run.dir={resumed}", "trainer.max_steps=1")
+    run_cli(*common, f"run.dir={resumed}", "trainer.max_steps=4")
+    a, b = (_inspect(r / "checkpoints" / "step-00000004") for r in (straight, resumed))
+    assert a["digests"] == b["digests"]
+    run_id = json.loads((straight / "checkpoints" / "step-00000004" / "meta.json").read_text())[
+        "mlflow_run_id"
+    ]
+    client = MlflowClient(f"sqlite:///{db}")
+
+    def history(key: str) -> dict[int, float]:
+        return {h.step: h.value for h in client.get_metric_history(run_id, key)}
+
+    assert history("eval/resolution") == {2: 16.0, 4: 32.0}
+    assert history("resolution") == {1: 16.0, 2: 16.0, 3: 32.0, 4: 32.0}
+    assert history("lr/vq")[2] == 1.0e-3 and history("lr/vq")[3] == 2.0e-4  # the stage's own rate
+    assert Image.open(straight / "samples" / "step-00000002.png").size == (4 * 18 + 2, 4 * 18 + 2)
+    assert Image.open(straight / "samples" / "step-00000004.png").size == (4 * 34 + 2, 4 * 34 + 2)
+
+
 def test_tokenizer_bad_settings_are_one_line(mnist_shards: Path, tmp_path: Path) -> None:
     proc = run_cli(
         "train", "experiment=mnist_vqgan", f"data.path={mnist_shards}", f"run.dir={tmp_path}", "trainer.precision=fp16",

@@ -150,7 +150,7 @@ def test_gan_task_follows_the_stages_and_resets_adam_at_a_new_stage() -> None:
 
     def data():  # noqa: ANN202
         while True:
-            res, n = task.data_shape(task._step)  # noqa: SLF001 - what the loop asks the stream for
+            res, n = task.data_shape(task.staging.step)  # what the loop asks the stream for
             yield {"image": torch.rand(n, 1, res, res) * 2 - 1, "label": torch.zeros(n, dtype=torch.long)}
 
     it = data()
