@@ -347,6 +347,8 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     now = time.time()
                     metrics["img_per_s"] = window_imgs / max(now - window_t, 1e-9)
+                    if getattr(self.task, "tokens_per_sample", 0):  # a sequence model's throughput
+                        metrics["tokens_per_s"] = metrics["img_per_s"] * self.task.tokens_per_sample
                     metrics["data/skipped"] = float(self.stream.state.skipped)
                     metrics["data/shard_errors"] = float(self.stream.state.shard_errors)
                     metrics["images_seen"] = float(self.images_seen)

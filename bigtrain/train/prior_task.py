@@ -170,6 +170,7 @@ class PriorTask:
         self.guard = NonFiniteGuard(cfg.trainer)
         self._vq: nn.Module | None = None
         self.grid = int(round(seq_len**0.5))
+        self.tokens_per_sample = seq_len  # the loop reports tokens/s beside samples/s
 
     @property
     def eval_manifest(self) -> DatasetManifest:

@@ -108,15 +108,28 @@ def _torchrun_biggan(mnist: Path, run_dir: Path, *extra: str) -> None:
     )
 
 
+# growing through 8 -> 16 -> 32 px: blocks above a stage have no gradient on either rank, and the
+# checkpoint at step 3 is mid-fade (16 px, alpha 0.5); steps 5-6 run the whole network
+GROWING = (
+    "model.arch.grow=true",
+    "stages.schedule=[{resolution: 8, steps: 2}, {resolution: 16, steps: 2, fade_steps: 2}, "
+    "{resolution: 32, steps: 2, fade_steps: 1}]",
+)
+
+
 def test_biggan_two_ranks_cross_replica_bn_agree_and_resume_exactly(
     mnist_shards: Path, tmp_path: Path
 ) -> None:
-    _torchrun_biggan(mnist_shards, tmp_path / "a", "trainer.max_steps=6")
-    _torchrun_biggan(mnist_shards, tmp_path / "b", "trainer.max_steps=3")
-    _torchrun_biggan(mnist_shards, tmp_path / "b", "trainer.max_steps=6")
+    """BigGAN on 2 ranks with cross-replica BN, growing in resolution stages: ranks agree on G, D,
+    EMA and BN statistics, and a checkpoint taken mid-fade resumes exactly."""
+    _torchrun_biggan(mnist_shards, tmp_path / "a", "trainer.max_steps=6", *GROWING)
+    _torchrun_biggan(mnist_shards, tmp_path / "b", "trainer.max_steps=3", *GROWING)
+    _torchrun_biggan(mnist_shards, tmp_path / "b", "trainer.max_steps=6", *GROWING)
     meta = json.loads((tmp_path / "a" / "checkpoints" / "step-00000006" / "meta.json").read_text())
     rank0, rank1 = meta["rank_weight_digests"]
     assert set(rank0) == {"G", "D", "G_ema"} and rank0 == rank1  # weights and BN statistics agree
+    mid = json.loads((tmp_path / "a" / "checkpoints" / "step-00000003" / "meta.json").read_text())
+    assert mid["rank_weight_digests"][0] == mid["rank_weight_digests"][1]  # also mid-fade
     cfg = (tmp_path / "a" / "config.yaml").read_text()
     assert "cross_replica_bn: true" in cfg and "name: biggan" in cfg
     da = json.loads(
