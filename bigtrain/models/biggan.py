@@ -23,7 +23,6 @@ final stage both compute exactly the non-growing networks, whose parameters keep
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,19 +36,21 @@ from bigtrain.models.biggan_layers import (
     GBlock,
     NormFactory,
     ProjectionDiscriminator,
+    RGBHead,
     SelfAttention,
     apply_init,
     attention_resolutions,
     batch_norm_2d,
+    grown_features,
+    grown_images,
     init_orthogonal,
-    run_blocks,
     sn_conv2d,
     sn_embedding,
     sn_linear,
 )
 from bigtrain.models.common import check_arch_keys
 from bigtrain.models.common import check_labels as _labels
-from bigtrain.models.growing import Growing, fade_images
+from bigtrain.models.growing import Growing
 
 BOTTOM_WIDTH = 4
 """Spatial size of G's first feature map (and of D's last)."""
@@ -113,17 +114,6 @@ def _d_stages(resolution: int) -> list[_Stage]:
         res = res // 2 if down else res
         stages.append(_Stage(i, o, res, down))
     return stages
-
-
-class _RGBHead(nn.Module):
-    """A growing G's output head at a lower resolution: BN -> ReLU -> SN-conv3x3 -> tanh."""
-
-    def __init__(self, in_ch: int, channels: int, bn: nn.Module, sn_eps: float, sn_itrs: int) -> None:
-        super().__init__()
-        self.bn, self.conv = bn, sn_conv2d(in_ch, channels, sn_eps=sn_eps, sn_itrs=sn_itrs)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return torch.tanh(self.conv(F.relu(self.bn(h))))
 
 
 class BigGANGenerator(Growing, nn.Module):
@@ -249,7 +239,7 @@ class BigGANGenerator(Growing, nn.Module):
         widths = [ch * stages[0].in_mult] + [ch * st.out_mult for st in stages[:-1]]
         self.to_rgb = nn.ModuleDict(
             {
-                str(BOTTOM_WIDTH * 2**j): _RGBHead(
+                str(BOTTOM_WIDTH * 2**j): RGBHead(
                     w, channels, batch_norm_2d(w, affine=True, **bn_kw), sn_eps, sn_itrs
                 )
                 for j, w in enumerate(widths if grow else [])
@@ -290,12 +280,7 @@ class BigGANGenerator(Growing, nn.Module):
         y = _labels(y, self.num_classes, z.shape[0])
         z0, conds = self.block_conditions(z, y)
         h = self.linear(z0).view(z.shape[0], -1, BOTTOM_WIDTH, BOTTOM_WIDTH)
-        j = int(math.log2(self.stage_resolution // BOTTOM_WIDTH))  # blocks to run: all unless growing
-        if not self.fading:
-            return self._to_image(j, run_blocks(h, self.blocks, self.attention, conds, stop=j))
-        prev = run_blocks(h, self.blocks, self.attention, conds, stop=j - 1)
-        new = run_blocks(prev, self.blocks, self.attention, conds, start=j - 1, stop=j)
-        return fade_images(self._to_image(j - 1, prev), self._to_image(j, new), self.alpha)
+        return grown_images(h, self, conds, list(range(len(self.blocks) + 1)), self._to_image)
 
 
 def _cbn(
@@ -394,13 +379,7 @@ class BigGANDiscriminator(Growing, ProjectionDiscriminator):
 
     def features(self, x: Tensor) -> Tensor:
         """Rectified, globally sum-pooled features ``[B, 16 ch]`` that the logit is computed from."""
-        r = self.stage_resolution
-        h, first = self._from_image(r, x), self.entry[r]
-        if self.fading:  # the new blocks' path, blended with the previous stage's on the pooled image
-            half = self.entry[r // 2]
-            new = run_blocks(h, self.blocks, self.attention, start=first, stop=half)
-            h, first = torch.lerp(self._from_image(r // 2, F.avg_pool2d(x, 2)), new, self.alpha), half
-        return F.relu(run_blocks(h, self.blocks, self.attention, start=first)).sum(dim=(2, 3))
+        return F.relu(grown_features(x, self, self._from_image)).sum(dim=(2, 3))
 
 
 _ARCH_KEYS = frozenset(

@@ -29,18 +29,21 @@ from bigtrain.models.biggan_layers import (
     ConditionalBatchNorm,
     NormFactory,
     ProjectionDiscriminator,
+    RGBHead,
     SelfAttention,
     apply_init,
     apply_norm,
     attention_resolutions,
     batch_norm_2d,
+    grown_features,
+    grown_images,
     init_orthogonal,
-    run_blocks,
     sn_conv2d,
     sn_embedding,
     sn_linear,
 )
 from bigtrain.models.common import check_arch_keys, check_labels
+from bigtrain.models.growing import Growing
 
 
 class DeepGBlock(nn.Module):
@@ -176,7 +179,7 @@ def _check_depth(depth: int) -> None:
         raise ValueError(f"BigGAN-deep depth (blocks per resolution) must be >= 1, got {depth}")
 
 
-class BigGANDeepGenerator(nn.Module):
+class BigGANDeepGenerator(Growing, nn.Module):
     """BigGAN-deep generator; ``forward(z [B, z_dim], y [B] | None) -> [B, channels, R, R]``.
 
     The conditioning vector ``c = [shared(y), z]`` (embedding first, as in the release) feeds the
@@ -201,6 +204,7 @@ class BigGANDeepGenerator(nn.Module):
         bn_eps: float = 1e-5,
         cross_replica_bn: bool = False,
         sn_itrs: int = 1,
+        grow: bool = False,
     ) -> None:
         super().__init__()
         _check_resolution(resolution)
@@ -243,7 +247,30 @@ class BigGANDeepGenerator(nn.Module):
                 self.attention[str(len(self.blocks) - 1)] = SelfAttention(ch * o, **sn)
         self.out_bn = batch_norm_2d(ch * outs[-1], affine=True, eps=bn_eps, cross_replica=cross_replica_bn)
         self.out_conv = sn_conv2d(ch * outs[-1], channels, **sn)
+        # growing: a head on the 4x4 map and after every resolution stage but the last
+        widths = [ch * ins[0]] + [ch * o for o in outs[:-1]]
+        self.to_rgb = nn.ModuleDict(
+            {
+                str(BOTTOM_WIDTH * 2**j): RGBHead(
+                    w,
+                    channels,
+                    batch_norm_2d(w, affine=True, eps=bn_eps, cross_replica=cross_replica_bn),
+                    sn_eps,
+                    sn_itrs,
+                )  # fmt: skip
+                for j, w in enumerate(widths if grow else [])
+            }
+        )
+        self.init_growing(
+            [BOTTOM_WIDTH * 2**j for j in range(len(ins) + 1)] if grow else [resolution], resolution
+        )
         init_orthogonal(self)
+
+    def _to_image(self, j: int, h: Tensor) -> Tensor:
+        """The image after ``j`` resolution stages (``4 * 2^j`` px)."""
+        if j * self.depth == len(self.blocks):
+            return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
+        return self.to_rgb[str(BOTTOM_WIDTH * 2**j)](h)
 
     def condition(self, z: Tensor, y: Tensor | None) -> Tensor:
         """The vector every layer is conditioned on: ``[shared(y), z]``, or ``z`` alone."""
@@ -259,11 +286,11 @@ class BigGANDeepGenerator(nn.Module):
         y = check_labels(y, self.num_classes, z.shape[0])
         cond = self.condition(z, y)
         h = self.linear(cond).view(z.shape[0], -1, BOTTOM_WIDTH, BOTTOM_WIDTH)
-        h = run_blocks(h, self.blocks, self.attention, cond)
-        return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
+        ends = list(range(0, len(self.blocks) + 1, self.depth))  # blocks run to reach each stage
+        return grown_images(h, self, cond, ends, self._to_image)
 
 
-class BigGANDeepDiscriminator(ProjectionDiscriminator):
+class BigGANDeepDiscriminator(Growing, ProjectionDiscriminator):
     """BigGAN-deep discriminator; ``forward(x [B, C, R, R], y [B] | None) -> [B]`` raw logits.
 
     SN conv3x3 (image -> ``ch``), then per resolution stage ``depth`` bottleneck blocks (the first
@@ -282,6 +309,7 @@ class BigGANDeepDiscriminator(ProjectionDiscriminator):
         channel_ratio: int = 4,
         sn_eps: float = 1e-6,
         sn_itrs: int = 1,
+        grow: bool = False,
     ) -> None:
         super().__init__()
         _check_resolution(resolution)
@@ -298,9 +326,11 @@ class BigGANDeepDiscriminator(ProjectionDiscriminator):
         self.blocks = nn.ModuleList()
         self.attention = nn.ModuleDict()
         res = resolution
+        self.entry: dict[int, int] = {}  # growing: the first block taking each input resolution
         for i, o, down in zip(ins, outs, downs, strict=True):
-            res = res // 2 if down else res
             for k in range(depth):
+                self.entry.setdefault(res, len(self.blocks))
+                res = res // 2 if down and k == 0 else res
                 self.blocks.append(
                     DeepDBlock(
                         ch * (i if k == 0 else o),
@@ -314,11 +344,23 @@ class BigGANDeepDiscriminator(ProjectionDiscriminator):
                 self.attention[str(len(self.blocks) - 1)] = SelfAttention(ch * o, **sn)
         self.linear = sn_linear(ch * outs[-1], 1, **sn)
         self.embed = sn_embedding(num_classes, ch * outs[-1], **sn) if num_classes > 0 else None
+        # growing: an SN conv3x3 from the image (like input_conv) into each lower entry block
+        self.from_rgb = nn.ModuleDict(
+            {
+                str(r): sn_conv2d(channels, self.blocks[b].in_channels, **sn)
+                for r, b in self.entry.items()
+                if grow and r < resolution
+            }
+        )
+        self.init_growing(list(self.entry) if grow else [resolution], resolution)
         init_orthogonal(self)
+
+    def _from_image(self, r: int, x: Tensor) -> Tensor:
+        return self.input_conv(x) if r == self.resolution else self.from_rgb[str(r)](x)
 
     def features(self, x: Tensor) -> Tensor:
         """Rectified, globally sum-pooled features ``[B, 16 ch]``."""
-        return F.relu(run_blocks(self.input_conv(x), self.blocks, self.attention)).sum(dim=(2, 3))
+        return F.relu(grown_features(x, self, self._from_image)).sum(dim=(2, 3))
 
 
 _ARCH_KEYS = frozenset(
@@ -338,6 +380,7 @@ _ARCH_KEYS = frozenset(
         "bn_eps",
         "cross_replica_bn",
         "init",
+        "grow",
     }
 )
 
@@ -359,7 +402,8 @@ def build_biggan_deep(
     norm only). Optional ``arch`` keys: ``depth`` (blocks per resolution, 2) or ``g_depth`` /
     ``d_depth``, ``shared_dim`` (128), ``channel_ratio`` (4), ``attention`` (``(64,)``) or
     ``g_attention`` / ``d_attention``, ``sn_eps`` (1e-6) or ``g_sn_eps`` / ``d_sn_eps``, ``sn_itrs``
-    (1), ``bn_eps`` (1e-5), ``cross_replica_bn`` (False) and ``init`` (``ortho`` | ``N02``).
+    (1), ``bn_eps`` (1e-5), ``cross_replica_bn`` (False), ``init`` (``ortho`` | ``N02``) and
+    ``grow`` (False: progressive resolution stages, as BigGAN's).
     """
     check_arch_keys("BigGAN-deep", arch, _ARCH_KEYS)
 
@@ -382,6 +426,7 @@ def build_biggan_deep(
         bn_eps=float(arch.get("bn_eps", 1e-5)),  # type: ignore[arg-type]
         cross_replica_bn=bool(arch.get("cross_replica_bn", False)),
         sn_itrs=sn_itrs,
+        grow=bool(arch.get("grow", False)),
     )
     d = BigGANDeepDiscriminator(
         resolution,
@@ -393,6 +438,7 @@ def build_biggan_deep(
         channel_ratio=channel_ratio,
         sn_eps=float(arch.get("d_sn_eps", sn_eps)),  # type: ignore[arg-type]
         sn_itrs=sn_itrs,
+        grow=bool(arch.get("grow", False)),
     )
     apply_init((g, d), str(arch.get("init", "ortho")))
     return g, d

@@ -17,6 +17,7 @@ max-pooling in its key/value paths); where it does, the release is followed and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -277,6 +278,51 @@ def run_blocks(
     return h
 
 
+class RGBHead(nn.Module):
+    """A growing G's output head at a lower resolution, shaped like the final one:
+    BN -> ReLU -> SN-conv3x3 -> tanh."""
+
+    def __init__(self, in_ch: int, channels: int, bn: nn.Module, sn_eps: float, sn_itrs: int) -> None:
+        super().__init__()
+        self.bn, self.conv = bn, sn_conv2d(in_ch, channels, sn_eps=sn_eps, sn_itrs=sn_itrs)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.tanh(self.conv(F.relu(self.bn(h))))
+
+
+def grown_images(
+    h: Tensor,
+    net: nn.Module,
+    cond: Tensor | list | None,
+    ends: list[int],
+    to_image: Callable[[int, Tensor], Tensor],
+) -> Tensor:
+    """A BigGAN(-deep) G from its 4x4 map at its stage resolution ``4 * 2^j``: the blocks up to
+    ``ends[j]``, then stage j's head (the final head when not growing); while fading, blended
+    with stage j - 1's image, upsampled."""
+    from bigtrain.models.growing import fade_images
+
+    j = int(math.log2(net.stage_resolution // 4))  # type: ignore[operator]
+    if not net.fading:
+        return to_image(j, run_blocks(h, net.blocks, net.attention, cond, stop=ends[j]))  # type: ignore[arg-type]
+    prev = run_blocks(h, net.blocks, net.attention, cond, stop=ends[j - 1])  # type: ignore[arg-type]
+    new = run_blocks(prev, net.blocks, net.attention, cond, start=ends[j - 1], stop=ends[j])  # type: ignore[arg-type]
+    return fade_images(to_image(j - 1, prev), to_image(j, new), net.alpha)  # type: ignore[arg-type]
+
+
+def grown_features(x: Tensor, net: nn.Module, from_image: Callable[[int, Tensor], Tensor]) -> Tensor:
+    """A growing BigGAN(-deep) D up to its last block: the image of the stage's resolution enters
+    through ``from_image`` at the first block taking that resolution (``net.entry``); while fading,
+    the new blocks' output is blended with the previous stage's path on the pooled image."""
+    r = net.stage_resolution
+    h, first = from_image(r, x), net.entry[r]  # type: ignore[index]
+    if net.fading:
+        half = net.entry[r // 2]  # type: ignore[index]
+        new = run_blocks(h, net.blocks, net.attention, start=first, stop=half)  # type: ignore[arg-type]
+        h, first = torch.lerp(from_image(r // 2, F.avg_pool2d(x, 2)), new, net.alpha), half  # type: ignore[arg-type]
+    return run_blocks(h, net.blocks, net.attention, start=first)  # type: ignore[arg-type]
+
+
 class ProjectionDiscriminator(nn.Module):
     """The scoring shared by BigGAN's and BigGAN-deep's D: ``linear(phi(x)) + <embed(y), phi(x)>``
     (Miyato & Koyama 2018, eq. 3) on the features that the subclass's ``features`` computes."""
@@ -481,12 +527,15 @@ __all__ = [
     "GBlock",
     "NormFactory",
     "ProjectionDiscriminator",
+    "RGBHead",
     "SelfAttention",
     "SpectralNorm",
     "apply_init",
     "apply_norm",
     "attention_resolutions",
     "batch_norm_2d",
+    "grown_features",
+    "grown_images",
     "init_normal",
     "init_orthogonal",
     "raw_weight",

@@ -103,7 +103,7 @@ class GANTask(StagedTask):
         if not (getattr(self.G, "growing", False) and getattr(self.D, "growing", False)):
             raise ValueError(
                 f"stages.schedule needs a growing model (model=progan, or model.arch.grow=true with "
-                f"model=dcgan or biggan); {cfg.model.name} as configured trains at one resolution"
+                f"model=dcgan, biggan or biggan_deep); {cfg.model.name} as configured trains at one resolution"
             )
         allowed = sorted(set(self.G.stage_resolutions) & set(self.D.stage_resolutions))  # type: ignore[arg-type]
         nets = [self.G, self.D] + ([self.ema.model] if self.ema is not None else [])

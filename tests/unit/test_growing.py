@@ -1,4 +1,4 @@
-"""Progressive growing beyond ProGAN (DCGAN and BigGAN with ``model.arch.grow=true``), resolution
+"""Progressive growing beyond ProGAN (DCGAN, BigGAN, BigGAN-deep with ``model.arch.grow=true``), resolution
 stages without growing (the tokenizer), and stages whose batch is split into accumulated
 micro-batches."""
 
@@ -19,6 +19,7 @@ from bigtrain.train.stages import Stage, StageDriver, StageSchedule
 FAMILIES = {
     "dcgan": {"g_width": 8, "d_width": 8, "d_norm": "layer"},
     "biggan": {"g_width": 4, "d_width": 4, "d_norm": "batch", "attention": [16], "shared_dim": 8},
+    "biggan_deep": {"g_width": 4, "d_width": 4, "d_norm": "batch", "attention": [16], "shared_dim": 8},
 }
 
 
@@ -90,7 +91,7 @@ def test_blocks_above_the_stage_get_no_gradient(name: str) -> None:
             "features.6",
             "from_rgb.0",
         }
-    else:  # BigGAN: the 8px head, not the 16px one or the final output layer
+    elif name == "biggan":  # the 8px head, not the 16px one or the final output layer
         assert "to_rgb.8.conv.parametrizations.weight.original" not in idle_G
         assert {"to_rgb.16.conv.parametrizations.weight.original", "out_conv.bias"} <= set(idle_G)
         assert "from_rgb.8.parametrizations.weight.original" not in idle_D and "blocks.0.conv1.bias" in idle_D
