@@ -300,14 +300,12 @@ def grown_images(
     """A BigGAN(-deep) G from its 4x4 map at its stage resolution ``4 * 2^j``: the blocks up to
     ``ends[j]``, then stage j's head (the final head when not growing); while fading, blended
     with stage j - 1's image, upsampled."""
-    from bigtrain.models.growing import fade_images
-
     j = int(math.log2(net.stage_resolution // 4))  # type: ignore[operator]
     if not net.fading:
         return to_image(j, run_blocks(h, net.blocks, net.attention, cond, stop=ends[j]))  # type: ignore[arg-type]
     prev = run_blocks(h, net.blocks, net.attention, cond, stop=ends[j - 1])  # type: ignore[arg-type]
     new = run_blocks(prev, net.blocks, net.attention, cond, start=ends[j - 1], stop=ends[j])  # type: ignore[arg-type]
-    return fade_images(to_image(j - 1, prev), to_image(j, new), net.alpha)  # type: ignore[arg-type]
+    return net.fade_images(to_image(j - 1, prev), to_image(j, new))  # type: ignore[operator]
 
 
 def grown_features(x: Tensor, net: nn.Module, from_image: Callable[[int, Tensor], Tensor]) -> Tensor:
@@ -319,7 +317,7 @@ def grown_features(x: Tensor, net: nn.Module, from_image: Callable[[int, Tensor]
     if net.fading:
         half = net.entry[r // 2]  # type: ignore[index]
         new = run_blocks(h, net.blocks, net.attention, start=first, stop=half)  # type: ignore[arg-type]
-        h, first = torch.lerp(from_image(r // 2, F.avg_pool2d(x, 2)), new, net.alpha), half  # type: ignore[arg-type]
+        h, first = net.fade(from_image(r // 2, F.avg_pool2d(x, 2)), new), half  # type: ignore[operator]
     return run_blocks(h, net.blocks, net.attention, start=first)  # type: ignore[arg-type]
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from bigtrain.models.common import check_labels as _labels
 from bigtrain.models.common import projection
-from bigtrain.models.growing import Growing, fade_images
+from bigtrain.models.growing import Growing
 
 D_NORMS = ("batch", "layer", "none")
 
@@ -138,7 +138,7 @@ class DCGANGenerator(Growing, nn.Module):
         for b in range(j):
             prev, h = h, self.net[3 + 3 * b : 6 + 3 * b](h)
         img = self._to_image(j, h)
-        return fade_images(self._to_image(j - 1, prev), img, self.alpha) if self.fading else img
+        return self.fade_images(self._to_image(j - 1, prev), img) if self.fading else img
 
 
 class DCGANDiscriminator(Growing, nn.Module):
@@ -215,10 +215,8 @@ class DCGANDiscriminator(Growing, nn.Module):
         blocks = len(self.stage_resolutions) - 1  # down-blocks i: resolution / 2^(i+1) -> / 2^(i+2)
         h, first = self._from_image(m, x), m
         if self.fading:  # the new layers' path blended with the previous stage's on the pooled image
-            h = torch.lerp(
-                self._from_image(m + 1, F.avg_pool2d(x, 2)),
-                self.features[2 + 3 * m : 5 + 3 * m](h),
-                self.alpha,
+            h = self.fade(
+                self._from_image(m + 1, F.avg_pool2d(x, 2)), self.features[2 + 3 * m : 5 + 3 * m](h)
             )
             first = m + 1
         for i in range(first, blocks):

@@ -20,15 +20,23 @@ from torch import Tensor
 
 
 class Growing:
-    """Mixin for an ``nn.Module``: the stage state, set by the trainer before every step."""
+    """Mixin for an ``nn.Module``: the stage state, set by the trainer before every step.
+
+    The forward pass branches only on the stage and on whether a fade is under way (a bool), and
+    blends with the 0-d buffer ``fade_weight``: under ``torch.compile`` a new alpha each step is
+    then a new input value, not a new constant to specialise on, so the fade does not recompile.
+    """
 
     stage_resolutions: tuple[int, ...] = ()
     stage_resolution: int = 0
     alpha: float = 1.0
+    _fading: bool = False
+    fade_weight: Tensor
 
     def init_growing(self, resolutions: Iterable[int], final: int) -> None:
         self.stage_resolutions = tuple(sorted(set(resolutions)))
-        self.stage_resolution, self.alpha = final, 1.0
+        self.stage_resolution, self.alpha, self._fading = final, 1.0, False
+        self.register_buffer("fade_weight", torch.ones(()), persistent=False)  # type: ignore[attr-defined]
 
     @property
     def growing(self) -> bool:
@@ -41,6 +49,9 @@ class Growing:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.stage_resolution, self.alpha = int(resolution), float(alpha)
+        self._fading = self.alpha < 1.0 and self.stage_index > 0
+        with torch.no_grad():
+            self.fade_weight.fill_(self.alpha)
 
     @property
     def current_resolution(self) -> int:
@@ -53,12 +64,15 @@ class Growing:
     @property
     def fading(self) -> bool:
         """A block is being faded in: the stage is not the first and alpha < 1."""
-        return self.alpha < 1.0 and self.stage_index > 0
+        return self._fading
+
+    def fade(self, old: Tensor, new: Tensor) -> Tensor:
+        """``old`` blended towards ``new`` by the fade weight alpha."""
+        return torch.lerp(old, new, self.fade_weight.to(new.dtype))
+
+    def fade_images(self, old_small: Tensor, new: Tensor) -> Tensor:
+        """The generator's blend: the previous stage's image, upsampled (nearest), towards the new one."""
+        return self.fade(F.interpolate(old_small, scale_factor=2, mode="nearest").to(new.dtype), new)
 
 
-def fade_images(old_small: Tensor, new: Tensor, alpha: float) -> Tensor:
-    """The generator's blend: the previous stage's image, upsampled (nearest), towards the new one."""
-    return torch.lerp(F.interpolate(old_small, scale_factor=2, mode="nearest"), new, alpha)
-
-
-__all__ = ["Growing", "fade_images"]
+__all__ = ["Growing"]

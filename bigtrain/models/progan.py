@@ -157,9 +157,8 @@ class ProGANGenerator(_Growing):
         for block in self.blocks[: self.level - 1]:
             prev, x = x, block(x)
         img = self.to_rgb[self.level - 1](x)
-        if self.level > 1 and self.alpha < 1.0:
-            old = F.interpolate(self.to_rgb[self.level - 2](prev), scale_factor=2, mode="nearest")
-            img = torch.lerp(old, img, self.alpha)
+        if self.fading:
+            img = self.fade_images(self.to_rgb[self.level - 2](prev), img)
         return img
 
 
@@ -184,9 +183,9 @@ class ProGANDiscriminator(_Growing):
         h = _lrelu(self.from_rgb[lv - 1](x))
         if lv > 1:
             h = self.blocks[lv - 2](h)
-            if self.alpha < 1.0:
+            if self.fading:
                 old = _lrelu(self.from_rgb[lv - 2](F.avg_pool2d(x, 2)))
-                h = torch.lerp(old, h, self.alpha)
+                h = self.fade(old, h)
             for i in range(lv - 3, -1, -1):
                 h = self.blocks[i](h)
         h = _lrelu(self.conv(minibatch_stddev(h, self.mbstd_group)))

@@ -158,3 +158,27 @@ def test_a_split_stage_batch_gives_the_whole_batch_gradient() -> None:
     assert len(grads[0]) == len(grads[1]) > 10
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_fade_does_not_recompile_under_torch_compile() -> None:
+    """alpha changes every step of a fade: the networks read it from a buffer, so torch.compile
+    traces a fading stage once, not once per step."""
+    G, _ = _pair("dcgan", grow=True)
+    graphs = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:  # noqa: ARG001
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(G, backend=counting_backend)
+    z, y = torch.randn(2, 20), torch.arange(2)
+    outs = []
+    for alpha in (0.25, 0.5, 0.75):
+        G.set_resolution(16, alpha)
+        outs.append(compiled(z, y))
+    assert len(graphs) == 1  # one trace for the whole fade
+    G.set_resolution(16, 0.5)
+    assert torch.equal(outs[1], G(z, y))  # and it does use each step's alpha
+    assert not torch.equal(outs[0], outs[2])
+    torch._dynamo.reset()
