@@ -131,7 +131,7 @@ class DCGANGenerator(Growing, nn.Module):
         y = _labels(y, self.num_classes, z.shape[0])
         if self.embed is not None and y is not None:
             z = torch.cat([z, self.embed(y)], dim=1)
-        if self.stage_resolution == self.resolution and not self.fading:
+        if self.at_final_stage:
             return self.net(z[:, :, None, None])
         j = self.stage_index
         h = prev = self.net[2](self.net[1](self.net[0](z[:, :, None, None])))  # 4x4
@@ -198,11 +198,7 @@ class DCGANDiscriminator(Growing, nn.Module):
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Score images ``x: [B, C, H, W]`` (with labels ``y: [B]``); returns raw logits ``[B]``."""
         y = _labels(y, self.num_classes, x.shape[0])
-        h = (
-            self.features(x)
-            if self.stage_resolution == self.resolution and not self.fading
-            else self._grown(x)
-        )
+        h = self.features(x) if self.at_final_stage else self._grown(x)
         # the projection term on globally sum-pooled features
         return projection(self.head(h).flatten(), self.embed, y, h.sum(dim=(2, 3)))
 

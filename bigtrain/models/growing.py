@@ -1,5 +1,5 @@
-"""What a growing network shares, whatever its family (ProGAN, or DCGAN / BigGAN with
-``model.arch.grow=true``): it is built whole for the final resolution and runs at one of its
+"""What a growing network shares, whatever its family (ProGAN, or DCGAN / BigGAN / BigGAN-deep
+with ``model.arch.grow=true``): it is built whole for the final resolution and runs at one of its
 ``stage_resolutions`` with a fade weight ``alpha`` for the block that resolution added.
 
 Fade-in (Karras et al. 2018, sec. 2): while ``alpha < 1`` the generator's image is
@@ -60,6 +60,11 @@ class Growing:
     @property
     def stage_index(self) -> int:
         return self.stage_resolutions.index(self.stage_resolution)
+
+    @property
+    def at_final_stage(self) -> bool:
+        """The whole network runs, faded in: the plain (non-growing) forward pass applies."""
+        return self.stage_resolution == self.stage_resolutions[-1] and not self._fading
 
     @property
     def fading(self) -> bool:

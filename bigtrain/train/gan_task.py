@@ -99,7 +99,7 @@ class GANTask(StagedTask):
     # -- resolution stages (progressive growing) ---------------------------------------------------
     def _stage_driver(self, cfg: DictConfig, manifest: DatasetManifest) -> StageDriver:
         """A GAN's generator makes images of one size, so its stages need networks that grow:
-        ProGAN, or DCGAN / BigGAN built with ``model.arch.grow=true``."""
+        ProGAN, or DCGAN / BigGAN / BigGAN-deep built with ``model.arch.grow=true``."""
         if not (getattr(self.G, "growing", False) and getattr(self.D, "growing", False)):
             raise ValueError(
                 f"stages.schedule needs a growing model (model=progan, or model.arch.grow=true with "
