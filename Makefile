@@ -5,8 +5,12 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.bigtrain-installed
 DATA    ?= data/mnist5k
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`, a test file at a time, longest first (tests/conftest.py): the
+# slow tier's processes often wait (SLURM limits, process start-up, servers), so two workers overlap
+# that waiting even on 2 cores
+WORKERS ?= 2
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv demo test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,13 +33,20 @@ demo: $(STAMP) $(DATA)/dataset.json
 lint: $(STAMP)
 	$(BIN)/ruff check bigtrain tests benchmarks
 	$(BIN)/ruff format --check bigtrain tests benchmarks
+	# the layer contract in pyproject.toml: a folder never imports one above it
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff format bigtrain tests benchmarks
 	$(BIN)/ruff check --fix bigtrain tests benchmarks
 
+# everything: unit, integration (multi-process, servers, SLURM), e2e (the CLI as a user runs it)
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS) tests
+
+# the fast tier: tests not marked slow (unit tests of each module), for the edit-test loop
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/stream.py

@@ -18,18 +18,11 @@ from pathlib import Path
 
 import torch
 from _common import emit, parse_args
-from hydra import compose, initialize_config_dir
 
-from bigtrain.config.schema import register
 from bigtrain.data.manifest import DatasetManifest
-from bigtrain.train.gan_task import GANTask
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-class _Acc:
-    def autocast(self):  # noqa: ANN201
-        return torch.autocast("cpu", enabled=False)
+from bigtrain.distributed import LocalAccelerator
+from bigtrain.train.compose import compose_config
+from bigtrain.train.tasks.gan import GANTask
 
 
 def reference_step(ref: str, batch: int, device: str):  # noqa: ANN201 - returns a callable
@@ -80,15 +73,11 @@ def reference_step(ref: str, batch: int, device: str):  # noqa: ANN201 - returns
 
 
 def bigtrain_step(batch: int, device: str):  # noqa: ANN201
-    register()
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["experiment=cifar10_biggan", "data.path=/unused", f"data.batch_size={batch}"]
-        )
+    cfg = compose_config(["experiment=cifar10_biggan", "data.path=/unused", f"data.batch_size={batch}"])
     manifest = DatasetManifest(
         Path(tempfile.gettempdir()), "synthetic", 32, 3, [str(i) for i in range(10)], {}
     )
-    task = GANTask(cfg, manifest, torch.device(device), _Acc())
+    task = GANTask(cfg, manifest, torch.device(device), LocalAccelerator(device))
     data = {"image": torch.rand(batch, 3, 32, 32) * 2 - 1, "label": torch.randint(0, 10, (batch,))}
 
     def forever():  # noqa: ANN202

@@ -17,28 +17,11 @@ from typing import Any
 
 import torch
 from _common import emit, parse_args, peak_mem_gib
-from hydra import compose, initialize_config_dir
 
-from bigtrain.config.schema import register
 from bigtrain.data.manifest import DatasetManifest
-from bigtrain.train.tasks import build_task
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-class _Acc:
-    """The slice of an Accelerator the tasks use (autocast), without starting a process group."""
-
-    def __init__(self, device: str, precision: str):
-        self.device_type = "cuda" if device.startswith("cuda") else "cpu"
-        self.precision = precision
-
-    def autocast(self):  # noqa: ANN201
-        if self.precision == "no":
-            return torch.autocast(self.device_type, enabled=False)
-        return torch.autocast(
-            self.device_type, dtype=torch.float16 if self.precision == "fp16" else torch.bfloat16
-        )
+from bigtrain.distributed import LocalAccelerator
+from bigtrain.train.compose import compose_config
+from bigtrain.train.task import build_task
 
 
 def _synthetic(cfg: Any, batch: int, device: torch.device) -> tuple[DatasetManifest, dict[str, torch.Tensor]]:
@@ -75,26 +58,23 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
         }
     )
     precision = "no" if a["precision"] in ("no", "fp32") else a["precision"]
-    register()
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"experiment={a['experiment']}",
-                "data.path=/unused",
-                f"data.batch_size={a['batch']}",
-                f"trainer.precision={precision}",
-                f"trainer.channels_last={a['channels_last']}",
-                f"trainer.compile={a['compile']}",
-                *a["overrides"],
-            ],
-        )
+    cfg = compose_config(
+        [
+            f"experiment={a['experiment']}",
+            "data.path=/unused",
+            f"data.batch_size={a['batch']}",
+            f"trainer.precision={precision}",
+            f"trainer.channels_last={a['channels_last']}",
+            f"trainer.compile={a['compile']}",
+            *a["overrides"],
+        ]
+    )
     torch.manual_seed(0)
     device = torch.device(a["device"])
     manifest, batch = _synthetic(cfg, a["batch"], device)
-    task = build_task(cfg, manifest, device, _Acc(a["device"], precision))
+    task = build_task(cfg, manifest, device, LocalAccelerator(device, precision))
     first_step = 1
-    stages = getattr(task, "stages", None)
+    stages = task.stage_schedule()
     if stages is not None:  # a growing model: time its last stage, faded in (the costliest)
         first_step = stages.total_steps - stages.stages[-1].steps + stages.stages[-1].fade_steps + 1
 
@@ -127,7 +107,7 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
         "channels_last": a["channels_last"],
         "compile": a["compile"],
         "batch": a["batch"],
-        "accumulation": getattr(task, "accumulation", 1),
+        "accumulation": int(cfg.trainer.accumulation),
         "params": {k: sum(p.numel() for p in m.parameters()) for k, m in nets.items()},
         "first_losses": {k.removeprefix("loss/"): v for k, v in first.items() if k.startswith("loss/")},
         "first_iter_s": round(first_iter_s, 3),
@@ -136,12 +116,10 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
         "peak_mem_gib": round(peak_mem_gib(a["device"]), 3),
         "overrides": a["overrides"],
     }
-    if cfg.task == "gan":
-        result["d_steps"] = cfg.loss.d_steps
-    if cfg.task == "prior":
-        engine = str(cfg.prior.engine)
-        result["engine"] = f"deepspeed (ZeRO-{cfg.prior.zero_stage})" if engine == "deepspeed" else engine
-        result["tokens_per_s"] = round(task.images_per_step() * batch["tokens"].shape[1] / sec, 1)
+    result |= {k: v for k, v in type(task).describe(cfg).items() if k not in ("loss", "step")}
+    for unit, n in task.units_per_step().items():
+        if unit != "img":
+            result[f"{unit}_per_s"] = round(n / sec, 1)
     emit(result)
 
 

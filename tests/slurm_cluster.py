@@ -37,6 +37,22 @@ def ensure_installed() -> None:
         raise RuntimeError(f"could not install SLURM ({' '.join(PACKAGES)}): {out.stderr[-2000:]}")
 
 
+def _stop_stale_test_daemons() -> None:
+    """SLURM daemons of an earlier test cluster (their SLURM_CONF in a pytest temporary folder) that
+    a killed test run left behind; a real cluster's daemons are left alone."""
+    for daemon in ("slurmctld", "slurmd"):
+        for pid in _run(["pgrep", "-x", daemon]).stdout.split():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            conf = next((e for e in environ if e.startswith(b"SLURM_CONF=")), b"")
+            if b"pytest" in conf:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.5)
+
+
 class SlurmCluster:
     """Writes ``slurm.conf`` under ``root``, starts munged, slurmctld and slurmd, and stops them."""
 
@@ -91,18 +107,33 @@ class SlurmCluster:
             out = _run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"])
             if out.returncode != 0:
                 raise RuntimeError(f"munged did not start: {out.stderr}")
+        _stop_stale_test_daemons()  # a test run killed before its teardown leaves them bound to the ports
         for daemon in ("slurmctld", "slurmd"):
             out = _run([daemon], env=self.env)
             if out.returncode != 0:
+                self._stop_started()
                 raise RuntimeError(f"{daemon} did not start: {out.stderr}\n{self.logs()}")
-        deadline = time.time() + 60
+        pid_files = [self.root / f"{d}.pid" for d in ("slurmctld", "slurmd")]
+        deadline = time.time() + 90
+        state = ""
         while time.time() < deadline:
             state = _run(["sinfo", "-h", "-o", "%T"], env=self.env).stdout.strip()
-            if state in ("idle", "mixed", "allocated"):
-                self._pids = [int((self.root / f"{d}.pid").read_text()) for d in ("slurmctld", "slurmd")]
+            # ready: both of *these* daemons are up (pid files written) and the node registered
+            if state in ("idle", "mixed", "allocated") and all(
+                f.is_file() and f.read_text().strip() for f in pid_files
+            ):
+                self._pids = [int(f.read_text()) for f in pid_files]
                 return self
             time.sleep(0.5)
+        self._stop_started()
         raise RuntimeError(f"the SLURM node did not become idle (state {state!r})\n{self.logs()}")
+
+    def _stop_started(self) -> None:
+        """After a failed start: stop whichever of this cluster's daemons did start."""
+        self._pids = [
+            int(f.read_text()) for d in ("slurmctld", "slurmd") if (f := self.root / f"{d}.pid").is_file()
+        ]
+        self.stop()
 
     def logs(self) -> str:
         out = []

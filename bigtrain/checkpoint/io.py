@@ -18,24 +18,21 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from bigtrain import distributed as bdist
 from bigtrain.checkpoint.digest import digest
+from bigtrain.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 STEP_RE = re.compile(r"^step-(\d{8})$")
 META = "meta.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message is one line and names the path."""
 
 
 @dataclass
@@ -140,6 +137,18 @@ def _save_file(obj: Any, path: Path) -> None:
         os.fsync(f.fileno())
 
 
+class NativeState(Protocol):
+    """An engine that writes and reads its own files inside bigtrain's checkpoint folder (DeepSpeed's
+    partitioned optimizer state), as one checkpoint component. Both calls are collective."""
+
+    def save_native(self, folder: Path) -> dict[str, str]:
+        """Write into ``folder``; the digests of the files this rank wrote, by component name
+        (``deepspeed/zero_pp_rank_0_mp_rank_00_optim_states``)."""
+        ...
+
+    def load_native(self, ck: Checkpoint) -> None: ...
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -148,13 +157,11 @@ def save_checkpoint(
     meta: dict[str, Any],
     config_yaml: str,
     keep_last: int,
-    native: Callable[[Path], dict[str, str]] | None = None,
+    natives: Sequence[NativeState] = (),
 ) -> Path:
-    """Collective: every rank calls it. ``shared`` is written by rank 0, ``per_rank`` by each rank.
-
-    ``native(folder)``, when given, is called on every rank to let an engine write its own files
-    into the folder (DeepSpeed's partitioned optimizer state); it returns the digests of the files
-    this rank wrote, by component name (``deepspeed/zero_pp_rank_0_mp_rank_00_optim_states``).
+    """Collective: every rank calls it. ``shared`` is written by rank 0, ``per_rank`` by each rank,
+    and every :class:`NativeState` in ``natives`` writes its own files on every rank, after
+    bigtrain's and before the atomic rename, with their digests in ``meta.json`` like the rest.
 
     Returns the final folder. On an I/O error the temporary folder is removed and the previous
     checkpoint is left as it was.
@@ -189,9 +196,10 @@ def save_checkpoint(
     except OSError as exc:
         error = f"{type(exc).__name__}: {exc}"
     # collective: every rank writes its engine files, or (after an error anywhere) none does
-    if native is not None and not any(bdist.all_gather_objects(error)):
+    if natives and not any(bdist.all_gather_objects(error)):
         try:
-            digests.update(native(tmp))
+            for native in natives:
+                digests.update(native.save_native(tmp))
         except (OSError, RuntimeError) as exc:
             error = f"{type(exc).__name__}: {exc}"
     gathered = bdist.all_gather_objects((digests, error))

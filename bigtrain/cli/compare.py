@@ -1,7 +1,7 @@
 """``bigtrain compare [RUN_ID ...] [--experiment NAME] [--uri URI] [--metric KEY] [--out PNG] [--json]``
 
 Reads the runs back from MLflow (a server or the local SQLite store), draws their metric curves
-(default: the first ``fid/*`` they logged) into one PNG and prints a Markdown table of the
+(default: the first ``fid/*`` they logged, else ``rfid/*``) into one PNG and prints a Markdown table of the
 parameters that differ between them, with the last and best metric and each run's last
 checkpoint. ``--experiment`` adds every run of an experiment (a sweep).
 """
@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bigtrain.config.validate import ConfigError
+from bigtrain.errors import ConfigError
 from bigtrain.tracking.compare import collect, plot, table
 from bigtrain.tracking.mlflow_tracker import absolute_uri
 
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--uri", default="sqlite:///mlflow.db", help="MLflow tracking URI (default: sqlite:///mlflow.db)"
     )
-    p.add_argument("--metric", help="metric to plot (default: the first fid/* key)")
+    p.add_argument("--metric", help="metric to plot (default: the first fid/* key, else rfid/*)")
     p.add_argument("--out", type=Path, default=Path("compare.png"), help="PNG to write (default compare.png)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)

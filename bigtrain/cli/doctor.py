@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import platform
 import shutil
@@ -29,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bigtrain.config.compose import compose_config
+from bigtrain.train.compose import compose_config
 
 FREE_SPACE_WARN_GIB = 5.0
 
@@ -97,11 +96,10 @@ def check_deepspeed() -> Check:
         return Check(
             "deepspeed", "warn", "not installed (only the ZeRO-trained prior needs it): pip install deepspeed"
         )
-    try:
-        logging.disable(logging.WARNING)  # its import logs which accelerator it picked, as a warning
-        from deepspeed.git_version_info import installed_ops  # type: ignore[import-not-found]
+    from bigtrain.distributed.zero import prebuilt_ops
 
-        built = sorted(name for name, ok in installed_ops.items() if ok)
+    try:
+        built = prebuilt_ops()
         ops = (
             f"prebuilt ops: {', '.join(built)}"
             if built
@@ -109,8 +107,6 @@ def check_deepspeed() -> Check:
         )
     except Exception as exc:  # noqa: BLE001 - a broken install is worth a line, not a crash
         return Check("deepspeed", "warn", f"{v}, but its op table does not load: {type(exc).__name__}: {exc}")
-    finally:
-        logging.disable(logging.NOTSET)
     return Check("deepspeed", "ok", f"{v}; {ops}")
 
 

@@ -1,6 +1,7 @@
-"""``bigtrain evaluate CKPT``: FID (with IS and precision/recall from the same samples) of the
-checkpoint's EMA generator with N samples, printed as one JSON line and logged to the run's MLflow
-run as ``fid/<feature>/n<N>`` (``is/...``, ``precision/...``, ``recall/...``) at its step."""
+"""``bigtrain evaluate CKPT``: the run's metrics (``eval.metrics``: FID with IS and precision/recall
+from the same samples; a tokenizer's rFID, PSNR, SSIM and codebook usage) of a checkpoint with N
+samples, printed as one JSON line and logged to the run's MLflow run at its step. Sample-count
+dependent keys get ``/n<N>`` (``fid/<feature>/n<N>``), so they never mix with training's curve."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import json
 
 from omegaconf import open_dict
 
-from bigtrain.train.fid_hook import FIDEvaluator
+from bigtrain.config.validate import raise_problems
+from bigtrain.eval.registry import METRICS, Evaluator, check_metrics
 from bigtrain.train.snapshot import load_snapshot
+from bigtrain.train.task import eval_metrics
 
 
 def main(argv: list[str]) -> int:
@@ -18,6 +21,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("ckpt")
     p.add_argument("--num-samples", type=int, default=None, help="default: the run's eval.num_samples")
     p.add_argument("--feature", default=None, help="feature network (default: the run's eval.feature)")
+    p.add_argument(
+        "--metric",
+        dest="metrics",
+        action="append",
+        default=None,
+        help=f"a metric to compute (repeatable; default: the run's eval.metrics): {', '.join(METRICS)}",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
@@ -31,12 +41,17 @@ def main(argv: list[str]) -> int:
             ecfg.feature = a.feature
         if a.seed is not None:
             ecfg.seed = a.seed
-    fid = FIDEvaluator(ecfg, getattr(snap.task, "eval_manifest", snap.manifest), snap.device)
-    results = {f"{k}/n{ecfg.num_samples}": v for k, v in fid(snap.task.sampler()).items()}
-    extra = getattr(snap.task, "eval_metrics", None)  # a tokenizer's PSNR, SSIM, codebook usage
-    if extra is not None:
-        results |= extra()
-    key = f"{fid.metric_key}/n{ecfg.num_samples}"
+        if a.metrics:
+            ecfg.metrics = a.metrics
+    names = eval_metrics(snap.cfg)
+    raise_problems(check_metrics(names, type(snap.task).eval_provides, str(snap.cfg.task)))
+    evaluator = Evaluator(ecfg, names, snap.device)
+    snap.task.before_sampling()
+    raw = evaluator(snap.task.eval_source())
+    scaled = evaluator.sample_count_keys()
+    results = {(f"{k}/n{ecfg.num_samples}" if k in scaled else k): v for k, v in raw.items()}
+    headline = evaluator.headline(raw)
+    key = f"{headline}/n{ecfg.num_samples}" if headline in scaled else headline
     out = {
         "step": snap.checkpoint.step,
         "metric": key,

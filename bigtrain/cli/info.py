@@ -1,8 +1,11 @@
 """``bigtrain info experiment=NAME [OVERRIDES] [--json]``: build a preset's networks without
-training and print their parameter counts, the batch and the precision, to compare recipes."""
+training and print their parameter counts, the batch, the precision and the family's
+``model.arch`` values, to compare recipes. ``--help`` (with overrides) also lists every task,
+metric and the chosen family's ``model.arch`` options."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,53 +14,44 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from bigtrain.config.compose import compose_config
 from bigtrain.data.manifest import DatasetManifest
-
-
-class _NoAccelerator:
-    """Networks are built on the meta device: no memory, no process group."""
-
-    def autocast(self) -> Any:
-        return torch.autocast("cpu", enabled=False)
+from bigtrain.distributed import LocalAccelerator
+from bigtrain.errors import ConfigError
+from bigtrain.train.compose import compose_config
 
 
 def expected_manifest(cfg: DictConfig) -> tuple[DatasetManifest, str]:
-    """The dataset's manifest when data.path holds one, else the shape the preset declares."""
+    """The dataset's manifest when data.path holds one, else the shape the preset declares (of the
+    kind its task trains on: a prior's token space then comes from ``model.arch``)."""
+    from bigtrain.train.task import task_class
+
     try:
         return DatasetManifest.load(cfg.data.path), "dataset.json"
     except Exception:  # noqa: BLE001 - a MISSING path, an absent folder or manifest: fall back
         d = cfg.data
         classes = [str(i) for i in range(d.num_classes)]
-        return DatasetManifest(Path("."), "declared", d.resolution, d.channels, classes, {}), "preset"
-
-
-def _vq_loss(cfg: DictConfig) -> str:
-    """The tokenizer objective in words, e.g. ``l1+lpips+codebook+patchgan``."""
-    v = cfg.vq
-    terms = [str(v.rec_loss)] + (["lpips"] if v.perceptual_weight > 0 else []) + ["codebook"]
-    return "+".join(terms + (["patchgan"] if v.disc_weight > 0 else []))
-
-
-def _stages(task: Any) -> tuple:
-    staging = getattr(task, "staging", None)
-    return staging.schedule.stages if staging is not None else ()
+        kind = {"kind": task_class(str(cfg.task)).data_kind}
+        return DatasetManifest(Path("."), "declared", d.resolution, d.channels, classes, {}, kind), "preset"
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
-    from bigtrain.train.tasks import build_task
+    from bigtrain.models.registry import parse_arch
+    from bigtrain.train.task import build_task, check_config
 
     manifest, source = expected_manifest(cfg)
-    task = build_task(cfg, manifest, torch.device("meta"), _NoAccelerator())
+    check_config(cfg, manifest)
+    meta = torch.device("meta")  # networks built on the meta device: no memory, no process group
+    task = build_task(cfg, manifest, meta, LocalAccelerator(meta))
     nets = {k: m for k, m in task.digest_modules().items() if k != "G_ema"}
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in nets.items()}
+    schedule = task.stage_schedule()
+    about = type(task).describe(cfg)
     return {
         "params": params,
         "params_total": sum(params.values()),
         "model": cfg.model.name,
+        "arch": dataclasses.asdict(parse_arch(str(cfg.model.name), cfg.model.arch)),
         "task": cfg.task,
-        "loss": {"gan": str(cfg.loss.name), "prior": "next-token cross-entropy"}.get(cfg.task)
-        or _vq_loss(cfg),
         "data": {
             "resolution": manifest.resolution,
             "channels": manifest.channels,
@@ -67,7 +61,6 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "batch_per_process": cfg.data.batch_size,
         "accumulation": cfg.trainer.accumulation,
         "effective_batch_per_process": cfg.data.batch_size * cfg.trainer.accumulation,
-        "d_steps": cfg.loss.d_steps,
         "images_per_step_per_process": task.images_per_step(),
         "precision": {"no": "fp32"}.get(str(cfg.trainer.precision), str(cfg.trainer.precision)),
         "max_steps": cfg.trainer.max_steps,
@@ -79,21 +72,24 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
                 "batch_size": s.batch(cfg.data.batch_size),
                 "micro_batch": s.micro(cfg.data.batch_size),
             }
-            for s in _stages(task)
+            for s in (schedule.stages if schedule is not None else ())
         ],
-        **(
-            {"engine": str(cfg.prior.engine), "zero_stage": int(cfg.prior.zero_stage)}
-            if cfg.task == "prior"
-            else {}
-        ),
+        **about,
     }
 
 
 def main(argv: list[str]) -> int:
     as_json = "--json" in argv
-    overrides = [a for a in argv if a != "--json"]
-    if any(a in ("-h", "--help") for a in overrides):
+    overrides = [a for a in argv if a not in ("--json", "-h", "--help")]
+    if any(a in ("-h", "--help") for a in argv):
+        from bigtrain.cli.options import choices
+
+        try:
+            cfg = compose_config(overrides)
+        except ConfigError:
+            cfg = None
         print(__doc__)
+        print(choices(cfg))
         return 0
     info = describe(compose_config(overrides))
     if as_json:
@@ -107,17 +103,12 @@ def main(argv: list[str]) -> int:
     )
     for name, n in info["params"].items():
         print(f"  {name.ljust(width)}  {n:>13,} parameters")
-    per_step = (
-        f"{info['d_steps']} D step(s) per G step"
-        if info["task"] == "gan"
-        else f"engine {info['engine']} (ZeRO-{info['zero_stage']})"
-        if info["task"] == "prior"
-        else "1 update per step"
-    )
     print(
-        f"  batch {info['batch_per_process']} x {info['accumulation']} accumulation per process, {per_step}, "
+        f"  batch {info['batch_per_process']} x {info['accumulation']} accumulation per process, {info['step']}, "
         f"precision {info['precision']}, {info['max_steps']} steps"
     )
+    if info["arch"]:
+        print("  model.arch: " + ", ".join(f"{k}={v}" for k, v in info["arch"].items()))
     if info["stages"]:
         print("  stages: " + " -> ".join(
             f"{s['resolution']}px {s['steps']} steps" + (f" (fade {s['fade_steps']})" if s["fade_steps"] else "")

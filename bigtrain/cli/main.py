@@ -16,7 +16,7 @@ COMMANDS = {
     "tokenize": "encode image shards into token shards with a trained tokenizer (stage 2's data)",
     "info": "build a preset's networks without training: parameter counts, batch, precision",
     "inspect": "print a checkpoint's step and per-component SHA-256 digests",
-    "evaluate": "FID of a checkpoint's EMA generator, logged to its MLflow run",
+    "evaluate": "a checkpoint's metrics (FID, IS, P/R; a tokenizer's rFID, PSNR, ...), logged to its MLflow run",
     "sample": "write a sample grid (or latent interpolations) from a checkpoint",
     "compare": "FID curves of MLflow runs in one PNG, and the parameters that differ, side by side",
     "doctor": "check what a run needs (software, GPUs, weights, shards, MLflow, SLURM); exit 1 if missing",
@@ -30,15 +30,6 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {k.ljust(width)}  {v}" for k, v in COMMANDS.items())
     return f"usage: bigtrain COMMAND [ARGS]\n\ncommands:\n{rows}\n\n`bigtrain COMMAND --help` for a command's options."
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from bigtrain.checkpoint.io import CheckpointError
-    from bigtrain.config.validate import ConfigError
-    from bigtrain.data.manifest import DatasetError
-    from bigtrain.eval.features import MissingWeightsError
-
-    return (CheckpointError, ConfigError, DatasetError, MissingWeightsError)
 
 
 def one_line(exc: BaseException) -> str:
@@ -59,14 +50,14 @@ def user_errors_exit() -> Iterator[None]:
     Used around every command, and inside the Hydra app too (Hydra would otherwise print a
     traceback for any exception raised in the task function).
     """
-    from bigtrain.train.tasks import NonFiniteLossError
+    from bigtrain.errors import USER_ERRORS, NonFiniteLossError
 
     try:
         yield
     except NonFiniteLossError as exc:
         print(f"bigtrain: error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_NONFINITE) from None
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         print(f"bigtrain: error: {one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
 

@@ -1,15 +1,27 @@
-"""``bigtrain sample CKPT --out grid.png``: a grid from the EMA generator, or with ``--interpolate``
-straight-line walks in z between random points (Radford et al. 2016, sec. 6.1), one row each."""
+"""``bigtrain sample CKPT --out grid.png``: a grid from a checkpoint's generator (a GAN's EMA G, a
+prior's decoded codes), one row per class with ``--per-class``, or with ``--interpolate`` straight-line
+walks in z between random points (Radford et al. 2016, sec. 6.1), one row each. Sampling options
+(``--truncation`` for GANs; ``--temperature``, ``--top-k``, ``--top-p``, ``--cfg-scale`` for priors)
+are passed to the task, which refuses the ones it does not take."""
 
 from __future__ import annotations
 
 import argparse
 
 import torch
-from torchvision.utils import save_image
 
-from bigtrain.config.validate import ConfigError
-from bigtrain.train.snapshot import Snapshot, load_snapshot
+from bigtrain.errors import ConfigError
+from bigtrain.train.snapshot import load_snapshot
+from bigtrain.utils.images import save_grid
+
+# command-line flag -> the task's sampling option (Task.sample_options)
+OPTIONS = {
+    "truncation": "--truncation",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "cfg_scale": "--cfg-scale",
+}
 
 
 def main(argv: list[str]) -> int:
@@ -22,7 +34,6 @@ def main(argv: list[str]) -> int:
         "--interpolate", action="store_true", help="each row walks z from one random point to another"
     )
     p.add_argument("--steps", type=int, default=10, help="images per interpolation row")
-    p.add_argument("--truncation", type=float, default=0.0, help="truncation trick: redraw |z| > T (0 = off)")
     p.add_argument(
         "--class",
         dest="classes",
@@ -33,6 +44,10 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--per-class", action="store_true", help="one row per class (conditional models)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    gan = p.add_argument_group("task=gan checkpoints")
+    gan.add_argument(
+        "--truncation", type=float, default=None, help="truncation trick: redraw |z| > T (0 = off)"
+    )
     prior = p.add_argument_group("task=prior checkpoints (default: the run's prior.* settings)")
     prior.add_argument("--temperature", type=float, default=None)
     prior.add_argument("--top-k", type=int, default=None)
@@ -41,78 +56,40 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     snap = load_snapshot(a.ckpt, a.device)
     task = snap.task
-    if snap.cfg.task == "prior":
-        return _sample_prior(a, snap)
-    if snap.cfg.task != "gan":
+    if not task.generates:
         # A tokenizer does not generate; its grid (originals over reconstructions) is in the run's
-        # samples/ folder and `bigtrain evaluate` gives its rFID.
+        # samples/ folder and `bigtrain evaluate` gives its reconstruction metrics.
         raise ConfigError(
             f"bigtrain sample draws from a generator; {a.ckpt} is a task={snap.cfg.task} checkpoint "
             "(use bigtrain evaluate for its reconstruction FID)"
         )
-    g = torch.Generator().manual_seed(a.seed)
-    num_classes = getattr(task, "num_classes", 0)
-    _check_classes(a, num_classes, "model")
-    if a.per_class:
-        from bigtrain.train.gan_task import truncated_normal
-
-        classes = a.classes or list(range(num_classes))
-        z = truncated_normal(a.rows, snap.cfg.model.z_dim, a.truncation, g, torch.device("cpu")).repeat(
-            len(classes), 1
+    given = {name: getattr(a, name) for name in OPTIONS if getattr(a, name) is not None}
+    refused = [OPTIONS[name] for name in given if name not in task.sample_options]
+    if refused:
+        takes = ", ".join(OPTIONS[n] for n in OPTIONS if n in task.sample_options) or "none"
+        raise ConfigError(
+            f"{', '.join(refused)}: not for a task={snap.cfg.task} checkpoint (it takes: {takes})"
         )
-        y = torch.tensor(classes).repeat_interleave(a.rows)
-        images, nrow = task._generate(task._eval_G(), z, y), a.rows  # noqa: SLF001
-    elif a.interpolate:
-        G = task._eval_G()  # noqa: SLF001 - the task owns which network samples
-        z_dim = snap.cfg.model.z_dim
-        ends = torch.randn(a.rows, 2, z_dim, generator=g)
-        t = torch.linspace(0, 1, a.steps).view(1, -1, 1)
-        z = (ends[:, :1] * (1 - t) + ends[:, 1:] * t).reshape(-1, z_dim)
-        y = None
-        if task.num_classes:  # type: ignore[attr-defined]
-            y = torch.randint(0, task.num_classes, (a.rows,), generator=g).repeat_interleave(a.steps)  # type: ignore[attr-defined]
-        images, nrow = task._generate(G, z, y), a.steps  # noqa: SLF001
+    _check_classes(a, task.num_classes)
+    g = torch.Generator().manual_seed(a.seed)
+    if a.interpolate:
+        images, nrow = task.interpolate(a.rows, a.steps, g, **given), a.steps
+    elif a.per_class:
+        images, nrow = (
+            task.sample_per_class(a.classes or list(range(task.num_classes)), a.rows, g, **given),
+            a.rows,
+        )
     else:
-        images = task.sampler(a.truncation, a.classes)(a.rows * a.rows, g)
-        nrow = a.rows
-    return _write(a.out, images, nrow, snap.checkpoint.step)
-
-
-def _check_classes(a: argparse.Namespace, num_classes: int, what: str) -> None:
-    """``--class`` / ``--per-class`` need a conditional network and labels in its range."""
-    if (a.classes or a.per_class) and not num_classes:
-        raise ConfigError(f"--class/--per-class need a class-conditional {what} (model.conditional=true)")
-    bad = [c for c in a.classes or [] if not 0 <= c < num_classes]
-    if bad:
-        raise ConfigError(f"--class {bad[0]} is out of range: the model has {num_classes} classes")
-
-
-def _write(out: str, images: torch.Tensor, nrow: int, step: int) -> int:
-    save_image(images, out, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
-    print(f"wrote {out} ({images.shape[0]} images, step {step})")
+        images, nrow = task.sample(a.rows * a.rows, g, classes=a.classes, **given), a.rows
+    save_grid(images, a.out, nrow)
+    print(f"wrote {a.out} ({images.shape[0]} images, step {snap.checkpoint.step})")
     return 0
 
 
-def _sample_prior(a: argparse.Namespace, snap: Snapshot) -> int:
-    """Codes from the transformer (KV cache, the run's or the given sampling settings), decoded by
-    the tokenizer the token dataset records."""
-    task = snap.task
-    num_classes = getattr(task, "num_classes", 0)
-    if a.interpolate or a.truncation:
-        raise ConfigError(
-            "--interpolate and --truncation are for GAN generators; a prior takes --temperature, --top-k, --top-p, --cfg-scale"
-        )
-    _check_classes(a, num_classes, "prior")
-    g = torch.Generator(snap.device).manual_seed(a.seed)
-    opts = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p, "cfg_scale": a.cfg_scale}
-    if a.per_class or a.classes:
-        classes = a.classes or list(range(num_classes))
-        labels = (
-            torch.tensor(classes).repeat_interleave(a.rows)
-            if a.per_class
-            else torch.tensor(classes)[torch.arange(a.rows * a.rows) % len(classes)]
-        )
-    else:
-        labels = task._labels(a.rows * a.rows, torch.Generator().manual_seed(a.seed), None)  # noqa: SLF001
-    images = task.generate_images(labels, len(labels) if labels is not None else a.rows * a.rows, g, **opts)  # type: ignore[attr-defined]
-    return _write(a.out, images, a.rows, snap.checkpoint.step)
+def _check_classes(a: argparse.Namespace, num_classes: int) -> None:
+    """``--class`` / ``--per-class`` need a conditional network and labels in its range."""
+    if (a.classes or a.per_class) and not num_classes:
+        raise ConfigError("--class/--per-class need a class-conditional model (model.conditional=true)")
+    bad = [c for c in a.classes or [] if not 0 <= c < num_classes]
+    if bad:
+        raise ConfigError(f"--class {bad[0]} is out of range: the model has {num_classes} classes")

@@ -11,6 +11,7 @@ import argparse
 import json
 
 from bigtrain.data.tokenize import tokenize_dataset
+from bigtrain.train.snapshot import load_tokenizer
 
 
 def main(argv: list[str]) -> int:
@@ -22,7 +23,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     a = p.parse_args(argv)
-    m = tokenize_dataset(a.ckpt, a.shards, a.out, a.workers, a.batch_size, a.device)
+    m = tokenize_dataset(load_tokenizer, a.ckpt, a.shards, a.out, a.workers, a.batch_size, a.device)
     summary = {split: m.count(split) for split in m.splits}
     print(
         json.dumps({"out": str(m.root), "counts": summary, **{k: m.extra[k] for k in ("tokens", "skipped")}})

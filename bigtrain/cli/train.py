@@ -8,8 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bigtrain.config.compose import CONFIG_DIR
-from bigtrain.config.schema import register
+from bigtrain.train.compose import CONFIG_DIR, register
 
 register()
 
@@ -60,7 +59,34 @@ def app(cfg: DictConfig) -> None:
         print(summary(result), flush=True)
 
 
+USAGE = """usage: bigtrain train [OVERRIDES] [-m] [--help] [--hydra-help]
+
+Train with the config composed from configs/train.yaml and OVERRIDES (Hydra syntax:
+experiment=mnist_dcgan data.path=data/mnist5k trainer.max_steps=500; -m sweeps comma lists).
+`bigtrain train OVERRIDES --help` shows the choices for that config, with the selected model
+family's model.arch options; --hydra-help is Hydra's own help; --cfg job prints the config.
+"""
+
+
 def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        from bigtrain.cli.options import choices
+        from bigtrain.errors import ConfigError
+        from bigtrain.train.compose import compose_config
+
+        try:
+            cfg = compose_config([a for a in argv if a not in ("-h", "--help", "-m", "--multirun")])
+        except ConfigError:
+            cfg = None
+        print(USAGE)
+        print(choices(cfg))
+        return 0
+    if not any(a.startswith("-") for a in argv):  # not a sweep, not a Hydra flag (--cfg, --info, ...)
+        from bigtrain.cli.main import user_errors_exit
+        from bigtrain.train.compose import compose_config
+
+        with user_errors_exit():  # a bad override is one line and exit code 2, before any work
+            compose_config([a for a in argv if not a.startswith(("hydra.", "hydra/"))])
     sys.argv = ["bigtrain-train", *argv]
     app()
     return 0

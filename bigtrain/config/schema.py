@@ -3,7 +3,15 @@
 Hydra merges the YAML under ``configs/`` onto these dataclasses, so an unknown key
 (``trainer.max_stepz=1``) or a wrong type (``trainer.max_steps=abc``) stops at start-up with a
 message naming the key; enums reject unknown choices the same way. Cross-field rules that types
-cannot express live in ``bigtrain.config.validate``.
+cannot express live in ``bigtrain.config.validate`` (and in each task's ``check_config``).
+
+This module holds what every task shares. Each task extends :class:`TrainConfig` with its own
+sections, model keys and optimizer blocks in its own module (``GANConfig`` in
+``bigtrain/train/tasks/gan.py``: ``loss``, ``ema``, ``model.z_dim``, ``optim.g``, ``optim.d``), and
+its config group (``configs/task/<name>.yaml``) puts that subclass under the run's config. So a
+run's saved config holds exactly what it uses, and another task's key (``vq.disc_start`` on a GAN)
+is an unknown key, not silently ignored. A family's ``model.arch`` options are typed by its own
+dataclass (``bigtrain.models``) the same way.
 """
 
 from __future__ import annotations
@@ -14,14 +22,6 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
-
-
-class LossName(StrEnum):
-    minimax = "minimax"
-    non_saturating = "non_saturating"
-    lsgan = "lsgan"
-    wgan_gp = "wgan_gp"
-    hinge = "hinge"
 
 
 class Precision(StrEnum):
@@ -61,44 +61,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "dcgan"
+    name: str = "dcgan"  # a registered family (bigtrain.models): dcgan, biggan, ..., vqgan, gpt
     conditional: bool = False
-    z_dim: int = 100
-    g_width: int = 64
-    d_width: int = 64
-    d_norm: str = "batch"  # batch | layer | none
-    arch: dict[str, Any] = field(default_factory=dict)  # a family's own options, e.g. BigGAN's attention
-
-
-@dataclass
-class LossConfig:
-    name: LossName = LossName.non_saturating
-    d_steps: int = 1  # k discriminator steps per generator step (Goodfellow et al. 2014, Alg. 1)
-    gp_weight: float = 10.0  # WGAN-GP lambda
-    # D on real and fake as two batches (DCGAN: batchnorm statistics per kind) or, False, as one
-    # concatenated batch (BigGAN's split_D=False: one forward, one spectral-norm power iteration)
-    split_d: bool = True
-    diffaugment: str = ""  # DiffAugment policy for small datasets, e.g. "color,translation,cutout"
-    # BigGAN's off-diagonal orthogonal regularisation of G's / D's weights (Brock et al. 2019, 3.1)
-    g_ortho: float = 0.0
-    d_ortho: float = 0.0
-    # ProGAN's drift term eps * E[D(x)^2] on real logits, keeping a WGAN critic's output near 0
-    drift: float = 0.0
-
-
-@dataclass
-class VQLossConfig:
-    """The tokenizer's objective (task=tokenizer; Esser et al. 2021, eq. 4-7). VQ-VAE (van den Oord
-    et al. 2017) is ``perceptual_weight=0, disc_weight=0``."""
-
-    rec_loss: str = "l1"  # l1 | l2 (per pixel)
-    rec_weight: float = 1.0
-    perceptual_weight: float = 1.0  # LPIPS (VGG16 from the cache)
-    codebook_weight: float = 1.0  # the quantiser's codebook + beta * commitment loss
-    disc_weight: float = 0.8  # scales the adaptive weight of the PatchGAN term; 0 = no discriminator
-    disc_start: int = 0  # step from which the GAN term and D's updates are on
-    disc_layers: int = 3
-    disc_width: int = 64
+    # the family's own options, typed by its dataclass in bigtrain.models (checked at start-up);
+    # `bigtrain train model=NAME --help` lists them
+    arch: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -127,31 +94,10 @@ class ScheduleConfig:
 
 @dataclass
 class OptimConfig:
-    g: AdamConfig = field(default_factory=AdamConfig)  # G; the tokenizer; the prior (as AdamW)
-    d: AdamConfig = field(default_factory=AdamConfig)
+    """The schedule every optimizer of the run follows; each task adds one block per optimizer,
+    named like its checkpoint component (``optim.g`` -> ``opt_G``)."""
+
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-
-
-class Engine(StrEnum):
-    torch = "torch"  # plain PyTorch: one all-reduce of the gradients per step
-    deepspeed = "deepspeed"  # DeepSpeed's engine with ZeRO (prior.zero_stage)
-
-
-@dataclass
-class PriorTrainConfig:
-    """Stage 2 of the VQ-GAN pipeline (task=prior): how the transformer trains and samples."""
-
-    engine: Engine = Engine.deepspeed
-    zero_stage: int = 2  # DeepSpeed ZeRO stage: 1 optimizer states, 2 + gradients, 3 + parameters
-    grad_clip: float = 1.0  # global gradient-norm clipping (0 = off)
-    # The frozen tokenizer that decodes samples; empty = the checkpoint recorded by `bigtrain tokenize`
-    # in the token dataset's dataset.json
-    tokenizer: str = ""
-    # Sampling for grids, FID and `bigtrain sample` (Esser et al. 2021; LlamaGen's CFG)
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    cfg_scale: float = 1.0  # classifier-free guidance; 1 = off
 
 
 @dataclass
@@ -176,14 +122,6 @@ class TrainerConfig:
 
 
 @dataclass
-class EMAConfig:
-    enabled: bool = True
-    decay: float = 0.999
-    start_step: int = 0
-    warmup: bool = True
-
-
-@dataclass
 class EvalConfig:
     every: int = 1000  # FID every N steps (and at the end); 0 = only at the end
     feature: str = "inception"  # inception | digits | a registered extractor
@@ -192,8 +130,9 @@ class EvalConfig:
     ref_split: str = "train"
     ref_max_images: int = 50000
     seed: int = 1234  # fixed z for FID, separate from training randomness
-    inception_score: bool = True  # IS from the feature network's class head, same samples
-    precision_recall: bool = True  # Kynkäänniemi et al. 2019, k = 3, in the FID feature space
+    # registered metrics (bigtrain.eval.registry): fid, is, pr, psnr, ssim, codebook; empty = the
+    # task's defaults (GAN, prior: fid, is, pr; tokenizer: fid, pr, psnr, ssim, codebook)
+    metrics: list[str] | None = None
     enabled: bool = True
 
 
@@ -227,18 +166,14 @@ class StagesConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    task: str = "gan"  # the training task (a registry in bigtrain.train.tasks): gan | tokenizer | prior
+    task: str = "gan"  # the config group task=gan|tokenizer|prior (bigtrain.train.tasks) sets it
     resume: str = "auto"  # auto | never | PATH to a checkpoint folder
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    vq: VQLossConfig = field(default_factory=VQLossConfig)
-    prior: PriorTrainConfig = field(default_factory=PriorTrainConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    ema: EMAConfig = field(default_factory=EMAConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bigtrain.errors import DatasetError
+
 MANIFEST_NAME = "dataset.json"
 MANIFEST_VERSION = 1
-
-
-class DatasetError(RuntimeError):
-    """A dataset problem the user must fix (missing folder, manifest or shard); message is one line."""
 
 
 @dataclass

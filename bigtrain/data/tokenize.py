@@ -34,11 +34,15 @@ from bigtrain.data.prepare import to_pil
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(ckpt: str, device: str, threads: int) -> None:
-    from bigtrain.train.snapshot import load_tokenizer
+TokenizerLoader = Callable[[str, str], tuple[Any, Any]]
+"""``load(checkpoint, device) -> (frozen VQ model, Checkpoint)``: the caller's (``bigtrain tokenize``
+passes ``bigtrain.train.snapshot.load_tokenizer``), so this data module needs no training code. A
+module-level function, so the spawned workers receive it by reference."""
 
+
+def _init_worker(load: TokenizerLoader, ckpt: str, device: str, threads: int) -> None:
     torch.set_num_threads(threads)
-    _WORKER["vq"], _ = load_tokenizer(ckpt, device)
+    _WORKER["vq"], _ = load(ckpt, device)
 
 
 @torch.no_grad()
@@ -87,6 +91,7 @@ def tokenize_shard(src: str, dst: str, channels: int, batch_size: int) -> tuple[
 
 
 def tokenize_dataset(
+    load: TokenizerLoader,
     ckpt: str | Path,
     src: str | Path,
     out: str | Path,
@@ -98,10 +103,8 @@ def tokenize_dataset(
 ) -> DatasetManifest:
     """Tokenize every split of the image dataset at ``src`` into ``out``; returns the new manifest."""
     ckpt = str(Path(ckpt).resolve())
-    from bigtrain.train.snapshot import load_tokenizer
-
     manifest = DatasetManifest.load(src)
-    vq, ck = load_tokenizer(ckpt, device)
+    vq, ck = load(ckpt, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(split, s) for split, shards in manifest.splits.items() for s in shards]
@@ -110,7 +113,7 @@ def tokenize_dataset(
     bar = tqdm(total=len(jobs), unit="shard", desc="tokenize", disable=not progress)
     ctx = mp.get_context("spawn")  # no forked CUDA state, no shared RNG
     with ProcessPoolExecutor(
-        max(1, workers), mp_context=ctx, initializer=_init_worker, initargs=(ckpt, device, threads)
+        max(1, workers), mp_context=ctx, initializer=_init_worker, initargs=(load, ckpt, device, threads)
     ) as pool:
         futures = {
             s.file: pool.submit(
@@ -149,7 +152,7 @@ def tokenize_dataset(
                 "step": ck.step,
                 "digest": ck.meta.get("digests", {}).get("vq"),
                 "arch": OmegaConf.to_container(
-                    OmegaConf.load(ck.path / "config.yaml").model.arch, resolve=True
+                    OmegaConf.load(ck.path / "config.yaml").model.get("arch", {}), resolve=True
                 ),
             },
         },

@@ -42,6 +42,21 @@ def build_accelerator(precision: str = "no", cpu: bool | None = None, timeout_s:
     return Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=[kwargs])
 
 
+class LocalAccelerator:
+    """The slice of an Accelerator that tasks use (``device``, ``autocast()``), for one process that
+    must not start a process group: ``bigtrain info`` (the meta device), benchmarks, tests."""
+
+    def __init__(self, device: torch.device | str = "cpu", precision: str = "no") -> None:
+        self.device = torch.device(device)
+        self.precision = "no" if precision in ("no", "fp32") else precision
+
+    def autocast(self) -> Any:
+        kind = self.device.type if self.device.type in ("cuda", "cpu") else "cpu"
+        if self.precision == "no":
+            return torch.autocast(kind, enabled=False)
+        return torch.autocast(kind, dtype=torch.float16 if self.precision == "fp16" else torch.bfloat16)
+
+
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 

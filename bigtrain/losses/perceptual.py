@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from bigtrain.eval.features import MissingWeightsError, vgg16_weights_path
+from bigtrain.errors import MissingWeightsError
+from bigtrain.utils.cache import vgg16_weights_path
 
 # torchvision's vgg16().features indices -> LPIPS trunk slice (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3)
 _SLICES = ((1, range(0, 4)), (2, range(4, 9)), (3, range(9, 16)), (4, range(16, 23)), (5, range(23, 30)))

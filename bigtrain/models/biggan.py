@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bigtrain.config.typed import option
 from bigtrain.models.biggan_layers import (
+    BigGANFamilyArch,
     ConditionalBatchNorm,
     DBlock,
     GBlock,
@@ -48,9 +50,9 @@ from bigtrain.models.biggan_layers import (
     sn_embedding,
     sn_linear,
 )
-from bigtrain.models.common import check_arch_keys
 from bigtrain.models.common import check_labels as _labels
 from bigtrain.models.growing import Growing
+from bigtrain.models.registry import GANShape, register_model
 
 BOTTOM_WIDTH = 4
 """Spatial size of G's first feature map (and of D's last)."""
@@ -382,80 +384,48 @@ class BigGANDiscriminator(Growing, ProjectionDiscriminator):
         return F.relu(grown_features(x, self, self._from_image)).sum(dim=(2, 3))
 
 
-_ARCH_KEYS = frozenset(
-    {
-        "hier",
-        "init",
-        "shared_dim",
-        "attention",
-        "g_attention",
-        "d_attention",
-        "sn_eps",
-        "g_sn_eps",
-        "d_sn_eps",
-        "sn_itrs",
-        "bn_eps",
-        "cross_replica_bn",
-        "wide",
-        "grow",
-    }
+@dataclass
+class BigGANArch(BigGANFamilyArch):
+    hier: bool = option(True, "hierarchical z: a chunk of z into every G block")
+    wide: bool = option(True, "D's blocks widen on their first conv (the release's D_wide)")
+
+
+@register_model(
+    "biggan", kind="gan", arch=BigGANArch, help="Brock et al. 2019, as released in BigGAN-PyTorch"
 )
-
-
-def build_biggan(
-    *,
-    resolution: int,
-    channels: int,
-    num_classes: int,
-    z_dim: int,
-    g_width: int,
-    d_width: int,
-    d_norm: str = "batch",
-    **arch: object,
-) -> tuple[BigGANGenerator, BigGANDiscriminator]:
-    """Build a BigGAN ``(G, D)`` pair for the model registry.
-
-    ``g_width`` / ``d_width`` are the release's ``G_ch`` / ``D_ch``. BigGAN's D is normalised by
-    spectral norm only, so ``d_norm`` is moot (``build_gan`` checks it for every family; and
-    BigGAN is then safe with per-sample penalties such as WGAN-GP's). Optional ``arch`` keys:
-    ``hier`` (default True), ``shared_dim`` (128; 0 = per-layer class embeddings), ``attention``
-    (resolutions for both nets, default ``(64,)``) or ``g_attention`` / ``d_attention``, ``sn_eps``
-    (1e-6) or ``g_sn_eps`` / ``d_sn_eps``, ``sn_itrs`` (1), ``bn_eps`` (1e-5), ``cross_replica_bn``
-    (False), ``wide`` (True) and ``grow`` (False: progressive resolution stages). The defaults are the release's 128x128 ImageNet settings; its CIFAR
-    one is ``hier=False, shared_dim=0, attention=()`` with widths 64 and ``z_dim=128``.
-    """
-    check_arch_keys("BigGAN", arch, _ARCH_KEYS)
-    attention = arch.get("attention", (64,))
-    sn_eps = float(arch.get("sn_eps", 1e-6))  # type: ignore[arg-type]
-    sn_itrs = int(arch.get("sn_itrs", 1))  # type: ignore[call-overload]
+def build_biggan(shape: GANShape, arch: BigGANArch) -> tuple[BigGANGenerator, BigGANDiscriminator]:
+    """A BigGAN ``(G, D)`` pair. ``g_width`` / ``d_width`` are the release's ``G_ch`` / ``D_ch``;
+    the ``arch`` defaults are its 128x128 ImageNet settings, its CIFAR ones ``hier=False,
+    shared_dim=0, attention=[]`` with widths 64 and ``z_dim=128``. D has spectral norm only, so
+    ``d_norm`` is moot (and per-sample penalties such as WGAN-GP's are safe)."""
     g = BigGANGenerator(
-        resolution,
-        channels,
-        num_classes,
-        z_dim=z_dim,
-        ch=g_width,
-        shared_dim=int(arch.get("shared_dim", 128)),  # type: ignore[call-overload]
-        hier=bool(arch.get("hier", True)),
-        attention=attention_resolutions(arch.get("g_attention", attention)),
-        sn_eps=float(arch.get("g_sn_eps", sn_eps)),  # type: ignore[arg-type]
-        bn_eps=float(arch.get("bn_eps", 1e-5)),  # type: ignore[arg-type]
-        cross_replica_bn=bool(arch.get("cross_replica_bn", False)),
-        sn_itrs=sn_itrs,
-        grow=bool(arch.get("grow", False)),
+        shape.resolution,
+        shape.channels,
+        shape.num_classes,
+        z_dim=shape.z_dim,
+        ch=shape.g_width,
+        shared_dim=arch.shared_dim,
+        hier=arch.hier,
+        attention=arch.attention_of("G"),
+        sn_eps=arch.sn_eps_of("G"),
+        bn_eps=float(arch.bn_eps),
+        cross_replica_bn=arch.cross_replica_bn,
+        sn_itrs=arch.sn_itrs,
+        grow=arch.grow,
     )
     d = BigGANDiscriminator(
-        resolution,
-        channels,
-        num_classes,
-        ch=d_width,
-        attention=attention_resolutions(arch.get("d_attention", attention)),
-        sn_eps=float(arch.get("d_sn_eps", sn_eps)),  # type: ignore[arg-type]
-        wide=bool(arch.get("wide", True)),
-        sn_itrs=sn_itrs,
-        grow=bool(arch.get("grow", False)),
+        shape.resolution,
+        shape.channels,
+        shape.num_classes,
+        ch=shape.d_width,
+        attention=arch.attention_of("D"),
+        sn_eps=arch.sn_eps_of("D"),
+        wide=arch.wide,
+        sn_itrs=arch.sn_itrs,
+        grow=arch.grow,
     )
-    apply_init((g, d), str(arch.get("init", "ortho")))
+    apply_init((g, d), arch.init)
     return g, d
 
 
-__all__ = ["SUPPORTED_RESOLUTIONS", "BigGANDiscriminator", "BigGANGenerator", "build_biggan"]
+__all__ = ["SUPPORTED_RESOLUTIONS", "BigGANArch", "BigGANDiscriminator", "BigGANGenerator", "build_biggan"]

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bigtrain.config.typed import option
 from bigtrain.models.biggan_layers import (
+    BigGANFamilyArch,
     ConditionalBatchNorm,
     NormFactory,
     ProjectionDiscriminator,
@@ -42,8 +45,9 @@ from bigtrain.models.biggan_layers import (
     sn_embedding,
     sn_linear,
 )
-from bigtrain.models.common import check_arch_keys, check_labels
+from bigtrain.models.common import check_labels
 from bigtrain.models.growing import Growing
+from bigtrain.models.registry import GANShape, register_model
 
 
 class DeepGBlock(nn.Module):
@@ -363,89 +367,57 @@ class BigGANDeepDiscriminator(Growing, ProjectionDiscriminator):
         return F.relu(grown_features(x, self, self._from_image)).sum(dim=(2, 3))
 
 
-_ARCH_KEYS = frozenset(
-    {
-        "shared_dim",
-        "depth",
-        "g_depth",
-        "d_depth",
-        "channel_ratio",
-        "attention",
-        "g_attention",
-        "d_attention",
-        "sn_eps",
-        "g_sn_eps",
-        "d_sn_eps",
-        "sn_itrs",
-        "bn_eps",
-        "cross_replica_bn",
-        "init",
-        "grow",
-    }
+@dataclass
+class BigGANDeepArch(BigGANFamilyArch):
+    depth: int = option(2, "bottleneck blocks per resolution, both networks")
+    g_depth: int | None = option(None, "G's blocks per resolution (default: depth)")
+    d_depth: int | None = option(None, "D's blocks per resolution (default: depth)")
+    channel_ratio: int = option(4, "bottleneck width = channels / channel_ratio")
+
+
+@register_model(
+    "biggan_deep", kind="gan", arch=BigGANDeepArch, help="Brock et al. 2019 appendix B, as released"
 )
-
-
 def build_biggan_deep(
-    *,
-    resolution: int,
-    channels: int,
-    num_classes: int,
-    z_dim: int,
-    g_width: int,
-    d_width: int,
-    d_norm: str = "batch",
-    **arch: object,
+    shape: GANShape, arch: BigGANDeepArch
 ) -> tuple[BigGANDeepGenerator, BigGANDeepDiscriminator]:
-    """Build a BigGAN-deep ``(G, D)`` pair for the model registry (``model.name=biggan_deep``).
-
-    ``g_width`` / ``d_width`` are the release's ``G_ch`` / ``D_ch``; ``d_norm`` is moot (spectral
-    norm only). Optional ``arch`` keys: ``depth`` (blocks per resolution, 2) or ``g_depth`` /
-    ``d_depth``, ``shared_dim`` (128), ``channel_ratio`` (4), ``attention`` (``(64,)``) or
-    ``g_attention`` / ``d_attention``, ``sn_eps`` (1e-6) or ``g_sn_eps`` / ``d_sn_eps``, ``sn_itrs``
-    (1), ``bn_eps`` (1e-5), ``cross_replica_bn`` (False), ``init`` (``ortho`` | ``N02``) and
-    ``grow`` (False: progressive resolution stages, as BigGAN's).
-    """
-    check_arch_keys("BigGAN-deep", arch, _ARCH_KEYS)
-
-    depth = int(arch.get("depth", 2))  # type: ignore[call-overload]
-    attention = arch.get("attention", (64,))
-    sn_eps = float(arch.get("sn_eps", 1e-6))  # type: ignore[arg-type]
-    sn_itrs = int(arch.get("sn_itrs", 1))  # type: ignore[call-overload]
-    channel_ratio = int(arch.get("channel_ratio", 4))  # type: ignore[call-overload]
+    """A BigGAN-deep ``(G, D)`` pair (``model.name=biggan_deep``); ``g_width`` / ``d_width`` are the
+    release's ``G_ch`` / ``D_ch``; spectral norm only (``d_norm`` is moot)."""
     g = BigGANDeepGenerator(
-        resolution,
-        channels,
-        num_classes,
-        z_dim=z_dim,
-        ch=g_width,
-        shared_dim=int(arch.get("shared_dim", 128)),  # type: ignore[call-overload]
-        depth=int(arch.get("g_depth", depth)),  # type: ignore[call-overload]
-        attention=attention_resolutions(arch.get("g_attention", attention)),
-        channel_ratio=channel_ratio,
-        sn_eps=float(arch.get("g_sn_eps", sn_eps)),  # type: ignore[arg-type]
-        bn_eps=float(arch.get("bn_eps", 1e-5)),  # type: ignore[arg-type]
-        cross_replica_bn=bool(arch.get("cross_replica_bn", False)),
-        sn_itrs=sn_itrs,
-        grow=bool(arch.get("grow", False)),
+        shape.resolution,
+        shape.channels,
+        shape.num_classes,
+        z_dim=shape.z_dim,
+        ch=shape.g_width,
+        shared_dim=arch.shared_dim,
+        depth=arch.depth if arch.g_depth is None else arch.g_depth,
+        attention=arch.attention_of("G"),
+        channel_ratio=arch.channel_ratio,
+        sn_eps=arch.sn_eps_of("G"),
+        bn_eps=float(arch.bn_eps),
+        cross_replica_bn=arch.cross_replica_bn,
+        sn_itrs=arch.sn_itrs,
+        grow=arch.grow,
     )
     d = BigGANDeepDiscriminator(
-        resolution,
-        channels,
-        num_classes,
-        ch=d_width,
-        depth=int(arch.get("d_depth", depth)),  # type: ignore[call-overload]
-        attention=attention_resolutions(arch.get("d_attention", attention)),
-        channel_ratio=channel_ratio,
-        sn_eps=float(arch.get("d_sn_eps", sn_eps)),  # type: ignore[arg-type]
-        sn_itrs=sn_itrs,
-        grow=bool(arch.get("grow", False)),
+        shape.resolution,
+        shape.channels,
+        shape.num_classes,
+        ch=shape.d_width,
+        depth=arch.depth if arch.d_depth is None else arch.d_depth,
+        attention=arch.attention_of("D"),
+        channel_ratio=arch.channel_ratio,
+        sn_eps=arch.sn_eps_of("D"),
+        sn_itrs=arch.sn_itrs,
+        grow=arch.grow,
     )
-    apply_init((g, d), str(arch.get("init", "ortho")))
+    apply_init((g, d), arch.init)
     return g, d
 
 
 __all__ = [
     "SUPPORTED_RESOLUTIONS",
+    "BigGANDeepArch",
     "BigGANDeepDiscriminator",
     "BigGANDeepGenerator",
     "DeepDBlock",

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+
+from bigtrain.config.typed import option
 
 NormFactory = Callable[[int], nn.Module]
 """``make_norm(num_channels) -> norm layer``; a :class:`ConditionalBatchNorm` or a plain BN layer."""
@@ -520,6 +523,7 @@ def attention_resolutions(value: object) -> frozenset[int]:
 
 
 __all__ = [
+    "BigGANFamilyArch",
     "ConditionalBatchNorm",
     "DBlock",
     "GBlock",
@@ -543,3 +547,29 @@ __all__ = [
     "sn_linear",
     "spectral_norm",
 ]
+
+
+@dataclass
+class BigGANFamilyArch:
+    """``model.arch`` options BigGAN and BigGAN-deep share (defaults: the release's 128x128 ImageNet)."""
+
+    shared_dim: int = option(128, "shared class embedding width (0 = per-layer class embeddings)")
+    attention: list[int] = option([64], "feature-map sizes with self-attention, both networks")
+    g_attention: list[int] | None = option(None, "G's attention sizes (default: attention)")
+    d_attention: list[int] | None = option(None, "D's attention sizes (default: attention)")
+    sn_eps: float = option(1e-6, "spectral norm epsilon, both networks")
+    g_sn_eps: float | None = option(None, "G's spectral norm epsilon (default: sn_eps)")
+    d_sn_eps: float | None = option(None, "D's spectral norm epsilon (default: sn_eps)")
+    sn_itrs: int = option(1, "power iterations per spectral-norm update")
+    bn_eps: float = option(1e-5, "BatchNorm epsilon")
+    cross_replica_bn: bool = option(False, "synchronised BatchNorm across processes (multi-GPU)")
+    init: str = option("ortho", "ortho | N02 (the reference's CIFAR recipe)")
+    grow: bool = option(False, "progressive resolution stages (stages.schedule) with blocks faded in")
+
+    def attention_of(self, net: str) -> frozenset[int]:
+        own = self.g_attention if net == "G" else self.d_attention
+        return attention_resolutions(self.attention if own is None else own)
+
+    def sn_eps_of(self, net: str) -> float:
+        own = self.g_sn_eps if net == "G" else self.d_sn_eps
+        return float(self.sn_eps if own is None else own)

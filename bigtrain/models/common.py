@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from torch import Tensor, nn
 
 
@@ -23,14 +21,3 @@ def projection(logit: Tensor, embed: nn.Module | None, y: Tensor | None, h: Tens
     if embed is None or y is None:
         return logit
     return logit + (embed(y) * h).sum(dim=1)
-
-
-def check_arch_keys(family: str, arch: Iterable[str], known: Iterable[str]) -> None:
-    """Reject ``model.arch`` options a family does not take, naming them and the known ones."""
-    known = sorted(known)
-    unknown = sorted(set(arch) - set(known))
-    if unknown:
-        raise ValueError(
-            f"unknown {family} option(s) {', '.join('model.arch.' + k for k in unknown)}; "
-            f"known: {', '.join(known)}"
-        )

@@ -15,16 +15,17 @@ compute exactly the non-growing DCGAN, whose parameters keep their names.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bigtrain.config.typed import option
 from bigtrain.models.common import check_labels as _labels
 from bigtrain.models.common import projection
 from bigtrain.models.growing import Growing
-
-D_NORMS = ("batch", "layer", "none")
+from bigtrain.models.registry import D_NORMS, GANShape, register_model
 
 
 def _num_stages(resolution: int) -> int:
@@ -218,3 +219,18 @@ class DCGANDiscriminator(Growing, nn.Module):
         for i in range(first, blocks):
             h = self.features[2 + 3 * i : 5 + 3 * i](h)
         return h
+
+
+@dataclass
+class DCGANArch:
+    grow: bool = option(False, "progressive resolution stages (stages.schedule) with faded-in layers")
+
+
+@register_model("dcgan", kind="gan", arch=DCGANArch, help="Radford et al. 2016: strided convs, batchnorm")
+def build_dcgan(shape: GANShape, arch: DCGANArch) -> tuple[DCGANGenerator, DCGANDiscriminator]:
+    """Radford et al. 2016 DCGAN pair; ``d_norm`` picks D's normalisation; ``arch.grow`` adds the
+    layers for progressive resolution stages (``stages.schedule``)."""
+    s = shape
+    g = DCGANGenerator(s.z_dim, s.resolution, s.channels, s.num_classes, s.g_width, grow=arch.grow)
+    d = DCGANDiscriminator(s.resolution, s.channels, s.num_classes, s.d_width, norm=s.d_norm, grow=arch.grow)
+    return g, d

@@ -8,11 +8,14 @@ losses and checkpoints. Both networks follow the shared interface of :mod:`bigtr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from bigtrain.models.common import check_labels as _labels
 from bigtrain.models.common import projection
+from bigtrain.models.registry import GANShape, register_model
 
 
 class MLPGenerator(nn.Module):
@@ -103,3 +106,17 @@ class MLPDiscriminator(nn.Module):
         y = _labels(y, self.num_classes, x.shape[0])
         h = self.features(x)
         return projection(self.head(h).squeeze(1), self.embed, y, h)
+
+
+@dataclass
+class MLPGANArch:
+    """The MLP pair has no options beyond the common ``model.*`` keys."""
+
+
+@register_model("mlp_gan", kind="gan", arch=MLPGANArch, help="Goodfellow et al. 2014: fully connected")
+def build_mlp_gan(shape: GANShape, arch: MLPGANArch) -> tuple[MLPGenerator, MLPDiscriminator]:  # noqa: ARG001
+    """Goodfellow et al. 2014 MLP pair. Its D has no normalisation layers: any ``d_norm`` is moot
+    (and WGAN-GP is safe with every one)."""
+    s = shape
+    g = MLPGenerator(s.z_dim, s.resolution, s.channels, s.num_classes, s.g_width)
+    return g, MLPDiscriminator(s.resolution, s.channels, s.num_classes, s.d_width)

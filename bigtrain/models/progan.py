@@ -21,12 +21,15 @@ as in the paper. The WGAN-GP loss with the drift term is ``loss=wgan_gp loss.dri
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bigtrain.config.typed import option
 from bigtrain.models.growing import Growing
+from bigtrain.models.registry import GANShape, register_model
 
 
 class EqualizedLinear(nn.Module):
@@ -208,8 +211,31 @@ def build_progan(
     )
 
 
+@dataclass
+class ProGANArch:
+    fmap_base: int = option(
+        8192, "widths are min(fmap_base / 2^level, fmap_max); the paper's 1024 px nets: 8192"
+    )
+    fmap_max: int = option(512, "the widest layer")
+    mbstd_group: int = option(4, "minibatch standard deviation group size in D's last block")
+
+
+@register_model("progan", kind="gan", arch=ProGANArch, help="Karras et al. 2018: grows with fade-in")
+def _build_progan_family(shape: GANShape, arch: ProGANArch) -> tuple[ProGANGenerator, ProGANDiscriminator]:
+    """Karras et al. 2018, growing with fade-in; unconditional. Its widths come from ``fmap_base`` /
+    ``fmap_max`` (not ``g_width`` / ``d_width``) and its D has no normalisation (WGAN-GP's penalty is
+    per sample)."""
+    if shape.num_classes:
+        raise ValueError("model=progan is unconditional (as in the paper): set model.conditional=false")
+    return build_progan(
+        resolution=shape.resolution, channels=shape.channels, z_dim=shape.z_dim, fmap_base=arch.fmap_base,
+        fmap_max=arch.fmap_max, mbstd_group=arch.mbstd_group,
+    )  # fmt: skip
+
+
 __all__ = [
     "EqualizedConv2d",
+    "ProGANArch",
     "EqualizedLinear",
     "ProGANDiscriminator",
     "ProGANGenerator",

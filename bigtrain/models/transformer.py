@@ -22,6 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bigtrain.config.typed import option
+from bigtrain.models.registry import register_model
+
 
 @dataclass
 class PriorConfig:
@@ -274,4 +277,40 @@ def generate(
     return out
 
 
-__all__ = ["KVCache", "PriorConfig", "TokenPrior", "generate"]
+__all__ = ["GPTArch", "KVCache", "PriorConfig", "TokenPrior", "build_gpt", "generate"]
+
+
+@dataclass
+class GPTArch:
+    """``model.arch`` of the prior; the defaults are LlamaGen's GPT-B."""
+
+    dim: int = option(768, "model width")
+    layers: int = option(12, "transformer blocks")
+    heads: int = option(12, "attention heads")
+    mlp_ratio: float = option(4.0, "MLP width / dim")
+    dropout: float = option(0.0, "dropout")
+    positions: str = option("rope", "rope | learned")
+    label_dropout: float = option(0.1, "P(class -> the null class) in training, for classifier-free guidance")
+    vocab: int = option(0, "codebook size, used only without token shards (bigtrain info); dataset.json wins")
+    token_grid: int = option(0, "token grid side, used only without token shards; dataset.json wins")
+
+
+@register_model(
+    "gpt", kind="prior", arch=GPTArch, help="decoder-only transformer over codes (VQGAN, LlamaGen)"
+)
+def build_gpt(*, vocab: int, seq_len: int, num_classes: int, arch: GPTArch) -> TokenPrior:
+    """The prior over ``seq_len`` codes of a ``vocab``-code tokenizer."""
+    return TokenPrior(
+        PriorConfig(
+            vocab=vocab,
+            seq_len=seq_len,
+            num_classes=num_classes,
+            dim=arch.dim,
+            layers=arch.layers,
+            heads=arch.heads,
+            mlp_ratio=float(arch.mlp_ratio),
+            dropout=float(arch.dropout),
+            positions=arch.positions,
+            label_dropout=float(arch.label_dropout),
+        )
+    )

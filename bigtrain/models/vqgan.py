@@ -12,12 +12,15 @@ without the perceptual and adversarial terms; the discriminator lives in ``patch
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bigtrain.models.common import check_arch_keys
+from bigtrain.config.typed import option
 from bigtrain.models.quantizers import QuantizerOutput, VectorQuantizer
+from bigtrain.models.registry import build_model, register_model
 from bigtrain.models.vq_layers import AttnBlock, Downsample, ResBlock, Upsample, group_norm
 
 
@@ -195,54 +198,62 @@ class VQModel(nn.Module):
         return self.decoder.conv_out.weight
 
 
-_ARCH_DEFAULTS: dict[str, object] = {
-    "ch": 128,
-    "ch_mult": (1, 1, 2, 2, 4),
-    "num_res_blocks": 2,
-    "attn_resolutions": (16,),
-    "z_channels": 256,
-    "embed_dim": 256,
-    "num_codes": 1024,
-    "dropout": 0.0,
-    "groups": 32,
-    "beta": 0.25,
-    "quantizer": "st",  # st (straight-through, learned codebook) | ema
-    "ema_decay": 0.99,
-    "l2_normalize": False,
-    "restart_after": 0,
-}
+@dataclass
+class VQGANArch:
+    """``model.arch`` of the tokenizer; the defaults are the release's ImageNet f16 model."""
+
+    ch: int = option(128, "base width of the encoder and decoder")
+    ch_mult: list[int] = option([1, 1, 2, 2, 4], "width multiple per level; f = 2^(levels - 1)")
+    num_res_blocks: int = option(2, "residual blocks per level")
+    attn_resolutions: list[int] = option([16], "feature-map sizes with attention")
+    z_channels: int = option(256, "encoder output channels")
+    embed_dim: int = option(256, "code vector width")
+    num_codes: int = option(1024, "codebook size")
+    dropout: float = option(0.0, "dropout in residual blocks")
+    groups: int = option(32, "GroupNorm groups")
+    beta: float = option(0.25, "commitment weight")
+    quantizer: str = option("st", "st: straight-through, learned codebook | ema: EMA codebook updates")
+    ema_decay: float = option(0.99, "EMA codebook decay (quantizer=ema)")
+    l2_normalize: bool = option(False, "cosine (unit-sphere) code matching")
+    restart_after: int = option(0, "re-initialise codes unused for this many steps (0 = never)")
 
 
-def build_vqgan(*, resolution: int, channels: int, **arch: object) -> VQModel:
-    """A :class:`VQModel` from ``model.arch`` options (defaults: the release's ImageNet f16 model
-    with 1,024 codes); an unknown key is an error naming it."""
-    check_arch_keys("tokenizer", arch, _ARCH_DEFAULTS)
-    a = {**_ARCH_DEFAULTS, **arch}
-    if a["quantizer"] not in ("st", "ema"):
-        raise ValueError(f"model.arch.quantizer must be 'st' or 'ema', got {a['quantizer']!r}")
+@register_model(
+    "vqgan", kind="tokenizer", arch=VQGANArch, help="Esser et al. 2021, as released in taming-transformers"
+)
+def _build_vqgan_family(*, resolution: int, channels: int, arch: VQGANArch) -> VQModel:
+    """A :class:`VQModel` from its typed options."""
+    a = arch
+    if a.quantizer not in ("st", "ema"):
+        raise ValueError(f"model.arch.quantizer must be 'st' or 'ema', got {a.quantizer!r}")
     quantizer = VectorQuantizer(
-        int(a["num_codes"]),  # type: ignore[call-overload]
-        int(a["embed_dim"]),  # type: ignore[call-overload]
-        beta=float(a["beta"]),  # type: ignore[arg-type]
-        ema=a["quantizer"] == "ema",
-        decay=float(a["ema_decay"]),  # type: ignore[arg-type]
-        l2_normalize=bool(a["l2_normalize"]),
-        restart_after=int(a["restart_after"]),  # type: ignore[call-overload]
+        a.num_codes,
+        a.embed_dim,
+        beta=float(a.beta),
+        ema=a.quantizer == "ema",
+        decay=float(a.ema_decay),
+        l2_normalize=a.l2_normalize,
+        restart_after=a.restart_after,
     )
     return VQModel(
         resolution,
         channels,
-        ch=int(a["ch"]),  # type: ignore[call-overload]
-        ch_mult=tuple(int(m) for m in a["ch_mult"]),  # type: ignore[attr-defined]
-        num_res_blocks=int(a["num_res_blocks"]),  # type: ignore[call-overload]
-        attn_resolutions=tuple(int(r) for r in a["attn_resolutions"]),  # type: ignore[attr-defined]
-        z_channels=int(a["z_channels"]),  # type: ignore[call-overload]
-        embed_dim=int(a["embed_dim"]),  # type: ignore[call-overload]
-        num_codes=int(a["num_codes"]),  # type: ignore[call-overload]
-        dropout=float(a["dropout"]),  # type: ignore[arg-type]
-        groups=int(a["groups"]),  # type: ignore[call-overload]
+        ch=a.ch,
+        ch_mult=tuple(a.ch_mult),
+        num_res_blocks=a.num_res_blocks,
+        attn_resolutions=tuple(a.attn_resolutions),
+        z_channels=a.z_channels,
+        embed_dim=a.embed_dim,
+        num_codes=a.num_codes,
+        dropout=float(a.dropout),
+        groups=a.groups,
         quantizer=quantizer,
     )
 
 
-__all__ = ["Decoder", "Encoder", "VQModel", "build_vqgan"]
+def build_vqgan(*, resolution: int, channels: int, **arch: Any) -> VQModel:
+    """A :class:`VQModel` from ``model.arch`` options as keywords; an unknown key is an error naming it."""
+    return build_model("vqgan", arch, resolution=resolution, channels=channels)
+
+
+__all__ = ["Decoder", "Encoder", "VQGANArch", "VQModel", "build_vqgan"]

@@ -41,14 +41,16 @@ class RunSummary:
 
 
 def pick_metric(client: Any, run_ids: list[str], metric: str | None) -> str:
-    """``metric`` or the first ``fid/...`` key the runs logged."""
+    """``metric``, or the first ``fid/...`` key the runs logged (a tokenizer's ``rfid/...`` when no
+    run has a generator's FID: the two measure different things and never share an axis)."""
     if metric:
         return metric
-    for rid in run_ids:
-        keys = sorted(k for k in client.get_run(rid).data.metrics if k.startswith("fid/"))
-        if keys:
-            return keys[0]
-    raise ValueError("these runs logged no fid/* metric; pass --metric NAME")
+    for prefix in ("fid/", "rfid/"):
+        for rid in run_ids:
+            keys = sorted(k for k in client.get_run(rid).data.metrics if k.startswith(prefix))
+            if keys:
+                return keys[0]
+    raise ValueError("these runs logged no fid/* or rfid/* metric; pass --metric NAME")
 
 
 def collect(

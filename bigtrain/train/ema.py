@@ -11,10 +11,21 @@ statistics) are copied, not averaged.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+
+@dataclass
+class EMAConfig:
+    """``ema.*`` of the tasks that keep an EMA copy of a network (the GAN's generator)."""
+
+    enabled: bool = True
+    decay: float = 0.999
+    start_step: int = 0  # the EMA copy follows the live weights until this step
+    warmup: bool = True  # TensorFlow's num_updates ramp of the decay
 
 
 class EMA:

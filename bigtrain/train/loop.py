@@ -1,8 +1,16 @@
 """The training loop: build, resume, step, log, sample, evaluate, checkpoint, close.
 
-It is family-agnostic: the task (``bigtrain.train.tasks``) defines a step. Everything with state
-has ``state_dict``/``load_state_dict`` and goes into the checkpoint, so resuming is running the
-same command again.
+It is family-agnostic: it talks to the task only through the contract in
+``bigtrain.train.task``. Everything with state is a component of the checkpoint manager
+(``bigtrain.checkpoint.manager``), so resuming is running the same command again.
+
+One step's data flow::
+
+    DataStream ──batches──► task.train_step ──metrics──► tracker (every log_every)
+        ▲                       │ (per network: accumulate ─► NonFiniteGuard ─► all-reduce ─► step)
+        └─ task.data_shape      ├─► sample_grid (every sample_every) ─► samples/ + MLflow image
+                                ├─► Evaluator(task.eval_source()) (every eval.every) ─► MLflow
+                                └─► CheckpointManager.save (every ckpt_every; once per step)
 """
 
 from __future__ import annotations
@@ -11,29 +19,29 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torchvision.utils import make_grid, save_image
+from PIL import Image
 from tqdm import tqdm
 
 from bigtrain import distributed as bdist
 from bigtrain.checkpoint.digest import digest
-from bigtrain.checkpoint.io import Checkpoint, CheckpointError, latest_valid, open_checkpoint, save_checkpoint
-from bigtrain.config.validate import validate
+from bigtrain.checkpoint.manager import CheckpointManager
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.stream import DataStream, StreamSpec
 from bigtrain.distributed import slurm
 from bigtrain.distributed.preemption import Preemption, Request
+from bigtrain.errors import NonFiniteLossError
+from bigtrain.eval.registry import Evaluator
 from bigtrain.tracking import NullTracker, Tracker
 from bigtrain.tracking.mlflow_tracker import absolute_uri
-from bigtrain.train.fid_hook import FIDEvaluator
-from bigtrain.train.rng import capture_rng, restore_rng, seed_everything
-from bigtrain.train.tasks import NonFiniteLossError, build_task
+from bigtrain.train.task import build_task, check_config, eval_metrics
+from bigtrain.utils.images import grid_uint8
+from bigtrain.utils.rng import capture_rng, restore_rng, seed_everything
 
 log = logging.getLogger("bigtrain")
 
@@ -44,7 +52,7 @@ class TrainResult:
     step: int
     last_checkpoint: Path | None
     grid: Path | None
-    fid: dict[int, float] = field(default_factory=dict)
+    fid: dict[int, float] = field(default_factory=dict)  # the headline metric (FID, rFID) by step
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     seconds: float = 0.0
@@ -85,21 +93,6 @@ def _build_tracker(cfg: DictConfig, run_id: str | None) -> Tracker:
     )
 
 
-def _resume_from(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto":
-        return latest_valid(run_dir)
-    ck = open_checkpoint(cfg.resume)
-    ck.verify()
-    return ck
-
-
-def _to_uint8_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
-    grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
-    return (grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()).copy()
-
-
 def _brief(metrics: dict[str, float]) -> str:
     """The losses and img/s of a metrics dict, short enough for one log line."""
     keys = [k for k in metrics if k.startswith("loss/")] + ["img_per_s"]
@@ -120,6 +113,32 @@ def dataset_meta(m: DatasetManifest) -> dict[str, Any]:
     }
 
 
+class Counters:
+    """The loop's own checkpoint component (``trainer``): step, samples seen, headline metric history."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.images_seen = 0
+        self.history: dict[int, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "images_seen": self.images_seen, "fid": dict(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
+        self.history = {int(k): float(v) for k, v in state.get("fid", {}).items()}
+
+
+class RNGState:
+    """Every global RNG of this process (python, numpy, torch, CUDA), per rank."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return capture_rng()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        restore_rng(state)
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -136,7 +155,7 @@ class Trainer:
         setup_logging(self.run_dir, self.main)
         self.manifest = DatasetManifest.load(cfg.data.path)
         shards = self.manifest.shard_paths(cfg.data.split)
-        validate(cfg, self.manifest.num_classes, self.manifest.kind)
+        check_config(cfg, self.manifest)
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
         seed_everything(cfg.seed)  # identical initial weights on every rank
@@ -157,20 +176,34 @@ class Trainer:
                 kind=self.manifest.kind,
             )
         )
-        self.step = 0
-        self.images_seen = 0
-        self.fid_history: dict[int, float] = {}
+        self.counters = Counters()
         self.evaluated_step = -1
         self.grid_step = -1
+        self.checkpoints = CheckpointManager(
+            self.run_dir,
+            every=cfg.trainer.ckpt_every,
+            keep_last=cfg.trainer.keep_last,
+            resume=str(cfg.resume),
+            config_yaml=self.config_yaml,
+        )
+        self.checkpoints.add_group(self.task)
+        native = self.task.native_state()
+        if native is not None:
+            self.checkpoints.add_native(native)
+        self.checkpoints.add("trainer", self.counters)
+        self.checkpoints.add("rng", RNGState(), per_rank=True)
+        self.checkpoints.add("data", self.stream, per_rank=True)
+        ck = self.checkpoints.resume()
         run_id = None
-        self.last_checkpoint: Path | None = None
-        ck = _resume_from(cfg, self.run_dir)
         if ck is not None:
-            run_id = self._load(ck)
-        self._fids: dict[int, FIDEvaluator] = {}  # one per resolution stage (reference statistics)
-        self.fid = self._fid_for(self.manifest.resolution) if cfg.eval.enabled else None
-        if self.fid is not None and self.main:
-            self.fid.prepare()  # absent weights fail now, not after an hour of training
+            run_id = ck.meta.get("mlflow_run_id")
+            log.info("resumed from %s (step %d)", ck.path, self.step)
+        self.evaluator: Evaluator | None = None
+        if cfg.eval.enabled:
+            self.evaluator = Evaluator(cfg.eval, eval_metrics(cfg), self.device)
+            source = self.task.eval_source()  # every rank: a missing reference fails everywhere
+            if self.main:
+                self.evaluator.prepare(source)  # absent weights fail now, not after an hour of training
         self.tracker = _build_tracker(cfg, run_id)
         if self.main:
             (self.run_dir / "config.yaml").write_text(self.config_yaml)
@@ -191,53 +224,27 @@ class Trainer:
             kd.mkdir(parents=True, exist_ok=True)
             self.keys_file = open(kd / f"rank-{self.rank}.txt", "a")  # noqa: SIM115 - closed in close()
 
+    @property
+    def step(self) -> int:
+        return self.counters.step
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        return self.checkpoints.last
+
     # -- checkpoint ---------------------------------------------------------------------------------
-    def _counters(self) -> dict[str, Any]:
-        return {"step": self.step, "images_seen": self.images_seen, "fid": dict(self.fid_history)}
-
-    def _load(self, ck: Checkpoint) -> str | None:
-        self.task.load_state(ck.shared_components())
-        load_native = getattr(self.task, "load_native", None)  # an engine's own files (DeepSpeed)
-        if load_native is not None:
-            load_native(ck)
-        counters = ck.load("trainer")
-        self.step, self.images_seen = int(counters["step"]), int(counters["images_seen"])
-        self.fid_history = {int(k): float(v) for k, v in counters.get("fid", {}).items()}
-        names = ck.component_names()
-        mine = f"rng.rank{self.rank}" if f"rng.rank{self.rank}" in names else "rng.rank0"
-        if mine != f"rng.rank{self.rank}":
-            log.warning(
-                "checkpoint was written by %s ranks; rank %d takes rank 0's RNG state",
-                ck.meta.get("world_size"),
-                self.rank,
-            )
-        restore_rng(ck.load(mine))
-        self.stream.load_state_dict(ck.load(mine.replace("rng", "data")))
-        self.last_checkpoint = ck.path
-        log.info("resumed from %s (step %d)", ck.path, self.step)
-        return ck.meta.get("mlflow_run_id")
-
     def save(self) -> Path:
-        shared = {**self.task.state(), "trainer": self._counters()}
-        per_rank = {"rng": capture_rng(), "data": self.stream.state_dict()}
+        """Collective: the checkpoint of this step (nothing new if this step is already saved)."""
+        if self.checkpoints.saved(self.step) and self.last_checkpoint is not None:
+            return self.last_checkpoint
         weights = {k: digest(m.state_dict()) for k, m in self.task.digest_modules().items()}
-        rank_weights = bdist.all_gather_objects(weights)
-        path = save_checkpoint(
-            self.run_dir,
-            self.step,
-            shared,
-            per_rank,
-            {
-                "mlflow_run_id": self.tracker.run_id,
-                "tracking_uri": absolute_uri(self.cfg.tracking.uri),
-                "rank_weight_digests": rank_weights,
-                "dataset": dataset_meta(self.manifest),
-            },
-            self.config_yaml,
-            self.cfg.trainer.keep_last,
-            native=getattr(self.task, "save_native", None),
-        )
-        self.last_checkpoint = path
+        meta = {
+            "mlflow_run_id": self.tracker.run_id,
+            "tracking_uri": absolute_uri(self.cfg.tracking.uri),
+            "rank_weight_digests": bdist.all_gather_objects(weights),
+            "dataset": dataset_meta(self.manifest),
+        }
+        path = self.checkpoints.save(self.step, meta)
         if self.main:
             self.tracker.set_tags(
                 {"last_checkpoint": str(path.resolve()), "checkpoint_dir": str(path.parent.resolve())}
@@ -245,53 +252,35 @@ class Trainer:
         return path
 
     # -- periodic work ------------------------------------------------------------------------------
-    def _fid_for(self, resolution: int) -> FIDEvaluator:
-        if resolution not in self._fids:
-            # FID compares with images: a task on other data (the prior's tokens) names their source
-            source = getattr(self.task, "eval_manifest", self.manifest)
-            self._fids[resolution] = FIDEvaluator(self.cfg.eval, source, self.device, resolution)
-        return self._fids[resolution]
-
     def _reshape_data(self) -> None:
         """A resolution stage starts: the stream delivers its resolution and batch size from now on."""
-        shape_of = getattr(self.task, "data_shape", None)
-        shape = shape_of(self.step) if shape_of is not None else None
+        shape = self.task.data_shape(self.step)
         if shape is not None and self.stream.reshape(*shape):
             log.info("step %d: data at %dpx, batch %d per process", self.step, *shape)
 
-    def _before_sampling(self) -> None:
-        """Collective: a task whose weights are sharded (ZeRO-3) gathers them for the main process."""
-        hook = getattr(self.task, "before_sampling", None)
-        if hook is not None:
-            hook()
-
     def write_grid(self) -> Path | None:
         self.grid_step = self.step
-        self._before_sampling()
+        self.task.before_sampling()
         if not self.main:
             return None
         images, nrow = self.task.sample_grid(self.cfg.sample.seed, self.cfg.sample.grid_rows)
         out = self.run_dir / "samples" / f"step-{self.step:08d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images, out, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
-        self.tracker.log_image(_to_uint8_grid(images, nrow), "samples", self.step)
+        grid = grid_uint8(images, nrow)  # the same pixels in the PNG and in MLflow
+        Image.fromarray(grid).save(out)
+        self.tracker.log_image(grid, "samples", self.step)
         return out
 
     def evaluate(self) -> float | None:
+        """Collective: the metrics of ``eval.metrics`` on the main process, logged at this step."""
         value = None
-        self._before_sampling()
-        if self.main and self.fid is not None:
+        self.task.before_sampling()
+        if self.main and self.evaluator is not None:
             t = time.time()
-            current = getattr(self.task, "current_resolution", None)
-            fid = self._fid_for(current()) if current is not None else self.fid
-            results = fid(self.task.sampler())
-            extra = getattr(self.task, "eval_metrics", None)  # e.g. the tokenizer's PSNR, SSIM, usage
-            if extra is not None:
-                results |= extra()
-            value = results[fid.metric_key]
-            if current is not None:  # a resolution stage's FID uses references at its resolution
-                results["eval/resolution"] = float(current())
-            self.fid_history[self.step] = value
+            results = self.evaluator(self.task.eval_source())
+            headline = self.evaluator.headline(results)
+            value = results[headline]
+            self.counters.history[self.step] = value
             self.tracker.log_metrics(results, self.step)
             self.tracker.set_tags({"fid_last": f"{value:.4f}"})
             shown = ", ".join(f"{k} = {v:.3f}" for k, v in results.items())
@@ -307,7 +296,7 @@ class Trainer:
         return value
 
     # -- the loop -----------------------------------------------------------------------------------
-    def _batches(self):  # noqa: ANN202 - a generator of dict batches
+    def _batches(self) -> Iterator[dict[str, Any]]:
         for batch in self.stream:
             if self.keys_file is not None:
                 self.keys_file.write("\n".join(batch["keys"]) + "\n")
@@ -315,7 +304,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.cfg.trainer
-        start_images, t0 = self.images_seen, time.time()
+        start_images, t0 = self.counters.images_seen, time.time()
         grid = None
         status = "FAILED"
         bar = tqdm(
@@ -328,31 +317,31 @@ class Trainer:
             file=sys.stderr,
         )
         data = self._batches()
-        window_t, window_imgs = time.time(), 0
+        window_t, window = time.time(), dict.fromkeys(self.task.units_per_step(), 0)
         preemption = Preemption(cfg.requeue_signals, cfg.stop_signals).install()
         request = Request.NONE
         try:
             while self.step < cfg.max_steps:
-                self.step += 1
+                self.counters.step += 1
                 self._reshape_data()
                 try:
                     metrics = self.task.train_step(self.step, data)
                 except NonFiniteLossError as exc:
                     exc.last_checkpoint = self.last_checkpoint
                     raise
-                imgs = self.task.images_per_step() * self.world
-                self.images_seen += imgs
-                window_imgs += imgs
+                units = self.task.units_per_step()
+                self.counters.images_seen += units["img"] * self.world
+                for unit, n in units.items():
+                    window[unit] = window.get(unit, 0) + n * self.world
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     now = time.time()
-                    metrics["img_per_s"] = window_imgs / max(now - window_t, 1e-9)
-                    if getattr(self.task, "tokens_per_sample", 0):  # a sequence model's throughput
-                        metrics["tokens_per_s"] = metrics["img_per_s"] * self.task.tokens_per_sample
+                    for unit, n in window.items():  # img_per_s, and tokens_per_s for sequence models
+                        metrics[f"{unit}_per_s"] = n / max(now - window_t, 1e-9)
                     metrics["data/skipped"] = float(self.stream.state.skipped)
                     metrics["data/shard_errors"] = float(self.stream.state.shard_errors)
-                    metrics["images_seen"] = float(self.images_seen)
-                    window_t, window_imgs = now, 0
+                    metrics["images_seen"] = float(self.counters.images_seen)
+                    window_t, window = now, dict.fromkeys(window, 0)
                     self.tracker.log_metrics(metrics, self.step)
                     if bar.disable and self.main:  # batch jobs: a line in the log instead of a bar
                         log.info("step %d/%d: %s", self.step, cfg.max_steps, _brief(metrics))
@@ -367,7 +356,7 @@ class Trainer:
                     grid = self.write_grid() or grid
                 if self.cfg.eval.enabled and self.cfg.eval.every > 0 and self.step % self.cfg.eval.every == 0:
                     self.evaluate()
-                if self.step % cfg.ckpt_every == 0:
+                if self.checkpoints.due(self.step):
                     self.save()
                 request = preemption.poll()  # every rank, every step: they must agree
                 if request is not Request.NONE:
@@ -386,8 +375,7 @@ class Trainer:
 
     def _finish(self, grid: Path | None) -> Path | None:
         """The end of a completed run: a checkpoint, a grid and an evaluation at the last step."""
-        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:08d}"):
-            self.save()
+        self.save()
         if self.grid_step != self.step:  # the same decision on every rank (writing may be collective)
             grid = self.write_grid() or grid
         if self.cfg.eval.enabled and self.evaluated_step != self.step:
@@ -401,18 +389,14 @@ class Trainer:
             return
         ckpt = self.last_checkpoint
         assert ckpt is not None
-        names = [f"{n}.pt" for n in getattr(self.task, "inference_components", ())] + [
-            "config.yaml",
-            "meta.json",
-        ]
+        names = [f"{n}.pt" for n in self.task.inference_components] + ["config.yaml", "meta.json"]
         for name in names:
             self.tracker.log_artifact(ckpt / name, "model")
         self.tracker.set_tags({"model_artifacts": "model/", "model_checkpoint": str(ckpt.resolve())})
 
     def _save_on_request(self, request: Request, received: list[str]) -> None:
         """Every rank saves together (unless this step was just saved), then the loop ends."""
-        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:08d}"):
-            self.save()
+        self.save()
         log.warning(
             "signal %s: saved %s at step %d; %s",
             "/".join(received) or "on another rank",
@@ -432,27 +416,31 @@ class Trainer:
             step=self.step,
             last_checkpoint=self.last_checkpoint,
             grid=grid,
-            fid=dict(self.fid_history),
+            fid=dict(self.counters.history),
             mlflow_run_id=self.tracker.run_id,
             tracking_uri=self.cfg.tracking.uri if self.cfg.tracking.enabled else None,
             seconds=seconds,
-            img_per_s=(self.images_seen - start_images) / max(seconds, 1e-9),  # stages change the batch
+            img_per_s=(self.counters.images_seen - start_images)
+            / max(seconds, 1e-9),  # stages change the batch
             stopped_by={Request.REQUEUE: "requeue", Request.STOP: "stop"}.get(request),
             requeued=requeued,
         )
 
     def close(self, status: str) -> None:
+        self.task.close()
         self.stream.close()
         if self.keys_file is not None:
             self.keys_file.close()
         if self.main:
-            self.tracker.close(status)
+            # status.json first: it is local and instant, and a job killed while the tracker closes
+            # (SLURM's KillWait after a time limit) still leaves it
             try:  # a full or read-only disk must not hide the error that ended the run
-                (self.run_dir / "status.json").write_text(
-                    json.dumps({"status": status, "step": self.step}) + "\n"
-                )
+                part = self.run_dir / "status.json.part"
+                part.write_text(json.dumps({"status": status, "step": self.step}) + "\n")
+                part.replace(self.run_dir / "status.json")  # readers never see half a file
             except OSError as exc:
                 log.error("could not write %s: %s", self.run_dir / "status.json", exc)
+            self.tracker.close(status)
 
 
 def train(cfg: DictConfig) -> TrainResult:
@@ -465,4 +453,4 @@ def train(cfg: DictConfig) -> TrainResult:
         bdist.shutdown(clean)
 
 
-__all__ = ["Trainer", "TrainResult", "train", "CheckpointError"]
+__all__ = ["Trainer", "TrainResult", "train"]

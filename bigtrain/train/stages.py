@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bigtrain.train.task import Task
+
 log = logging.getLogger(__name__)
 
 
@@ -289,10 +291,10 @@ def build_driver(
     )
 
 
-class StagedTask:
-    """A task's side of the stages (the GAN and tokenizer tasks mix it in): follow the driver at
-    each step (networks, micro-batch, accumulation, per-stage learning rates), answer the loop's
-    ``data_shape`` / ``current_resolution``, and keep the position in the checkpoint."""
+class StagedTask(Task):
+    """A task's side of the stages (the GAN and tokenizer tasks derive from it): follow the driver at
+    each step (networks, micro-batch, accumulation of every optimizer step, per-stage learning
+    rates), tell the loop the data shape, and keep the position in the checkpoint."""
 
     staging: StageDriver | None = None
     batch_size: int
@@ -300,22 +302,28 @@ class StagedTask:
     final_resolution: int
     stage_lr: tuple[float | None, float | None] = (None, None)  # (lr_g, lr_d) of the stage, if set
 
-    def stage_optimizers(self) -> list[Any]:
+    def stage_updates(self) -> list[Any]:
+        """The task's optimizer steps (``bigtrain.train.step``): their accumulation follows the stage."""
         raise NotImplementedError
 
     def follow_stage(self, step: int) -> dict[str, float]:
         """Networks, batch split and optimizers for ``step`` of the schedule; its metrics."""
         if self.staging is None:
             return {}
-        pos, metrics = self.staging.begin_step(step, self.stage_optimizers())
+        updates = self.stage_updates()
+        pos, metrics = self.staging.begin_step(step, [u.optimizer for u in updates])
         self.batch_size = self.staging.micro_batch(step)
         self.accumulation = self.staging.accumulation(step)
+        for u in updates:
+            u.accumulation = self.accumulation
         self.stage_lr = (pos.stage.lr_g, pos.stage.lr_d)
         return metrics
 
     def data_shape(self, step: int) -> tuple[int, int] | None:
-        """The (resolution, micro-batch) the stream must deliver for ``step``; None = unchanged."""
         return None if self.staging is None else self.staging.data_shape(step)
+
+    def stage_schedule(self) -> StageSchedule | None:
+        return None if self.staging is None else self.staging.schedule
 
     def current_resolution(self) -> int:
         return self.staging.resolution if self.staging is not None else self.final_resolution

@@ -17,27 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from tests.conftest import free_port, run_cli
+from tests.conftest import PRIOR_SMALL, free_port, run_cli
 
-LR = 1e-3  # mnist_transformer's optim.g.lr
-PRIOR_SMALL = (
-    "data.batch_size=8",
-    "data.num_workers=0",
-    "data.shuffle_buffer=64",
-    "model.arch.dim=32",
-    "model.arch.layers=2",
-    "model.arch.heads=4",
-    "trainer.log_every=1",
-    "trainer.progress=false",
-    "trainer.ckpt_every=2",
-    "trainer.sample_every=2",
-    # warm-up only: the curve must not depend on max_steps, which the resumed twin changes
-    "optim.schedule.name=constant",
-    "optim.schedule.warmup_steps=3",
-    "eval.num_samples=50",
-    "eval.batch_size=50",
-    "sample.grid_rows=4",
-)
+LR = 1e-3  # mnist_transformer's optim.prior.lr
 
 
 def _digests(run: Path, step: int) -> dict[str, str]:

@@ -44,7 +44,7 @@ def test_tokenizer_trains_evaluates_and_resumes_exactly(mnist_shards: Path, tmp_
     client = MlflowClient(f"sqlite:///{db}")
     run = client.get_run(meta["mlflow_run_id"])
     m = run.data.metrics
-    for key in ("fid/digits", "eval/psnr", "eval/ssim", "vq/codebook_usage", "vq/codebook_perplexity"):
+    for key in ("rfid/digits", "eval/psnr", "eval/ssim", "vq/codebook_usage", "vq/codebook_perplexity"):
         assert key in m, key
     assert 0 < m["eval/ssim"] <= 1 and m["eval/psnr"] > 0 and 0 < m["vq/codebook_usage"] <= 1
     gan = {h.step: h.value for h in client.get_metric_history(run.info.run_id, "vq/gan_on")}
@@ -93,20 +93,21 @@ def test_tokenizer_bad_settings_are_one_line(mnist_shards: Path, tmp_path: Path)
         "tracking.enabled=false", check=False,
     )  # fmt: skip
     assert proc.returncode == 2 and "trainer.precision=bf16" in proc.stderr
-    proc = run_cli(
-        "train", "experiment=mnist_vqgan", f"data.path={mnist_shards}", f"run.dir={tmp_path}", "+model.arch.codes=3",
-        "tracking.enabled=false", check=False,
-    )  # fmt: skip
-    assert (
-        proc.returncode == 2
-        and "bigtrain: error: unknown tokenizer option(s) model.arch.codes" in proc.stderr
-    )
+    for bad in ("model.arch.codes=3", "+model.arch.codes=3"):  # typed by model=vqgan's options dataclass
+        proc = run_cli(
+            "train", "experiment=mnist_vqgan", f"data.path={mnist_shards}", f"run.dir={tmp_path}", bad,
+            "tracking.enabled=false", check=False,
+        )  # fmt: skip
+        assert proc.returncode == 2 and proc.stderr.startswith(
+            "bigtrain: error: model.arch.codes: not an option of model=vqgan; valid: ch, ch_mult, "
+        )
+        assert proc.stderr.count("\n") == 1  # one line
 
 
 def test_evaluate_gives_rfid_and_sample_explains_itself(small_tokenizer: Path, tmp_path: Path) -> None:
     out = run_cli("evaluate", str(small_tokenizer), "--num-samples", "100")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["metric"] == "fid/digits/n100" and result["value"] > 0
+    assert result["metric"] == "rfid/digits/n100" and result["value"] > 0
     assert 0 < result["metrics"]["eval/ssim"] <= 1 and result["metrics"]["eval/psnr"] > 0
     bad = run_cli("sample", str(small_tokenizer), "--out", str(tmp_path / "x.png"), check=False)
     assert bad.returncode == 2 and "use bigtrain evaluate" in bad.stderr

@@ -109,6 +109,11 @@ def test_evaluate_and_sample_from_a_checkpoint(resumed_pair: tuple[Path, Path, P
     walk = tmp_path / "walk.png"
     run_cli("sample", str(ckpt), "--out", str(walk), "--rows", "3", "--interpolate", "--steps", "7")
     assert Image.open(walk).size == (7 * 34 + 2, 3 * 34 + 2)
+    # the task says which options it takes: a prior's are refused for a GAN, in one line
+    bad = run_cli("sample", str(ckpt), "--out", str(grid), "--temperature", "0.5", check=False)
+    assert bad.returncode == 2 and _one_line_error(bad) == (
+        "bigtrain: error: --temperature: not for a task=gan checkpoint (it takes: --truncation)"
+    )
 
 
 def _one_line_error(proc) -> str:  # noqa: ANN001

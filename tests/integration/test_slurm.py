@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 CPU_NODE = ["--partition=debug", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # started once: a restart right after a stop can race the old daemons
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     c = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
     try:
@@ -124,6 +124,8 @@ def test_timed_out_job_leaves_a_valid_latest_checkpoint(
     )  # fmt: skip
     info = cluster.wait_state(job, {"TIMEOUT", "COMPLETED", "FAILED", "CANCELLED"}, timeout=240)
     assert info["JobState"] == "TIMEOUT", log.read_text()[-3000:]
+    # SLURM reports TIMEOUT when it signals; the job then has KillWait (30 s) to save and exit
+    _wait_for(run / "status.json", 40, cluster, job)
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "KILLED"  # SIGTERM at the limit: saved at the next step, then exited
     latest = run / "checkpoints" / f"step-{status['step']:08d}"

@@ -9,7 +9,8 @@ from torch.nn.utils import parametrize
 
 from bigtrain.distributed.sync_bn import CrossReplicaBatchNorm, convert_cross_replica_bn
 from bigtrain.losses.regularizers import orthogonal_penalty
-from bigtrain.models.biggan import BigGANDiscriminator, BigGANGenerator, build_biggan
+from bigtrain.models import build_gan
+from bigtrain.models.biggan import BigGANDiscriminator, BigGANGenerator
 from bigtrain.models.biggan_layers import (
     ConditionalBatchNorm,
     SelfAttention,
@@ -64,7 +65,8 @@ def test_reference_parameter_counts_128() -> None:
 def test_contract_shapes_and_ranges(resolution: int, ch: int, num_classes: int, arch: dict) -> None:
     torch.manual_seed(0)
     z_dim = 24
-    g, d = build_biggan(
+    g, d = build_gan(
+        "biggan",
         resolution=resolution,
         channels=3,
         num_classes=num_classes,
@@ -261,5 +263,7 @@ def test_input_validation() -> None:
         g(torch.randn(2, 21), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="resolution"):
         BigGANDiscriminator(48, 3, 0, ch=16)
-    with pytest.raises(ValueError, match="model.arch.bogus"):
-        build_biggan(resolution=32, channels=3, num_classes=0, z_dim=8, g_width=8, d_width=8, bogus=1)
+    with pytest.raises(
+        ValueError, match="model.arch.bogus: not an option of model=biggan; valid: shared_dim, "
+    ):
+        build_gan("biggan", resolution=32, channels=3, num_classes=0, z_dim=8, g_width=8, d_width=8, bogus=1)

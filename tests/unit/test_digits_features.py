@@ -12,6 +12,7 @@ import bigtrain.eval.features as features_mod
 from bigtrain.eval import build_feature_extractor, digits_classifier_info, images_to_features
 
 
+@pytest.mark.slow  # seconds: trains, spawns a process or reads weights
 def test_digits_trained_once_then_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("BIGTRAIN_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError):

@@ -4,16 +4,12 @@ micro-batches."""
 
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bigtrain.config.compose import compose_config
-from bigtrain.data.manifest import DatasetManifest
 from bigtrain.models import build_gan
+from bigtrain.train.compose import compose_config
 from bigtrain.train.stages import Stage, StageDriver, StageSchedule
 
 FAMILIES = {
@@ -121,13 +117,9 @@ def test_micro_batches_from_the_config_and_their_errors() -> None:
         )  # fmt: skip
 
 
-class _Acc:
-    def autocast(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-
 def _tokenizer(micro: str) -> object:
-    from bigtrain.train.tokenizer_task import TokenizerTask
+    from bigtrain.train.tasks.tokenizer import TokenizerTask
+    from tests.conftest import cpu, declared_manifest
 
     cfg = compose_config([
         "experiment=mnist_vqgan", "data.path=/unused", "model.arch.ch=8", "model.arch.groups=8",
@@ -136,8 +128,7 @@ def _tokenizer(micro: str) -> object:
         f"stages.schedule=[{{resolution: 16, steps: 1, batch_size: 8{micro}}}, {{resolution: 32, steps: 1}}]",
     ])  # fmt: skip
     torch.manual_seed(0)
-    manifest = DatasetManifest(Path("."), "t", 32, 1, [str(i) for i in range(10)], {})
-    return TokenizerTask(cfg, manifest, torch.device("cpu"), _Acc())
+    return TokenizerTask(cfg, declared_manifest(), torch.device("cpu"), cpu())
 
 
 def test_a_split_stage_batch_gives_the_whole_batch_gradient() -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from bigtrain.cli.info import describe
 from bigtrain.cli.info import main as info_main
-from bigtrain.config.validate import ConfigError
+from bigtrain.errors import ConfigError
+from tests.conftest import compose
 
 PRESETS = sorted(
     p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "experiment").glob("*.yaml")
@@ -78,3 +80,16 @@ def test_imagenet_presets_match_the_reference_parameter_counts(
     g, d = REFERENCE_COUNTS[preset]
     assert info["params"] == {"G": g, "D": d}
     assert info["effective_batch_per_process"] == 256 * 8 and info["d_steps"] == 1
+
+
+RECORDED = json.loads((Path(__file__).resolve().parents[1] / "data" / "recorded_results.json").read_text())
+
+
+def test_every_preset_has_the_recorded_parameter_counts() -> None:
+    """Parameter counts and images per step of every preset as recorded before issue 12's refactor
+    (tests/data/recorded_results.json): reshaping the configs changed no preset's networks."""
+    assert sorted(RECORDED["presets"]) == PRESETS  # a new preset: record it (bigtrain info --json)
+    for name, rec in RECORDED["presets"].items():
+        info = describe(compose(f"experiment={name}"))
+        assert info["params"] == rec["params"], name
+        assert info["images_per_step_per_process"] == rec["images_per_step_per_process"], name

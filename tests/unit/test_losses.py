@@ -14,7 +14,7 @@ from bigtrain.losses import (
     build_loss,
     gradient_penalty,
 )
-from bigtrain.models import DCGANDiscriminator
+from bigtrain.models.dcgan import DCGANDiscriminator
 
 REAL = torch.tensor([2.0, -0.5, 0.3, 4.0, -3.0], dtype=torch.float64)
 FAKE = torch.tensor([-1.5, 0.7, -4.0, 0.0, 2.5], dtype=torch.float64)

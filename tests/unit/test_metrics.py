@@ -39,7 +39,8 @@ def test_precision_recall_fidelity_versus_coverage() -> None:
 
 def test_evaluator_reports_fid_is_precision_recall(mnist_shards: Path) -> None:
     from bigtrain.data.manifest import DatasetManifest
-    from bigtrain.train.fid_hook import FIDEvaluator
+    from bigtrain.eval.registry import Evaluator
+    from bigtrain.eval.source import EvalSource, Judged
 
     torch.manual_seed(0)
     proj = torch.randn(3 * 8 * 8, 16)
@@ -57,13 +58,31 @@ def test_evaluator_reports_fid_is_precision_recall(mnist_shards: Path) -> None:
     cfg = OmegaConf.structured(
         EvalConfig(feature="tiny-metrics", num_samples=300, batch_size=100, ref_max_images=600)
     )
-    ev = FIDEvaluator(cfg, DatasetManifest.load(mnist_shards), torch.device("cpu"))
-    noise = ev(lambda n, g: torch.rand(n, 1, 32, 32, generator=g) * 2 - 1)
-    assert set(noise) == {
+    manifest = DatasetManifest.load(mnist_shards)
+    ev = Evaluator(cfg, ["fid", "is", "pr"], torch.device("cpu"))
+
+    def noise_images(n: int, g: torch.Generator) -> torch.Tensor:
+        return torch.rand(n, 1, 32, 32, generator=g) * 2 - 1
+
+    noise = ev(EvalSource(Judged.samples, noise_images, manifest, 32))
+    assert list(noise) == [
         "fid/tiny-metrics",
         "is/tiny-metrics",
         "precision/tiny-metrics",
         "recall/tiny-metrics",
-    }
+        "eval/resolution",
+    ]
     assert 1.0 <= noise["is/tiny-metrics"] <= 5.0 and noise["fid/tiny-metrics"] > 0
     assert noise["precision/tiny-metrics"] < 0.2  # uniform noise is nowhere near the digits
+    assert ev.headline(noise) == "fid/tiny-metrics"
+    # the same images called reconstructions: every feature metric says so in its name (rFID)
+    recon = Evaluator(cfg, ["fid", "pr"], torch.device("cpu"))(
+        EvalSource(Judged.reconstructions, noise_images, manifest, 32)
+    )
+    assert set(recon) == {
+        "rfid/tiny-metrics",
+        "rprecision/tiny-metrics",
+        "rrecall/tiny-metrics",
+        "eval/resolution",
+    }
+    assert recon["rfid/tiny-metrics"] == pytest.approx(noise["fid/tiny-metrics"])  # same samples, same seed

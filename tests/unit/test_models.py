@@ -8,15 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from bigtrain.models import (
-    GAN_MODELS,
-    DCGANDiscriminator,
-    DCGANGenerator,
-    MLPDiscriminator,
-    MLPGenerator,
-    build_gan,
-    register_gan,
-)
+from bigtrain.models import MODELS, GANShape, build_gan, register_model
+from bigtrain.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from bigtrain.models.mlp_gan import MLPDiscriminator, MLPGANArch, MLPGenerator
 
 Z_DIM = 16
 BATCH = 4
@@ -203,19 +197,25 @@ def test_registry_unknown_name_lists_known_names() -> None:
     assert "dcgan" in message and "mlp_gan" in message
 
 
-def test_register_gan_adds_a_family_and_refuses_duplicates() -> None:
-    @register_gan("tiny_test_family")
-    def _tiny(**kwargs):
-        return MLPGenerator(kwargs["z_dim"], kwargs["resolution"], kwargs["channels"], width=4), nn.Identity()
+def test_register_model_adds_a_family_and_refuses_duplicates() -> None:
+    @register_model("tiny_test_family", kind="gan", arch=MLPGANArch)
+    def _tiny(shape: GANShape, arch: MLPGANArch):  # noqa: ARG001
+        return MLPGenerator(shape.z_dim, shape.resolution, shape.channels, width=4), nn.Identity()
 
     try:
         g, _ = _build("tiny_test_family", 8, 1, 0)
         assert isinstance(g, MLPGenerator)
+
+        def other(shape: GANShape, arch: MLPGANArch):  # noqa: ANN202
+            return _tiny(shape, arch)
+
         with pytest.raises(ValueError, match="already registered"):
-            register_gan("tiny_test_family")(_tiny)
+            register_model("tiny_test_family", kind="gan", arch=MLPGANArch)(other)
     finally:
-        GAN_MODELS.pop("tiny_test_family")
-    assert {"mlp_gan", "dcgan"} <= set(GAN_MODELS)
+        MODELS.pop("tiny_test_family")
+    assert {"mlp_gan", "dcgan", "biggan", "biggan_deep", "progan"} <= {
+        n for n, f in MODELS.items() if f.kind == "gan"
+    }
 
 
 @pytest.mark.parametrize("family", ["mlp_gan", "dcgan", "biggan"])

@@ -30,7 +30,10 @@ def test_shards_are_plain_tars_that_stock_webdataset_reads(mnist_shards: Path) -
     names = subprocess.run(
         ["tar", "-tf", str(mnist_shards / "val-000000.tar")], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert len(names) == 1000 and names[0].endswith(".cls") or names[0].endswith(".png")
+    # 500 samples, each a PNG and its label, in key order (the label sorts first)
+    assert len(names) == 1000 and all(n.endswith((".cls", ".png")) for n in names)
+    assert {n.rsplit(".", 1)[0] for n in names[0::2]} == {n.rsplit(".", 1)[0] for n in names[1::2]}
+    assert names[0].endswith(".cls") and names[1].endswith(".png")
     ds = (
         wds.WebDataset(str(mnist_shards / "val-000000.tar"), shardshuffle=False)
         .decode("pil")
@@ -40,6 +43,7 @@ def test_shards_are_plain_tars_that_stock_webdataset_reads(mnist_shards: Path) -
     assert img.size == (32, 32) and int(label) in range(10)
 
 
+@pytest.mark.slow  # seconds: trains, spawns a process or reads weights
 def test_preparing_twice_gives_identical_shards(tmp_path: Path, mnist_shards: Path) -> None:
     m = prepare(
         "builtin:mnist5k", tmp_path, PrepareOptions(resolution=32, samples_per_shard=500, progress=False)

@@ -11,25 +11,20 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bigtrain.config.schema import register
 from bigtrain.data.manifest import DatasetManifest, ShardInfo
 from bigtrain.data.stream import DataStream, StreamSpec
+from bigtrain.errors import NonFiniteLossError
+from bigtrain.train.engines import param_groups
 from bigtrain.train.optim import lr_factor
-from bigtrain.train.prior_task import PriorTask, param_groups
-from bigtrain.train.tasks import NonFiniteLossError
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-REPO = CONFIGS.parent
-register()
+from bigtrain.train.tasks.prior import PriorTask
+from tests.conftest import REPO, compose, cpu
 
 
 def test_schedule_warms_up_then_decays_to_the_floor() -> None:
@@ -72,21 +67,12 @@ def test_token_stream_gives_flat_codes_and_labels_in_raster_order(tmp_path: Path
     assert "image" not in batch
 
 
-class _Acc:
-    def autocast(self) -> Any:
-        return torch.autocast("cpu", enabled=False)
-
-
 def _task(manifest: DatasetManifest, *overrides: str) -> PriorTask:
-    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["experiment=mnist_transformer", f"data.path={manifest.root}", "prior.engine=torch",
-                       "model.arch.dim=16", "model.arch.layers=1", "model.arch.heads=2", "data.batch_size=4",
-                       *overrides],
-        )  # fmt: skip
+    cfg = compose("experiment=mnist_transformer", f"data.path={manifest.root}", "prior.engine=torch",
+                  "model.arch.dim=16", "model.arch.layers=1", "model.arch.heads=2", "data.batch_size=4",
+                  *overrides)  # fmt: skip
     torch.manual_seed(0)
-    return PriorTask(cfg, manifest, torch.device("cpu"), _Acc())
+    return PriorTask(cfg, manifest, torch.device("cpu"), cpu())
 
 
 def _batches(vocab: int = 16) -> Iterator[dict[str, torch.Tensor]]:
@@ -105,7 +91,7 @@ def test_torch_engine_step_accumulates_and_follows_the_schedule(tmp_path: Path) 
     m2 = task.train_step(2, data)
     assert m1["lr/prior"] == pytest.approx(1e-3 / 4) and m2["lr/prior"] == pytest.approx(1e-3 / 2)
     assert task.images_per_step() == 8 and math.isfinite(m2["loss/prior"])
-    assert task.opt.state_dict()["state"][0]["step"] == 2  # type: ignore[union-attr]
+    assert task.engine.update.optimizer.state_dict()["state"][0]["step"] == 2  # type: ignore[union-attr]
     decay, rest = param_groups(task.model, 0.05)
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in rest["params"])
     assert decay["weight_decay"] == 0.05 and rest["weight_decay"] == 0.0
@@ -137,26 +123,22 @@ def test_torch_engine_nonfinite_policies(tmp_path: Path) -> None:
 DEEPSPEED_SKIP = """
 import torch, numpy as np
 from pathlib import Path
-from hydra import compose, initialize_config_dir
-from bigtrain.config.schema import register
+from bigtrain.train.compose import compose_config
 from bigtrain.data.manifest import DatasetManifest
-from bigtrain.train.prior_task import PriorTask
-register()
+from bigtrain.distributed import LocalAccelerator
+from bigtrain.train.tasks.prior import PriorTask
 m = DatasetManifest.load(sys.argv[1])
-with initialize_config_dir(str(Path(sys.argv[2]) / "configs"), version_base="1.3"):
-    cfg = compose("train", overrides=["experiment=mnist_transformer", "data.path=x", "model.arch.dim=16",
-        "model.arch.layers=1", "model.arch.heads=2", "data.batch_size=4", "trainer.on_nonfinite=skip",
-        "prior.zero_stage=" + sys.argv[3]])
-class Acc:
-    def autocast(self): return torch.autocast("cpu", enabled=False)
-task = PriorTask(cfg, m, torch.device("cpu"), Acc())
+cfg = compose_config(["experiment=mnist_transformer", "data.path=x", "model.arch.dim=16",
+    "model.arch.layers=1", "model.arch.heads=2", "data.batch_size=4", "trainer.on_nonfinite=skip",
+    "prior.zero_stage=" + sys.argv[3]])
+task = PriorTask(cfg, m, torch.device("cpu"), LocalAccelerator("cpu"))
 g = torch.Generator().manual_seed(1)
 def data():
     while True:
         yield {"tokens": torch.randint(0, 16, (4, 16), generator=g), "label": torch.randint(0, 10, (4,), generator=g)}
 d = data()
 good = task.train_step(1, d)
-eng = task.engine()
+eng = task.engine.engine()
 with torch.no_grad():
     task.model.head.weight[0, 0] = float("nan")
 before = {k: v.clone() for k, v in task.model.state_dict().items()}
@@ -168,6 +150,7 @@ torch.distributed.destroy_process_group()
 """
 
 
+@pytest.mark.slow  # seconds: trains, spawns a process or reads weights
 def test_deepspeed_drops_a_nonfinite_update_under_skip(tmp_path: Path) -> None:
     m = _token_dataset(tmp_path / "t")
     code = "import sys\n" + textwrap.dedent(DEEPSPEED_SKIP)

@@ -5,7 +5,6 @@ the schedule's alpha ramp."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -125,45 +124,35 @@ def test_schedule_from_config_in_images_and_its_errors() -> None:
 
 
 def test_gan_task_follows_the_stages_and_resets_adam_at_a_new_stage() -> None:
-    from hydra import compose, initialize_config_dir
+    from bigtrain.train.tasks.gan import GANTask
+    from tests.conftest import compose, cpu, declared_manifest
 
-    from bigtrain.config.schema import register
-    from bigtrain.data.manifest import DatasetManifest
-    from bigtrain.train.gan_task import GANTask
-
-    register()
-    configs = str(Path(__file__).resolve().parents[2] / "configs")
-    with initialize_config_dir(configs, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "experiment=mnist_progan", "data.path=/x", "model.arch.fmap_base=64", "model.arch.fmap_max=16",
-            "model.z_dim=8", "data.batch_size=4", "stages.schedule=[{resolution: 4, steps: 2}, "
-            "{resolution: 8, steps: 3, fade_steps: 2, batch_size: 2, lr_g: 0.5}]",
-        ])  # fmt: skip
+    cfg = compose(
+        "experiment=mnist_progan", "data.path=/x", "model.arch.fmap_base=64", "model.arch.fmap_max=16",
+        "model.z_dim=8", "data.batch_size=4", "stages.schedule=[{resolution: 4, steps: 2}, "
+        "{resolution: 8, steps: 3, fade_steps: 2, batch_size: 2, lr_g: 0.5}]",
+    )  # fmt: skip
     torch.manual_seed(0)
-    manifest = DatasetManifest(Path("."), "t", 8, 1, [str(i) for i in range(10)], {})
-
-    class Acc:
-        def autocast(self) -> torch.autocast:
-            return torch.autocast("cpu", enabled=False)
-
-    task = GANTask(cfg, manifest, torch.device("cpu"), Acc())
+    task = GANTask(cfg, declared_manifest(8), torch.device("cpu"), cpu())
+    step = 0
 
     def data():  # noqa: ANN202
         while True:
-            res, n = task.data_shape(task.staging.step)  # what the loop asks the stream for
+            res, n = task.data_shape(step)  # what the loop asks the stream for
             yield {"image": torch.rand(n, 1, res, res) * 2 - 1, "label": torch.zeros(n, dtype=torch.long)}
 
     it = data()
-    for step in (1, 2):
+    for step in (1, 2):  # noqa: B007 - data() reads it
         m = task.train_step(step, it)
         assert (m["stage"], m["alpha"], m["resolution"]) == (0, 1.0, 4) and task.images_per_step() == 4
     first = task.G.to_rgb[0].weight
     assert task.opt_G.state[first]["step"] == 2
+    step = 3
     m = task.train_step(3, it)  # stage 1 starts: fade-in at alpha 0.5, batch 2, its own G learning rate
     assert (m["stage"], m["alpha"], m["resolution"], m["lr/G"]) == (1, 0.5, 8, 0.5)
     assert task.images_per_step() == 2 and task.opt_G.state[first]["step"] == 1  # Adam started afresh
     assert task.G.current_resolution == task.ema.model.current_resolution == 8  # type: ignore[union-attr]
-    state = task.state()["task"]["stages"]
+    state = task.state_dict()["task"]["stages"]
     assert state == {"step": 3, "stage": 1, "resolution": 8, "alpha": 0.5}
 
 

@@ -24,6 +24,7 @@ def _take(stream: DataStream, n: int) -> list[list[str]]:
     return [next(stream)["keys"] for _ in range(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_sees_exactly_the_uninterrupted_samples(mnist_shards: Path, workers: int) -> None:
     shards = DatasetManifest.load(mnist_shards).shard_paths("train")

@@ -15,7 +15,7 @@ from bigtrain.eval.features import MissingWeightsError
 from bigtrain.models.patchgan import PatchDiscriminator
 from bigtrain.models.quantizers import VectorQuantizer
 from bigtrain.models.vqgan import VQModel, build_vqgan
-from bigtrain.train.tokenizer_task import adaptive_weight
+from bigtrain.train.tasks.tokenizer import adaptive_weight
 
 
 def _n(m: nn.Module) -> int:
@@ -105,6 +105,7 @@ def test_reduce_hook_sums_usage_across_processes() -> None:
     assert vq.window_counts.sum() == 8 and out.perplexity > 0
 
 
+@pytest.mark.slow  # seconds: trains, spawns a process or reads weights
 def test_lpips_reads_vgg_from_the_cache_and_says_how_to_fill_it(tmp_path: Path) -> None:
     from bigtrain.losses.perceptual import LPIPS
 
@@ -143,25 +144,16 @@ def test_adaptive_weight_is_the_ratio_of_gradient_norms() -> None:
 def test_resumed_optimizers_take_the_configs_learning_rates() -> None:
     """As for GANs: after loading a checkpoint the config's optimizer settings win (lowering a
     learning rate after a divergence must work)."""
-    import contextlib
-    from pathlib import Path
-
-    from bigtrain.config.compose import compose_config
-    from bigtrain.data.manifest import DatasetManifest
-    from bigtrain.train.tokenizer_task import TokenizerTask
-
-    class _Acc:
-        def autocast(self) -> contextlib.AbstractContextManager[None]:
-            return contextlib.nullcontext()
+    from bigtrain.train.tasks.tokenizer import TokenizerTask
+    from tests.conftest import compose, cpu, declared_manifest
 
     small = ["model.arch.ch=8", "model.arch.groups=8", "model.arch.z_channels=8", "model.arch.embed_dim=8",
              "model.arch.num_codes=16", "data.path=/unused"]  # fmt: skip
-    manifest = DatasetManifest(Path("."), "t", 32, 1, [str(i) for i in range(10)], {})
     first = TokenizerTask(
-        compose_config(["experiment=mnist_vqgan", *small]), manifest, torch.device("cpu"), _Acc()
+        compose("experiment=mnist_vqgan", *small), declared_manifest(), torch.device("cpu"), cpu()
     )
-    lowered = compose_config(["experiment=mnist_vqgan", *small, "optim.g.lr=1e-5", "optim.d.lr=2e-5"])
-    resumed = TokenizerTask(lowered, manifest, torch.device("cpu"), _Acc())
-    resumed.load_state(first.state())
-    assert resumed.opt_G.param_groups[0]["lr"] == 1e-5
-    assert resumed.opt_D is not None and resumed.opt_D.param_groups[0]["lr"] == 2e-5
+    lowered = compose("experiment=mnist_vqgan", *small, "optim.vq.lr=1e-5", "optim.d.lr=2e-5")
+    resumed = TokenizerTask(lowered, declared_manifest(), torch.device("cpu"), cpu())
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.vq_update.optimizer.param_groups[0]["lr"] == 1e-5
+    assert resumed.d_update is not None and resumed.d_update.optimizer.param_groups[0]["lr"] == 2e-5

@@ -22,25 +22,28 @@ resolution.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from bigtrain import distributed as bdist
+from bigtrain.config.schema import AdamConfig, ModelConfig, OptimConfig, TrainConfig
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.prepare import iter_images
+from bigtrain.eval.source import EvalSource, Judged, Need
+from bigtrain.models import build_model
 from bigtrain.models.patchgan import PatchDiscriminator
-from bigtrain.models.vqgan import VQModel, build_vqgan
-from bigtrain.train.optim import adam, apply_hparams, lr_factor, set_lr
+from bigtrain.models.vqgan import VQModel
+from bigtrain.train.optim import adam, lr_factor
 from bigtrain.train.stages import StagedTask, build_driver
-from bigtrain.train.tasks import NonFiniteGuard, register_task
-
-EVAL_IMAGES_FOR_PSNR = 256
+from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
+from bigtrain.train.task import Batches, register_task
 
 
 def _to_unit(batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -58,15 +61,75 @@ def adaptive_weight(
     return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach() * scale
 
 
+@dataclass
+class VQLossConfig:
+    """``vq.*``: the tokenizer's objective (Esser et al. 2021, eq. 4-7). VQ-VAE (van den Oord et al.
+    2017) is ``perceptual_weight=0, disc_weight=0``."""
+
+    rec_loss: str = "l1"  # l1 | l2 (per pixel)
+    rec_weight: float = 1.0
+    perceptual_weight: float = 1.0  # LPIPS (VGG16 from the cache)
+    codebook_weight: float = 1.0  # the quantiser's codebook + beta * commitment loss
+    disc_weight: float = 0.8  # scales the adaptive weight of the PatchGAN term; 0 = no discriminator
+    disc_start: int = 0  # step from which the GAN term and D's updates are on
+    disc_layers: int = 3
+    disc_width: int = 64
+
+
+@dataclass
+class TokenizerOptimConfig(OptimConfig):
+    vq: AdamConfig = field(default_factory=AdamConfig)  # opt_vq: the autoencoder
+    d: AdamConfig = field(default_factory=AdamConfig)  # opt_D: the PatchGAN
+
+
+@dataclass
+class TokenizerConfig(TrainConfig):
+    """A ``task=tokenizer`` run's config: the shared sections, plus ``vq`` and its two optimizers."""
+
+    task: str = "tokenizer"
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="vqgan"))
+    optim: TokenizerOptimConfig = field(default_factory=TokenizerOptimConfig)
+    vq: VQLossConfig = field(default_factory=VQLossConfig)
+
+
+@register_task
 class TokenizerTask(StagedTask):
+    name = "tokenizer"
+    config = TokenizerConfig
+    model_kind = "tokenizer"
     inference_components = ("vq",)
+    default_metrics = ("fid", "pr", "psnr", "ssim", "codebook")
+    eval_provides = frozenset({Need.features, Need.pairs, Need.codebook})
+    generates = False
+
+    @classmethod
+    def check_config(cls, cfg: Any, manifest: DatasetManifest) -> list[str]:  # noqa: ARG003
+        problems = []
+        v = cfg.vq
+        if v.rec_loss not in ("l1", "l2"):
+            problems.append(f"vq.rec_loss must be l1 or l2 (got '{v.rec_loss}')")
+        if str(cfg.trainer.precision) == "fp16":
+            problems.append("task=tokenizer trains in fp32 or bf16: set trainer.precision=bf16")
+        if min(v.rec_weight, v.perceptual_weight, v.codebook_weight, v.disc_weight) < 0:
+            problems.append("vq.*_weight must be >= 0")
+        return problems
+
+    @classmethod
+    def describe(cls, cfg: Any) -> dict[str, Any]:
+        v = cfg.vq
+        terms = [str(v.rec_loss)] + (["lpips"] if v.perceptual_weight > 0 else []) + ["codebook"]
+        return {
+            "loss": "+".join(terms + (["patchgan"] if v.disc_weight > 0 else [])),
+            "step": "1 update per step",
+        }
 
     def __init__(self, cfg: DictConfig, manifest: DatasetManifest, device: torch.device, accelerator: Any):
         self.cfg, self.manifest, self.device, self.accelerator = cfg, manifest, device, accelerator
-        arch = OmegaConf.to_container(cfg.model.arch, resolve=True) if cfg.model.get("arch") else {}
         where = torch.device("meta") if device.type == "meta" else torch.device("cpu")
         with where:
-            self.vq: VQModel = build_vqgan(resolution=manifest.resolution, channels=manifest.channels, **arch)  # type: ignore[arg-type]
+            self.vq: VQModel = build_model(
+                cfg.model.name, cfg.model.arch, resolution=manifest.resolution, channels=manifest.channels
+            )
             v = cfg.vq
             self.D = (
                 PatchDiscriminator(manifest.channels, v.disc_width, v.disc_layers)
@@ -77,20 +140,35 @@ class TokenizerTask(StagedTask):
         self.vq.quantize.reduce = bdist.all_reduce_sum
         self.vq.quantize.broadcast = bdist.broadcast_tensor
         bdist.broadcast_module(self.vq)
-        self.opt_G = adam(self.vq.parameters(), cfg.optim.g)
-        self.opt_D = None
+        self.batch_size = cfg.data.batch_size
+        self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
+        self.guard = NonFiniteGuard(cfg.trainer)
+        self.vq_update = OptimizerStep(
+            "tokenizer",
+            self.vq.parameters(),
+            adam(self.vq.parameters(), cfg.optim.vq),
+            self.guard,
+            hparams=cfg.optim.vq,
+            accumulation=self.accumulation,
+        )
+        self.d_update: OptimizerStep | None = None
         if self.D is not None:
             self.D.to(device)
             bdist.broadcast_module(self.D)
-            self.opt_D = adam(self.D.parameters(), cfg.optim.d)
+            self.d_update = OptimizerStep(
+                "D",
+                self.D.parameters(),
+                adam(self.D.parameters(), cfg.optim.d),
+                self.guard,
+                hparams=cfg.optim.d,
+                accumulation=self.accumulation,  # one pass over the autoencoder step's micro-batches
+                broadcast=(self.D,),
+            )
         self.lpips: nn.Module | None = None
         if v.perceptual_weight > 0 and device.type != "meta":
             from bigtrain.losses.perceptual import LPIPS
 
             self.lpips = LPIPS().to(device)
-        self.batch_size = cfg.data.batch_size
-        self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
-        self.guard = NonFiniteGuard(cfg.trainer)
         f, self.final_resolution = self.vq.factor, manifest.resolution
         self.staging = (
             build_driver(
@@ -106,26 +184,24 @@ class TokenizerTask(StagedTask):
         )
         self.follow_stage(1)
 
-    def stage_optimizers(self) -> list[Any]:  # resolution stages: no growing, fully convolutional
-        return [o for o in (self.opt_G, self.opt_D) if o is not None]
+    def stage_updates(self) -> list[OptimizerStep]:  # resolution stages: no growing, fully convolutional
+        return [u for u in (self.vq_update, self.d_update) if u is not None]
 
     # -- checkpointable state ---------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"vq": self.vq.state_dict(), "opt_vq": self.opt_G.state_dict()}
-        if self.D is not None and self.opt_D is not None:
-            out["D"], out["opt_D"] = self.D.state_dict(), self.opt_D.state_dict()
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"vq": self.vq.state_dict(), "opt_vq": self.vq_update.state_dict()}
+        if self.D is not None and self.d_update is not None:
+            out["D"], out["opt_D"] = self.D.state_dict(), self.d_update.state_dict()
         out["task"] = self.guard.state_dict()
         self.save_stages(out["task"])
         return out
 
-    def load_state(self, states: Mapping[str, Any]) -> None:
+    def load_state_dict(self, states: Mapping[str, Any]) -> None:
         self.vq.load_state_dict(states["vq"])
-        self.opt_G.load_state_dict(states["opt_vq"])
-        apply_hparams(self.opt_G, self.cfg.optim.g)
-        if self.D is not None and self.opt_D is not None:
+        self.vq_update.load_state_dict(states["opt_vq"])
+        if self.D is not None and self.d_update is not None:
             self.D.load_state_dict(states["D"])
-            self.opt_D.load_state_dict(states["opt_D"])
-            apply_hparams(self.opt_D, self.cfg.optim.d)
+            self.d_update.load_state_dict(states["opt_D"])
         self.guard.load_state_dict(states.get("task", {}))
         self.load_stages(states.get("task", {}))
 
@@ -145,18 +221,18 @@ class TokenizerTask(StagedTask):
             return F.mse_loss(x_rec.float(), x.float())
         return (x_rec.float() - x.float()).abs().mean()
 
-    def train_step(self, step: int, data: Iterator[dict[str, Any]]) -> dict[str, float]:
+    def train_step(self, step: int, data: Batches) -> dict[str, float]:
         v, autocast = self.cfg.vq, self.accelerator.autocast
         gan_on = self.D is not None and step >= v.disc_start
         factor = lr_factor(step, self.cfg.optim.schedule, self.cfg.trainer.max_steps)
         stage_metrics = self.follow_stage(step)
-        lr = set_lr(self.opt_G, self.cfg.optim.g, factor, self.stage_lr[0])
-        if self.opt_D is not None:
-            set_lr(self.opt_D, self.cfg.optim.d, factor, self.stage_lr[1])
-        self.opt_G.zero_grad(set_to_none=True)
+        lr = self.vq_update.schedule(factor, self.stage_lr[0])
+        if self.d_update is not None:
+            self.d_update.schedule(factor, self.stage_lr[1])
         sums: dict[str, torch.Tensor] = {}
         batches = []
-        for _ in range(self.accumulation):
+
+        def micro() -> torch.Tensor:
             x = next(data)["image"].to(self.device, non_blocking=True)
             with autocast():
                 x_rec, q = self.vq(x)
@@ -177,18 +253,16 @@ class TokenizerTask(StagedTask):
                 loss = loss + lam * g_loss
                 parts |= {"gan_G": g_loss, "adaptive_weight": lam}
                 self.D.requires_grad_(True)
-            (loss / self.accumulation).backward()
             for k, t in {"total": loss, **parts}.items():
                 sums[k] = (
                     sums.get(k, torch.zeros((), device=self.device)) + t.detach().float() / self.accumulation
                 )
+            return loss
+
+        accumulate(self.vq_update, micro)
         metrics: dict[str, float] = {"lr/vq": lr, **stage_metrics}
-        value = self.guard.check(sums["total"], "tokenizer", step)
-        if value is None:
-            self.opt_G.zero_grad(set_to_none=True)
-        else:
-            bdist.all_reduce_grads(self.vq.parameters())
-            self.opt_G.step()
+        value = self.vq_update.apply(sums["total"], step)
+        if value is not None:
             reduced = bdist.all_reduce_mean(torch.stack([sums[k] for k in sorted(sums)]))
             metrics |= {
                 f"loss/{k}" if k not in ("perplexity", "adaptive_weight") else f"vq/{k}": float(t)
@@ -206,25 +280,18 @@ class TokenizerTask(StagedTask):
 
     def _d_step(self, step: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
         """Hinge loss on the real images and the autoencoder step's (detached) reconstructions."""
-        assert self.D is not None and self.opt_D is not None
-        self.opt_D.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
-        for x, x_rec in batches:
+        assert self.D is not None and self.d_update is not None
+        pairs = iter(batches)
+
+        def micro() -> torch.Tensor:
+            x, x_rec = next(pairs)
             with self.accelerator.autocast():
                 real, fake = self.D(x).float(), self.D(x_rec).float()
-            loss = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())  # hinge, as the release
-            (loss / len(batches)).backward()
-            total = total + loss.detach() / len(batches)
-        value = self.guard.check(total, "D", step)
-        if value is None:
-            self.opt_D.zero_grad(set_to_none=True)
-            return None
-        bdist.all_reduce_grads(self.D.parameters())
-        self.opt_D.step()
-        bdist.broadcast_buffers(self.D)
-        return value
+            return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())  # hinge, as the release
 
-    # -- evaluation ---------------------------------------------------------------------------------
+        return self.d_update.apply(accumulate(self.d_update, micro), step)
+
+    # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         was = self.vq.training
@@ -248,7 +315,7 @@ class TokenizerTask(StagedTask):
         pairs = [t for i in range(0, len(x), rows) for t in (x[i : i + rows].cpu(), rec[i : i + rows])]
         return torch.cat(pairs), rows
 
-    def sampler(self) -> Callable[[int, torch.Generator], torch.Tensor]:
+    def _reconstructions(self) -> Any:
         """For rFID: reconstructions of the evaluation split, in order, cycling if asked for more."""
         source = self._eval_images(10**9)
         stock: list[torch.Tensor] = []
@@ -271,31 +338,18 @@ class TokenizerTask(StagedTask):
 
         return sample
 
-    @torch.no_grad()
-    def eval_metrics(self) -> dict[str, float]:
-        """PSNR and SSIM on up to 256 evaluation images, codebook usage/perplexity since the last call."""
-        from skimage.metrics import structural_similarity
+    def _pairs(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x in self._eval_images(n):
+            yield x, self.reconstruct(x)
 
-        psnrs, ssims = [], []
-        for x in self._eval_images(EVAL_IMAGES_FOR_PSNR):
-            rec = self.reconstruct(x)
-            a = ((x + 1) * 127.5).round().clamp(0, 255).cpu().numpy().astype(np.uint8)
-            b = ((rec + 1) * 127.5).round().clamp(0, 255).cpu().numpy().astype(np.uint8)
-            for u, w in zip(a, b, strict=True):
-                mse = np.mean((u.astype(np.float64) - w.astype(np.float64)) ** 2)
-                psnrs.append(100.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
-                ssims.append(structural_similarity(u, w, channel_axis=0, data_range=255))
-        usage = self.vq.quantize.usage(reset=True)
-        return {
-            "eval/psnr": float(np.mean(psnrs)),
-            "eval/ssim": float(np.mean(ssims)),
-            "vq/codebook_usage": usage["usage"],
-            "vq/codebook_perplexity": usage["perplexity"],
-        }
-
-
-@register_task("tokenizer")
-def _build(
-    cfg: DictConfig, manifest: DatasetManifest, device: torch.device, accelerator: Any
-) -> TokenizerTask:
-    return TokenizerTask(cfg, manifest, device, accelerator)
+    def eval_source(self) -> EvalSource:
+        """Reconstructions of ``eval.ref_split`` against the same split's statistics, the pairs
+        for PSNR/SSIM, and the codebook's usage since the last evaluation."""
+        return EvalSource(
+            Judged.reconstructions,
+            self._reconstructions(),
+            self.manifest,
+            self.current_resolution(),
+            pairs=self._pairs,
+            codebook=lambda: self.vq.quantize.usage(reset=True),
+        )

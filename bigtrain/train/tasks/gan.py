@@ -1,52 +1,133 @@
-"""The GAN task: ``k`` discriminator steps then one generator step, then the EMA update.
+"""The GAN task (``task=gan``): ``k`` discriminator steps then one generator step, then the EMA update.
 
-Each optimizer step sums gradients over ``trainer.accumulation`` micro-batches, then averages them
-over ranks (``bigtrain.distributed.all_reduce_grads``; see that module for why not DDP). Losses
-are averaged over ranks before the finiteness check, so a NaN on any rank is seen by every rank at
-the same step, before any optimizer applies it: the run stops (``trainer.on_nonfinite=stop``) or
-the update is dropped and counted (``skip``). With ``trainer.precision=fp16`` each optimizer has
-its own dynamic loss scale; the scaled gradients are all-reduced before the scaler looks for
-overflow, so every rank skips the same steps.
+Each network's optimizer step is a :class:`~bigtrain.train.step.OptimizerStep`: gradients summed
+over ``trainer.accumulation`` micro-batches, the loss checked for NaN/inf on every rank at once,
+gradients averaged over ranks (not DDP: see ``bigtrain.distributed``), the step (through a
+per-network fp16 loss scale with ``trainer.precision=fp16``), BatchNorm statistics broadcast.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from bigtrain import distributed as bdist
+from bigtrain.config.schema import AdamConfig, ModelConfig, OptimConfig, TrainConfig
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.distributed.sync_bn import convert_cross_replica_bn
+from bigtrain.eval.source import EvalSource, Judged
 from bigtrain.losses import build_loss, gradient_penalty
 from bigtrain.losses.regularizers import orthogonal_penalty
-from bigtrain.models import build_gan
+from bigtrain.models import D_NORMS, build_gan
 from bigtrain.train.augment import diff_augment, parse_policy
-from bigtrain.train.ema import EMA
-from bigtrain.train.optim import adam, apply_hparams, lr_factor, set_lr
+from bigtrain.train.ema import EMA, EMAConfig
+from bigtrain.train.optim import adam, lr_factor
 from bigtrain.train.stages import StageDriver, StagedTask, build_driver
-from bigtrain.train.tasks import NonFiniteGuard, register_task
+from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
+from bigtrain.train.task import Batches, register_task
 
 log = logging.getLogger(__name__)
 
 
-def _grad_norm(module: nn.Module) -> torch.Tensor:
-    norms = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+class LossName(StrEnum):
+    minimax = "minimax"
+    non_saturating = "non_saturating"
+    lsgan = "lsgan"
+    wgan_gp = "wgan_gp"
+    hinge = "hinge"
 
 
+@dataclass
+class LossConfig:
+    """``loss.*``: the GAN objective and its regularisers."""
+
+    name: LossName = LossName.non_saturating
+    d_steps: int = 1  # k discriminator steps per generator step (Goodfellow et al. 2014, Alg. 1)
+    gp_weight: float = 10.0  # WGAN-GP lambda
+    # D on real and fake as two batches (DCGAN: batchnorm statistics per kind) or, False, as one
+    # concatenated batch (BigGAN's split_D=False: one forward, one spectral-norm power iteration)
+    split_d: bool = True
+    diffaugment: str = ""  # DiffAugment policy for small datasets, e.g. "color,translation,cutout"
+    # BigGAN's off-diagonal orthogonal regularisation of G's / D's weights (Brock et al. 2019, 3.1)
+    g_ortho: float = 0.0
+    d_ortho: float = 0.0
+    # ProGAN's drift term eps * E[D(x)^2] on real logits, keeping a WGAN critic's output near 0
+    drift: float = 0.0
+
+
+@dataclass
+class GANModelConfig(ModelConfig):
+    z_dim: int = 100  # the latent size
+    g_width: int = 64  # G's base width (BigGAN's G_ch)
+    d_width: int = 64  # D's base width (BigGAN's D_ch)
+    d_norm: str = "batch"  # D's normalisation: batch | layer | none (families without norms ignore it)
+
+
+@dataclass
+class GANOptimConfig(OptimConfig):
+    g: AdamConfig = field(default_factory=AdamConfig)  # opt_G
+    d: AdamConfig = field(default_factory=AdamConfig)  # opt_D
+
+
+@dataclass
+class GANConfig(TrainConfig):
+    """A ``task=gan`` run's config: the shared sections, plus ``loss``, ``ema``, the GAN's model keys
+    and the G and D optimizers."""
+
+    task: str = "gan"
+    model: GANModelConfig = field(default_factory=GANModelConfig)
+    optim: GANOptimConfig = field(default_factory=GANOptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+
+
+@register_task
 class GANTask(StagedTask):
-    inference_components = ("G_ema",)  # what sampling needs: logged as the run's model artifact
+    name = "gan"
+    config = GANConfig
+    model_kind = "gan"
+    inference_components = ("G_ema",)
+    default_metrics = ("fid", "is", "pr")
+    sample_options = frozenset({"truncation"})
+
+    @classmethod
+    def check_config(cls, cfg: Any, manifest: DatasetManifest) -> list[str]:  # noqa: ARG003
+        problems = []
+        loss = cfg.loss
+        if loss.d_steps < 1:
+            problems.append("loss.d_steps must be >= 1")
+        if loss.g_ortho < 0 or loss.d_ortho < 0:
+            problems.append("loss.g_ortho and loss.d_ortho must be >= 0")
+        if cfg.model.d_norm not in D_NORMS:
+            problems.append(f"model.d_norm must be one of {', '.join(D_NORMS)} (got '{cfg.model.d_norm}')")
+        if str(loss.name) == "wgan_gp" and cfg.model.d_norm == "batch":
+            problems.append(
+                "loss=wgan_gp needs a critic without batchnorm (its penalty is per sample): set model.d_norm=layer"
+            )
+        if not 0.0 <= cfg.ema.decay < 1.0:
+            problems.append("ema.decay must be in [0, 1)")
+        try:
+            parse_policy(str(loss.diffaugment or ""))
+        except ValueError as exc:
+            problems.append(f"loss.diffaugment: {exc}")
+        return problems
+
+    @classmethod
+    def describe(cls, cfg: Any) -> dict[str, Any]:
+        d = int(cfg.loss.d_steps)
+        return {"loss": str(cfg.loss.name), "step": f"{d} D step(s) per G step", "d_steps": d}
 
     def __init__(self, cfg: DictConfig, manifest: DatasetManifest, device: torch.device, accelerator: Any):
         self.cfg, self.device, self.accelerator = cfg, device, accelerator
         self.num_classes = manifest.num_classes if cfg.model.conditional else 0
-        arch = OmegaConf.to_container(cfg.model.arch, resolve=True) if cfg.model.get("arch") else {}
         # Networks are initialised on the CPU (the same weights for a seed on every device type);
         # `bigtrain info` asks for the meta device, where building there skips the init entirely.
         where = torch.device("meta") if device.type == "meta" else contextlib.nullcontext()
@@ -60,7 +141,7 @@ class GANTask(StagedTask):
                 g_width=cfg.model.g_width,
                 d_width=cfg.model.d_width,
                 d_norm=cfg.model.d_norm,
-                **arch,  # type: ignore[arg-type]
+                **cfg.model.arch,
             )
         if bdist.world_size() > 1:  # BigGAN's cross-replica BN, applied from outside the model
             for net in (self.G, self.D):
@@ -73,8 +154,6 @@ class GANTask(StagedTask):
         self.D.to(device, memory_format=self.memory_format)
         bdist.broadcast_module(self.G)
         bdist.broadcast_module(self.D)
-        self.opt_G = adam(self.G.parameters(), cfg.optim.g)
-        self.opt_D = adam(self.D.parameters(), cfg.optim.d)
         self.loss = build_loss(str(cfg.loss.name))
         self.augment = parse_policy(str(cfg.loss.get("diffaugment", "") or ""))
         self.ema = EMA(self.G, cfg.ema.decay, cfg.ema.start_step, cfg.ema.warmup) if cfg.ema.enabled else None
@@ -87,14 +166,52 @@ class GANTask(StagedTask):
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         fp16 = str(cfg.trainer.precision) == "fp16"
         dev_type = device.type if device.type in ("cuda", "cpu") else "cpu"
-        self.scaler_G = torch.amp.GradScaler(dev_type, enabled=fp16)
-        self.scaler_D = torch.amp.GradScaler(dev_type, enabled=fp16)
+        self.guard = NonFiniteGuard(cfg.trainer)
+        self.d_update = OptimizerStep(
+            "D",
+            self.D.parameters(),
+            adam(self.D.parameters(), cfg.optim.d),
+            self.guard,
+            hparams=cfg.optim.d,
+            scaler=torch.amp.GradScaler(dev_type, enabled=fp16),
+            accumulation=self.accumulation,
+            broadcast=(self.D,),
+        )
+        self.g_update = OptimizerStep(
+            "G",
+            self.G.parameters(),
+            adam(self.G.parameters(), cfg.optim.g),
+            self.guard,
+            hparams=cfg.optim.g,
+            scaler=torch.amp.GradScaler(dev_type, enabled=fp16),
+            accumulation=self.accumulation,
+            broadcast=(self.G, self.D),  # D's BatchNorm statistics also moved in G's forward
+        )
         # BigGAN's shared class embedding is exempt from the orthogonal penalty (as in the reference)
         self._g_ortho_exempt = [m for m in (getattr(self.G, "shared", None),) if isinstance(m, nn.Module)]
-        self.guard = NonFiniteGuard(cfg.trainer)
         self.final_resolution = manifest.resolution
+        self.manifest = manifest
         self.staging = self._stage_driver(cfg, manifest) if cfg.stages.schedule else None
         self.follow_stage(1)
+
+    # the optimizers and loss scalers under their checkpoint names
+    @property
+    def opt_G(self) -> torch.optim.Optimizer:
+        return self.g_update.optimizer
+
+    @property
+    def opt_D(self) -> torch.optim.Optimizer:
+        return self.d_update.optimizer
+
+    @property
+    def scaler_G(self) -> torch.amp.GradScaler:
+        assert self.g_update.scaler is not None
+        return self.g_update.scaler
+
+    @property
+    def scaler_D(self) -> torch.amp.GradScaler:
+        assert self.d_update.scaler is not None
+        return self.d_update.scaler
 
     # -- resolution stages (progressive growing) ---------------------------------------------------
     def _stage_driver(self, cfg: DictConfig, manifest: DatasetManifest) -> StageDriver:
@@ -116,16 +233,16 @@ class GANTask(StagedTask):
             world_size=bdist.world_size(),
         )
 
-    def stage_optimizers(self) -> list[Any]:
-        return [self.opt_G, self.opt_D]
+    def stage_updates(self) -> list[OptimizerStep]:
+        return [self.g_update, self.d_update]
 
     # -- checkpointable state ---------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         out = {
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
+            "opt_G": self.g_update.state_dict(),
+            "opt_D": self.d_update.state_dict(),
         }
         if self.ema is not None:
             out["G_ema"] = self.ema.state_dict()
@@ -135,13 +252,11 @@ class GANTask(StagedTask):
         self.save_stages(out["task"])
         return out
 
-    def load_state(self, states: Mapping[str, Any]) -> None:
+    def load_state_dict(self, states: Mapping[str, Any]) -> None:
         self.G.load_state_dict(states["G"])
         self.D.load_state_dict(states["D"])
-        self.opt_G.load_state_dict(states["opt_G"])
-        self.opt_D.load_state_dict(states["opt_D"])
-        apply_hparams(self.opt_G, self.cfg.optim.g)
-        apply_hparams(self.opt_D, self.cfg.optim.d)
+        self.g_update.load_state_dict(states["opt_G"])
+        self.d_update.load_state_dict(states["opt_D"])
         if self.ema is not None:
             self.ema.load_state_dict(states["G_ema"])
         if "scaler" in states and self.scaler_G.is_enabled():
@@ -157,26 +272,20 @@ class GANTask(StagedTask):
         return mods
 
     # -- one step ---------------------------------------------------------------------------------
-    def _labels(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    def _labels(self, n: int) -> torch.Tensor | None:
         if not self.num_classes:
             return None
-        return torch.randint(0, self.num_classes, (n,), generator=generator).to(self.device)
+        return torch.randint(0, self.num_classes, (n,)).to(self.device)
 
     def images_per_step(self) -> int:
         return self.batch_size * self.cfg.loss.d_steps * self.accumulation
 
-    def _apply(self, module: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
-        bdist.all_reduce_grads(module.parameters())
-        scaler.step(opt)
-        scaler.update()
-
-    def _d_step(
-        self, step: int, data: Iterator[dict[str, Any]], autocast: Callable[[], Any]
-    ) -> dict[str, Any] | None:
-        self.opt_D.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
+    def _d_step(self, step: int, data: Batches, autocast: Callable[[], Any]) -> dict[str, Any] | None:
+        acc = self.accumulation
         real_logit = fake_logit = gp_sum = torch.zeros((), device=self.device)
-        for _ in range(self.accumulation):
+
+        def micro() -> torch.Tensor:
+            nonlocal real_logit, fake_logit, gp_sum
             batch = next(data)
             real = (
                 batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -207,65 +316,54 @@ class GANTask(StagedTask):
             if self.cfg.loss.drift > 0:  # ProGAN: keep the critic's output near 0
                 loss = loss + self.cfg.loss.drift * real_logits.float().square().mean()
             if self.cfg.loss.d_ortho > 0:
-                loss = loss + orthogonal_penalty(self.D, self.cfg.loss.d_ortho) / self.accumulation
-            self.scaler_D.scale(loss / self.accumulation).backward()
-            total = total + loss.detach() / self.accumulation
-            real_logit = real_logit + real_logits.detach().float().mean() / self.accumulation
-            fake_logit = fake_logit + fake_logits.detach().float().mean() / self.accumulation
-        value = self.guard.check(total, "D", step)
+                loss = loss + orthogonal_penalty(self.D, self.cfg.loss.d_ortho) / acc
+            real_logit = real_logit + real_logits.detach().float().mean() / acc
+            fake_logit = fake_logit + fake_logits.detach().float().mean() / acc
+            return loss
+
+        total = accumulate(self.d_update, micro)
+        value = self.d_update.apply(total, step)
         if value is None:
-            self.opt_D.zero_grad(set_to_none=True)
             return None
-        self._apply(self.D, self.opt_D, self.scaler_D)
-        bdist.broadcast_buffers(self.D)
-        return {"loss": value, "real": real_logit, "fake": fake_logit, "gp": gp_sum / self.accumulation}
+        return {"loss": value, "real": real_logit, "fake": fake_logit, "gp": gp_sum / acc}
 
     def _g_step(self, step: int, autocast: Callable[[], Any]) -> float | None:
+        def micro() -> torch.Tensor:
+            z = torch.randn(self.batch_size, self.z_dim, device=self.device)
+            y_fake = self._labels(self.batch_size)
+            with autocast():
+                fake = self.G(z, y_fake)
+                if self.augment:
+                    fake = diff_augment(fake, self.augment)
+                loss = self.loss.g_loss(self.D(fake, y_fake).float())
+            if self.cfg.loss.g_ortho > 0:
+                loss = loss + orthogonal_penalty(self.G, self.cfg.loss.g_ortho, self._g_ortho_exempt)
+            return loss
+
         # D's weights are frozen so its parameters collect no gradient from G's loss
         self.D.requires_grad_(False)
         try:
-            self.opt_G.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=self.device)
-            for _ in range(self.accumulation):
-                z = torch.randn(self.batch_size, self.z_dim, device=self.device)
-                y_fake = self._labels(self.batch_size)
-                with autocast():
-                    fake = self.G(z, y_fake)
-                    if self.augment:
-                        fake = diff_augment(fake, self.augment)
-                    loss = self.loss.g_loss(self.D(fake, y_fake).float())
-                if self.cfg.loss.g_ortho > 0:
-                    loss = loss + orthogonal_penalty(self.G, self.cfg.loss.g_ortho, self._g_ortho_exempt)
-                self.scaler_G.scale(loss / self.accumulation).backward()
-                total = total + loss.detach() / self.accumulation
-            value = self.guard.check(total, "G", step)
-            if value is None:
-                self.opt_G.zero_grad(set_to_none=True)
-                return None
-            self._apply(self.G, self.opt_G, self.scaler_G)
-            bdist.broadcast_buffers(self.G)
-            bdist.broadcast_buffers(self.D)  # D's BatchNorm statistics also moved in G's forward
-            return value
+            return self.g_update.apply(accumulate(self.g_update, micro), step)
         finally:
             self.D.requires_grad_(True)
 
-    def train_step(self, step: int, data: Iterator[dict[str, Any]]) -> dict[str, float]:
+    def train_step(self, step: int, data: Batches) -> dict[str, float]:
         autocast = self.accelerator.autocast
         factor = lr_factor(step, self.cfg.optim.schedule, self.cfg.trainer.max_steps)
         metrics = self.follow_stage(step)
         lr_g, lr_d = self.stage_lr
-        metrics["lr/G"] = set_lr(self.opt_G, self.cfg.optim.g, factor, lr_g)
-        metrics["lr/D"] = set_lr(self.opt_D, self.cfg.optim.d, factor, lr_d)
+        metrics["lr/G"] = self.g_update.schedule(factor, lr_g)
+        metrics["lr/D"] = self.d_update.schedule(factor, lr_d)
         d_out = []
         for _ in range(self.cfg.loss.d_steps):
             out = self._d_step(step, data, autocast)
             if out is not None:
                 d_out.append(out)
-                metrics["grad_norm/D"] = float(_grad_norm(self.D))
+                metrics["grad_norm/D"] = self.d_update.gradient_norm()
         g_loss = self._g_step(step, autocast)
         if g_loss is not None:
             metrics["loss/G"] = g_loss
-            metrics["grad_norm/G"] = float(_grad_norm(self.G))
+            metrics["grad_norm/G"] = self.g_update.gradient_norm()
         if d_out and g_loss is not None:
             self.guard.good_step()
         if self.ema is not None:
@@ -298,7 +396,9 @@ class GANTask(StagedTask):
         return self.ema.model if self.ema is not None else self.G
 
     @torch.no_grad()
-    def _generate(self, G: nn.Module, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def _generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The EMA generator (in eval mode) on ``z`` and labels ``y``; images on the CPU."""
+        G = self._eval_G()
         was_training = G.training
         G.eval()
         try:
@@ -311,31 +411,56 @@ class GANTask(StagedTask):
         g = torch.Generator().manual_seed(seed)
         if self.num_classes:
             nrows = min(self.num_classes, max(rows, 10))
-            z = torch.randn(rows, self.z_dim, generator=g).repeat(nrows, 1)
-            y = torch.arange(nrows).repeat_interleave(rows)
-        else:
-            z, y = torch.randn(rows * rows, self.z_dim, generator=g), None
-        return self._generate(self._eval_G(), z, y), rows
+            return self.sample_per_class(list(range(nrows)), rows, g), rows
+        return self._generate(torch.randn(rows * rows, self.z_dim, generator=g), None), rows
 
-    def sampler(
-        self, truncation: float = 0.0, classes: list[int] | None = None
-    ) -> Callable[[int, torch.Generator], torch.Tensor]:
-        """Samples from the EMA generator; ``truncation > 0`` resamples |z| > t (the truncation trick,
-        Brock et al. 2019 sec. 3.1); ``classes`` restricts the labels drawn."""
-        G = self._eval_G()
+    def sample(
+        self, n: int, generator: torch.Generator, *, classes: list[int] | None = None, **options: Any
+    ) -> torch.Tensor:
+        """From the EMA generator; ``truncation > 0`` redraws |z| > t (the truncation trick, Brock
+        et al. 2019 sec. 3.1). Noise is drawn on the generator's device, so FID samples are the
+        same wherever evaluation runs."""
+        dev = generator.device
+        z = truncated_normal(n, self.z_dim, float(options.get("truncation", 0.0)), generator, dev)
+        y = None
+        if self.num_classes:
+            pool = torch.tensor(classes if classes else range(self.num_classes), device=dev)
+            y = pool[torch.randint(0, len(pool), (n,), generator=generator, device=dev)]
+        return self._generate(z, y)
 
-        def sample(n: int, generator: torch.Generator) -> torch.Tensor:
-            dev = (
-                generator.device
-            )  # draw on the generator's device, so FID noise is the same wherever it runs
-            z = truncated_normal(n, self.z_dim, truncation, generator, dev)
-            y = None
-            if self.num_classes:
-                pool = torch.tensor(classes if classes else range(self.num_classes), device=dev)
-                y = pool[torch.randint(0, len(pool), (n,), generator=generator, device=dev)]
-            return self._generate(G, z, y)
+    def sample_per_class(
+        self, classes: list[int], per_class: int, generator: torch.Generator, **options: Any
+    ) -> torch.Tensor:
+        """A row per class with the same ``per_class`` latents in every row."""
+        z = truncated_normal(
+            per_class, self.z_dim, float(options.get("truncation", 0.0)), generator, generator.device
+        )
+        return self._generate(z.repeat(len(classes), 1), torch.tensor(classes).repeat_interleave(per_class))
 
-        return sample
+    def sample_labels(self, labels: torch.Tensor, generator: torch.Generator, **options: Any) -> torch.Tensor:
+        z = truncated_normal(
+            len(labels), self.z_dim, float(options.get("truncation", 0.0)), generator, generator.device
+        )
+        return self._generate(z, labels if self.num_classes else None)
+
+    def interpolate(self, rows: int, steps: int, generator: torch.Generator, **options: Any) -> torch.Tensor:  # noqa: ARG002
+        """Straight lines in z between two random points per row (Radford et al. 2016, sec. 6.1)."""
+        ends = torch.randn(rows, 2, self.z_dim, generator=generator)
+        t = torch.linspace(0, 1, steps).view(1, -1, 1)
+        z = (ends[:, :1] * (1 - t) + ends[:, 1:] * t).reshape(-1, self.z_dim)
+        y = None
+        if self.num_classes:
+            y = torch.randint(0, self.num_classes, (rows,), generator=generator).repeat_interleave(steps)
+        return self._generate(z, y)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def eval_source(self) -> EvalSource:
+        return EvalSource(
+            Judged.samples,
+            lambda n, generator: self.sample(n, generator),
+            self.manifest,
+            self.current_resolution(),
+        )
 
 
 def truncated_normal(
@@ -350,8 +475,3 @@ def truncated_normal(
                 break
             z[bad] = torch.randn(int(bad.sum()), generator=generator, device=device)
     return z
-
-
-@register_task("gan")
-def _build(cfg: DictConfig, manifest: DatasetManifest, device: torch.device, accelerator: Any) -> GANTask:
-    return GANTask(cfg, manifest, device, accelerator)

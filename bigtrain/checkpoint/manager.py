@@ -1,0 +1,139 @@
+"""The checkpoint manager: when to save, what to save, and where a run resumes from.
+
+Components register once (torchtitan's ``CheckpointManager``, edm2's ``CheckpointIO(**objects)``):
+anything with ``state_dict`` / ``load_state_dict`` is one file of the checkpoint, shared by all
+ranks (written by rank 0) or one per rank (``rng.rank3``); a *group* (a task) contributes several
+files at once (``G``, ``D``, ``opt_G``, ...); an engine with its own files (DeepSpeed) is a
+:class:`~bigtrain.checkpoint.io.NativeState` that saves and loads collectively. The manager owns
+
+* the save interval (``trainer.ckpt_every``) and the once-per-step rule: a step is saved at most
+  once, so the end of a run or a preemption right after a periodic save writes nothing new;
+* keep-last-k (``trainer.keep_last``), through :func:`~bigtrain.checkpoint.io.save_checkpoint`,
+  which writes atomically with content digests (the folder layout ``bigtrain inspect`` reads);
+* the resume policy (``resume=auto|never|PATH``): the newest checkpoint that verifies, none, or
+  exactly the one named; components load in the order they were registered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from bigtrain import distributed as bdist
+from bigtrain.checkpoint.io import Checkpoint, NativeState, latest_valid, open_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class Group(Protocol):
+    """Several components at once, by name (a task: ``{"G": ..., "opt_G": ...}``)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, states: Mapping[str, Any]) -> None: ...
+
+
+class CheckpointManager:
+    def __init__(self, run_dir: str | Path, *, every: int, keep_last: int, resume: str, config_yaml: str):
+        self.run_dir, self.every, self.keep_last = Path(run_dir), every, keep_last
+        self.policy, self.config_yaml = str(resume), config_yaml
+        self._entries: list[tuple[str, Any]] = []  # (kind, obj) in registration (= load) order
+        self.last: Path | None = None  # the newest checkpoint written or resumed from
+        self.last_step = -1
+
+    # -- registration -------------------------------------------------------------------------------
+    def add(self, name: str, obj: Stateful, *, per_rank: bool = False) -> None:
+        """One component: ``name.pt`` (rank 0 writes it), or ``name.rankR.pt`` on every rank."""
+        self._entries.append(("rank" if per_rank else "shared", (name, obj)))
+
+    def add_group(self, group: Group) -> None:
+        """A group's ``state_dict()`` keys are its components' names."""
+        self._entries.append(("group", group))
+
+    def add_native(self, native: NativeState) -> None:
+        self._entries.append(("native", native))
+
+    # -- saving ---------------------------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def saved(self, step: int) -> bool:
+        return self.last_step == step
+
+    def save(self, step: int, meta: Mapping[str, Any]) -> Path:
+        """Collective. Write step ``step`` unless it is already saved; the checkpoint's folder."""
+        if self.saved(step) and self.last is not None:
+            return self.last
+        shared: dict[str, Any] = {}
+        per_rank: dict[str, Any] = {}
+        natives: list[NativeState] = []
+        for kind, obj in self._entries:
+            if kind == "group":
+                shared.update(obj.state_dict())
+            elif kind == "native":
+                natives.append(obj)
+            else:
+                name, comp = obj
+                (per_rank if kind == "rank" else shared)[name] = comp.state_dict()
+        self.last = save_checkpoint(
+            self.run_dir, step, shared, per_rank, dict(meta), self.config_yaml, self.keep_last, natives
+        )
+        self.last_step = step
+        return self.last
+
+    # -- resuming -------------------------------------------------------------------------------------
+    def find(self) -> Checkpoint | None:
+        """The checkpoint the policy names: ``auto`` the newest that verifies, ``never`` none,
+        else the folder given (verified; a damaged one is an error, not a fallback)."""
+        if self.policy == "never":
+            return None
+        if self.policy == "auto":
+            return latest_valid(self.run_dir)
+        ck = open_checkpoint(self.policy)
+        ck.verify()
+        return ck
+
+    def resume(self, on_loaded: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
+        """Load every registered component from :meth:`find`'s checkpoint, in registration order."""
+        ck = self.find()
+        if ck is None:
+            return None
+        rank = bdist.rank()
+        names = ck.component_names()
+        singles = {obj[0] for kind, obj in self._entries if kind in ("shared", "rank")}
+        for kind, obj in self._entries:
+            if kind == "group":  # every shared file that no other component claims
+                own = [n for n in names if "." not in n and "/" not in n and n not in singles]
+                obj.load_state_dict({n: ck.load(n) for n in own})
+            elif kind == "native":
+                obj.load_native(ck)
+            elif kind == "shared":
+                name, comp = obj
+                comp.load_state_dict(ck.load(name))
+            else:
+                name, comp = obj
+                mine = f"{name}.rank{rank}"
+                if mine not in names:
+                    log.warning(
+                        "checkpoint was written by %s ranks; rank %d takes rank 0's %s state",
+                        ck.meta.get("world_size"),
+                        rank,
+                        name,
+                    )
+                    mine = f"{name}.rank0"
+                comp.load_state_dict(ck.load(mine))
+        self.last, self.last_step = ck.path, ck.step
+        if on_loaded is not None:
+            on_loaded(ck)
+        return ck
+
+
+__all__ = ["CheckpointManager", "Group", "Stateful"]

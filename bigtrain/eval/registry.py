@@ -1,0 +1,298 @@
+"""Metrics by name (``eval.metrics: [fid, is, pr, psnr, ssim, codebook]``), and the one function that
+evaluates a task's :class:`~bigtrain.eval.source.EvalSource` with them, during training and in
+``bigtrain evaluate`` alike.
+
+A metric is a function of an :class:`EvalRun`, which computes what several metrics share once and
+only when one asks for it: the samples' features (FID, IS and precision/recall come from one set of
+``eval.num_samples`` samples), the reference statistics (cached on disk per dataset content, split,
+resolution and feature network), the (original, reconstruction) pairs. Register your own with
+:func:`register_metric`; ``bigtrain info --metrics`` lists them all.
+
+Keys name what they measure: ``fid/<net>`` for samples, ``rfid/<net>`` for reconstructions (the
+``r`` prefix on every feature metric of reconstructions), ``eval/psnr``, ``eval/ssim``,
+``vq/codebook_usage``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from bigtrain.data.manifest import DatasetManifest
+from bigtrain.data.prepare import iter_images
+from bigtrain.eval.metrics import inception_score, precision_recall
+from bigtrain.eval.source import EvalSource, Judged, Need
+from bigtrain.utils.rng import preserve_rng
+
+log = logging.getLogger(__name__)
+
+PAIR_IMAGES = 256  # PSNR / SSIM: up to this many evaluation images and their reconstructions
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    needs: Need
+    compute: Callable[[EvalRun], dict[str, float]]
+    help: str
+    scales_with_samples: bool  # its value depends on eval.num_samples (bigtrain evaluate adds /n<N>)
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(
+    name: str, needs: Need, help: str, *, scales_with_samples: bool = False
+) -> Callable[[Callable[[EvalRun], dict[str, float]]], Callable[[EvalRun], dict[str, float]]]:
+    """Add ``fn(run) -> {key: value}`` as metric ``name``. A name is registered once: silently
+    replacing a metric would make two runs with the same config report different things."""
+
+    def deco(fn: Callable[[EvalRun], dict[str, float]]) -> Callable[[EvalRun], dict[str, float]]:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} is already registered")
+        METRICS[name] = Metric(name, needs, fn, help, scales_with_samples)
+        return fn
+
+    return deco
+
+
+def reference_key(
+    manifest: DatasetManifest, split: str, max_images: int, resolution: int | None = None
+) -> str:
+    """Reference statistics depend on (dataset content, split, resolution, how many images)."""
+    n = min(max_images, manifest.count(split))
+    return f"{manifest.name}-{manifest.dataset_id}-{split}-{resolution or manifest.resolution}px-n{n}"
+
+
+class Reference:
+    """One dataset's real images at one resolution under one feature network: the feature
+    network itself, ``(mu, sigma)`` and a subset of real features, loaded from the cache or computed
+    once. Built before training starts, so absent weights fail before the first step."""
+
+    def __init__(self, eval_cfg: Any, manifest: DatasetManifest, resolution: int, device: torch.device):
+        from bigtrain.eval.features import build_feature_extractor
+        from bigtrain.eval.fid import reference_features, reference_stats
+
+        c = eval_cfg
+        resized = None if resolution == manifest.resolution else resolution
+        with preserve_rng():
+            self.extractor = build_feature_extractor(c.feature, device)
+            key = reference_key(manifest, c.ref_split, c.ref_max_images, resized)
+            self.stats = reference_stats(
+                key,
+                lambda: iter_images(manifest, c.ref_split, c.batch_size, c.ref_max_images, resized),
+                self.extractor,
+                device,
+            )
+            self.features = reference_features(key, self.extractor.name)
+
+
+class EvalRun:
+    """One evaluation of one source: what its metrics share, computed on first use."""
+
+    def __init__(
+        self,
+        source: EvalSource,
+        eval_cfg: Any,
+        reference: Reference | None,
+        device: torch.device,
+        wants_probs: bool = False,
+    ):
+        self.source, self.cfg, self.device, self._reference = source, eval_cfg, device, reference
+        self.wants_probs = (
+            wants_probs  # the class probabilities cost nothing extra, but are kept only if asked
+        )
+
+    def key(self, metric: str) -> str:
+        """``fid/<net>`` for samples, ``rfid/<net>`` for reconstructions."""
+        prefix = "r" if self.source.judged is Judged.reconstructions else ""
+        return f"{prefix}{metric}/{self.cfg.feature}"
+
+    @property
+    def reference(self) -> Reference:
+        assert self._reference is not None, "a feature metric needs the reference (Evaluator builds it)"
+        return self._reference
+
+    @cached_property
+    def _features(self) -> tuple[np.ndarray, np.ndarray | None]:
+        from bigtrain.eval.fid import generator_features
+
+        probs: list[np.ndarray] = []
+        with preserve_rng():
+            feats = generator_features(
+                self.source.images,
+                self.cfg.num_samples,
+                self.cfg.batch_size,
+                self.reference.extractor,
+                self.device,
+                self.cfg.seed,
+                probs_out=probs if self.wants_probs else None,
+            )
+        return feats, (np.concatenate(probs) if probs else None)
+
+    @property
+    def features(self) -> np.ndarray:
+        """Feature-network activations of ``eval.num_samples`` images from the source (seeded)."""
+        return self._features[0]
+
+    @property
+    def probs(self) -> np.ndarray | None:
+        """The feature network's class probabilities for the same images (None without a class head)."""
+        return self._features[1]
+
+    @cached_property
+    def pairs(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Up to 256 (original, reconstruction) pairs as uint8 ``[C, H, W]`` arrays."""
+        assert self.source.pairs is not None
+        out = []
+        for x, rec in self.source.pairs(PAIR_IMAGES):
+            a = ((x + 1) * 127.5).round().clamp(0, 255).cpu().numpy().astype(np.uint8)
+            b = ((rec + 1) * 127.5).round().clamp(0, 255).cpu().numpy().astype(np.uint8)
+            out.extend(zip(a, b, strict=True))
+        return out
+
+
+# -- the built-in metrics ------------------------------------------------------------------------
+
+
+@register_metric(
+    "fid", Need.features, "Fréchet distance of feature statistics (clean-fid)", scales_with_samples=True
+)
+def _fid(run: EvalRun) -> dict[str, float]:
+    from bigtrain.eval.fid import feature_stats, frechet_distance
+
+    mu, sigma = feature_stats(run.features)
+    return {run.key("fid"): frechet_distance(mu, sigma, *run.reference.stats)}
+
+
+@register_metric(
+    "is", Need.features, "Inception Score from the feature network's class head", scales_with_samples=True
+)
+def _is(run: EvalRun) -> dict[str, float]:
+    if run.probs is None:  # the network has no class head: nothing to score
+        return {}
+    return {run.key("is"): inception_score(run.probs)[0]}
+
+
+@register_metric(
+    "pr",
+    Need.features,
+    "improved precision and recall (Kynkäänniemi et al. 2019, k = 3) in the feature space",
+    scales_with_samples=True,
+)
+def _pr(run: EvalRun) -> dict[str, float]:
+    if run.reference.features is None:
+        return {}
+    precision, recall = precision_recall(run.reference.features, run.features)
+    return {run.key("precision"): precision, run.key("recall"): recall}
+
+
+@register_metric("psnr", Need.pairs, "PSNR (dB) of reconstructions of up to 256 evaluation images")
+def _psnr(run: EvalRun) -> dict[str, float]:
+    values = []
+    for u, w in run.pairs:
+        mse = np.mean((u.astype(np.float64) - w.astype(np.float64)) ** 2)
+        values.append(100.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
+    return {"eval/psnr": float(np.mean(values))}
+
+
+@register_metric("ssim", Need.pairs, "SSIM (scikit-image) of the same reconstructions")
+def _ssim(run: EvalRun) -> dict[str, float]:
+    from skimage.metrics import structural_similarity
+
+    values = [structural_similarity(u, w, channel_axis=0, data_range=255) for u, w in run.pairs]
+    return {"eval/ssim": float(np.mean(values))}
+
+
+@register_metric(
+    "codebook", Need.codebook, "share of codes used and their perplexity since the last evaluation"
+)
+def _codebook(run: EvalRun) -> dict[str, float]:
+    assert run.source.codebook is not None
+    usage = run.source.codebook()
+    return {"vq/codebook_usage": usage["usage"], "vq/codebook_perplexity": usage["perplexity"]}
+
+
+# -- choosing and running them -------------------------------------------------------------------
+
+
+def check_metrics(names: Sequence[str], provides: frozenset[Need], task: str) -> list[str]:
+    """Problems with ``eval.metrics`` for a task that provides ``provides``: unknown names, or
+    metrics the task cannot feed (PSNR of a generator)."""
+    problems = []
+    for name in names:
+        if name not in METRICS:
+            problems.append(
+                f"eval.metrics: unknown metric '{name}'; registered: {', '.join(sorted(METRICS))}"
+            )
+        elif METRICS[name].needs not in provides:
+            problems.append(
+                f"eval.metrics: {name} needs {METRICS[name].needs.value}, which task={task} does not provide"
+            )
+    return problems
+
+
+class Evaluator:
+    """``eval.metrics`` over a task's sources, with the reference statistics kept per (real images,
+    resolution) so a resolution stage's evaluation compares with images of its own size."""
+
+    def __init__(self, eval_cfg: Any, metrics: Sequence[str], device: torch.device) -> None:
+        self.cfg, self.device = eval_cfg, device
+        self.metrics = [METRICS[m] for m in metrics]
+        self._references: dict[tuple[str, int], Reference] = {}
+        self.produced: dict[str, list[str]] = {}  # metric name -> the keys its last call gave
+
+    @property
+    def uses_features(self) -> bool:
+        return any(m.needs is Need.features for m in self.metrics)
+
+    def reference(self, manifest: DatasetManifest, resolution: int) -> Reference:
+        key = (str(manifest.root), resolution)
+        if key not in self._references:
+            self._references[key] = Reference(self.cfg, manifest, resolution, self.device)
+        return self._references[key]
+
+    def prepare(self, source: EvalSource) -> None:
+        """Build what the metrics need (feature network, reference statistics) now, not mid-run."""
+        if self.uses_features:
+            self.reference(source.reference, source.resolution)
+
+    def __call__(self, source: EvalSource) -> dict[str, float]:
+        """Every metric's values, in the order of ``eval.metrics``, plus ``eval/resolution``."""
+        ref = self.reference(source.reference, source.resolution) if self.uses_features else None
+        run = EvalRun(
+            source, self.cfg, ref, self.device, wants_probs=any(m.name == "is" for m in self.metrics)
+        )
+        out: dict[str, float] = {}
+        for m in self.metrics:
+            values = m.compute(run)
+            self.produced[m.name] = list(values)
+            out |= values
+        out["eval/resolution"] = float(source.resolution)
+        return out
+
+    def sample_count_keys(self) -> set[str]:
+        """The keys of the last call whose values depend on ``eval.num_samples``."""
+        return {k for m in self.metrics if m.scales_with_samples for k in self.produced.get(m.name, ())}
+
+    def headline(self, results: dict[str, float]) -> str:
+        """The key that stands for the whole evaluation (FID, or rFID): the first one produced."""
+        return next(iter(results))
+
+
+__all__ = [
+    "METRICS",
+    "EvalRun",
+    "Evaluator",
+    "Metric",
+    "Reference",
+    "check_metrics",
+    "reference_key",
+    "register_metric",
+]

@@ -1,0 +1,62 @@
+"""What an evaluation judges, as a task hands it over: the images to score, the real images they are
+compared with, and (for a model that reconstructs) the pairs and codebook statistics that only it
+can give.
+
+A task does not evaluate itself: it describes its :class:`EvalSource` and the metric registry
+(``bigtrain.eval.registry``) decides what to compute from it, the same way during training and in
+``bigtrain evaluate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+
+from bigtrain.data.manifest import DatasetManifest
+
+
+class Judged(StrEnum):
+    """What the images under evaluation are. Feature metrics of reconstructions carry an ``r``
+    prefix (``rfid/<net>``), so a tokenizer's rFID never lands on the same MLflow axis as a
+    generator's FID."""
+
+    samples = "samples"  # drawn from a generative model
+    reconstructions = "reconstructions"  # a model's reconstructions of real images
+
+
+class Need(StrEnum):
+    """What a metric needs from the source."""
+
+    features = "features"  # images -> feature-network activations (FID, IS, precision/recall)
+    pairs = "pairs"  # (original, reconstruction) pairs (PSNR, SSIM)
+    codebook = "codebook"  # a quantiser's code counts since the last evaluation
+
+
+Sampler = Callable[[int, torch.Generator], torch.Tensor]
+"""``f(n, generator) -> n images in [-1, 1]``, ``[n, C, H, W]``, on the CPU."""
+
+
+@dataclass
+class EvalSource:
+    judged: Judged
+    images: Sampler
+    reference: DatasetManifest  # the real images compared with (a prior's: its tokens' source)
+    resolution: int  # the images' side (a resolution stage's, or the dataset's)
+    # (originals, reconstructions) batches in [-1, 1], up to n images: only models that reconstruct
+    pairs: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    # {"usage": share of codes used, "perplexity": ...} since the last call, then reset
+    codebook: Callable[[], dict[str, float]] | None = None
+
+    def provides(self) -> frozenset[Need]:
+        out = {Need.features}
+        if self.pairs is not None:
+            out.add(Need.pairs)
+        if self.codebook is not None:
+            out.add(Need.codebook)
+        return frozenset(out)
+
+
+__all__ = ["EvalSource", "Judged", "Need", "Sampler"]

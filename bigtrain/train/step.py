@@ -1,0 +1,190 @@
+"""One optimizer step, the same for every network of every task.
+
+A step of any task is, per network: zero the gradients, run ``accumulation`` micro-batches and
+back-propagate each loss divided by that count (scaled by the fp16 loss scale), then, once:
+
+1. average the loss over ranks and check it is finite (:class:`NonFiniteGuard`): a NaN on any
+   rank is seen by every rank at the same step, before anything is applied; the run stops
+   (``trainer.on_nonfinite=stop``) or the update is dropped and counted (``skip``);
+2. average the gradients over ranks (one flat all-reduce; see ``bigtrain.distributed`` for why
+   not DDP);
+3. clip the global gradient norm (when the task asks);
+4. step the optimizer (through the fp16 loss scaler, which skips overflowing steps on every rank
+   alike because the scaled gradients were all-reduced before it looks);
+5. broadcast BatchNorm statistics from rank 0 (the networks whose buffers moved).
+
+:class:`OptimizerStep` does this for a plain PyTorch optimizer; a DeepSpeed engine does the same
+inside itself and stands behind the same interface (``bigtrain.train.tasks.prior``'s engines).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from bigtrain import distributed as bdist
+from bigtrain.errors import NonFiniteLossError
+
+
+class NonFiniteGuard:
+    """``trainer.on_nonfinite`` for one task: a loss that is NaN/inf on any rank either stops the run
+    (``stop``) or drops that update and counts it (``skip``), up to ``max_nonfinite_skips`` in a row.
+    Its counters are checkpointed in the task's ``task`` component."""
+
+    def __init__(self, trainer_cfg: Any) -> None:
+        self.policy = str(trainer_cfg.on_nonfinite)
+        self.max_skips = int(trainer_cfg.max_nonfinite_skips)
+        self.skips = 0  # in a row; reset by a good step
+        self.total = 0
+
+    def check(self, loss_sum: torch.Tensor, name: str, step: int) -> float | None:
+        """The rank-averaged loss, or None when the update must be dropped; raises to stop."""
+        value = float(bdist.all_reduce_mean(loss_sum.detach().float()))
+        if math.isfinite(value):
+            return value
+        if self.policy == "skip" and self.skips < self.max_skips:
+            self.skips += 1
+            self.total += 1
+            return None
+        raise NonFiniteLossError(name, step)
+
+    def good_step(self) -> None:
+        self.skips = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"nonfinite_skips": self.skips, "nonfinite_total": self.total}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.skips = int(state.get("nonfinite_skips", 0))
+        self.total = int(state.get("nonfinite_total", 0))
+
+
+class Update(Protocol):
+    """What a task drives, whatever does the work underneath (PyTorch or DeepSpeed)."""
+
+    name: str
+    accumulation: int
+
+    def zero(self) -> None: ...
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """One micro-batch's loss (its mean over the micro-batch)."""
+        ...
+
+    def apply(self, loss_sum: torch.Tensor, step: int) -> float | None:
+        """After the micro-batches: check, reduce, clip, step, broadcast. The rank-averaged loss, or
+        None when the update was dropped (``on_nonfinite=skip``). Raises to stop."""
+        ...
+
+    def schedule(self, factor: float, base: float | None = None) -> float:
+        """Set the learning rate to ``base`` (default: the configured rate) times ``factor``; it."""
+        ...
+
+
+def accumulate(update: Update, micro: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Zero, then ``update.accumulation`` times: ``loss = micro()`` and its backward. Returns the
+    mean loss over the micro-batches (detached), which :meth:`Update.apply` checks."""
+    update.zero()
+    total: torch.Tensor | None = None
+    for _ in range(update.accumulation):
+        loss = micro()
+        update.backward(loss)
+        part = loss.detach() / update.accumulation
+        total = part if total is None else total + part
+    assert total is not None
+    return total
+
+
+def set_lr(optimizer: Any, lr: float) -> None:
+    """Every parameter group of a torch or DeepSpeed optimizer at ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class OptimizerStep:
+    """A PyTorch optimizer's step for one network, in the order of the module docstring.
+
+    ``clip``: None leaves the gradients alone; a number clips their global norm to it (``inf``
+    only measures it) and :attr:`grad_norm` holds the norm before clipping. ``broadcast``: the
+    networks whose buffers (BatchNorm statistics) rank 0 sends to every rank after the step.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        params: Iterable[nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        guard: NonFiniteGuard,
+        *,
+        hparams: Any = None,
+        scaler: torch.amp.GradScaler | None = None,
+        accumulation: int = 1,
+        clip: float | None = None,
+        broadcast: Sequence[nn.Module] = (),
+    ) -> None:
+        self.name, self.optimizer, self.guard = name, optimizer, guard
+        self.hparams = hparams  # the optim.<name> block: lr, betas, eps, weight_decay
+        # each group's weight decay as built from the config (AdamW exempts biases and norms)
+        self._weight_decay = [g.get("weight_decay", 0.0) for g in optimizer.param_groups]
+        self.params = list(params)
+        self.scaler = scaler
+        self.accumulation = accumulation
+        self.clip = clip
+        self.broadcast = tuple(broadcast)
+        self.grad_norm = float("nan")
+
+    def zero(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        scaled = loss / self.accumulation
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+
+    def apply(self, loss_sum: torch.Tensor, step: int) -> float | None:
+        value = self.guard.check(loss_sum, self.name, step)
+        if value is None:
+            self.zero()
+            return None
+        bdist.all_reduce_grads(self.params)
+        if self.clip is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        for module in self.broadcast:
+            bdist.broadcast_buffers(module)
+        return value
+
+    def schedule(self, factor: float, base: float | None = None) -> float:
+        lr = float(self.hparams.lr if base is None else base) * factor
+        set_lr(self.optimizer, lr)
+        return lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """The optimizer's moments from a checkpoint; its hyper-parameters from the config, so a
+        resumed run can lower its learning rate (PyTorch would silently restore the saved one)."""
+        self.optimizer.load_state_dict(state)
+        if self.hparams is not None:
+            for group, wd in zip(self.optimizer.param_groups, self._weight_decay, strict=True):
+                group.update(
+                    lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=self.hparams.eps, weight_decay=wd
+                )
+
+    def gradient_norm(self) -> float:
+        """The global norm of the gradients the last step applied (they are kept until the next zero)."""
+        norms = [p.grad.detach().norm() for p in self.params if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+__all__ = ["NonFiniteGuard", "OptimizerStep", "Update", "accumulate", "set_lr"]
