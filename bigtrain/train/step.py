@@ -28,6 +28,7 @@ from torch import nn
 
 from bigtrain import distributed as bdist
 from bigtrain.errors import NonFiniteLossError
+from bigtrain.train.optim import adam
 
 
 class NonFiniteGuard:
@@ -136,6 +137,15 @@ class OptimizerStep:
         self.clip = clip
         self.broadcast = tuple(broadcast)
         self.grad_norm = float("nan")
+
+    @classmethod
+    def adam(
+        cls, name: str, module: nn.Module, hparams: Any, guard: NonFiniteGuard, **options: Any
+    ) -> OptimizerStep:
+        """Adam over ``module``'s parameters from its ``optim.<name>`` block (``lr``, ``betas``,
+        ``eps``, ``weight_decay``); ``options`` as for the constructor."""
+        optimizer = adam(module.parameters(), hparams)
+        return cls(name, module.parameters(), optimizer, guard, hparams=hparams, **options)
 
     def zero(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -29,7 +29,7 @@ from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models import D_NORMS, build_gan
 from bigtrain.train.augment import diff_augment, parse_policy
 from bigtrain.train.ema import EMA, EMAConfig
-from bigtrain.train.optim import adam, lr_factor
+from bigtrain.train.optim import lr_factor
 from bigtrain.train.stages import StageDriver, StagedTask, build_driver
 from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
 from bigtrain.train.task import Batches, register_task
@@ -167,22 +167,20 @@ class GANTask(StagedTask):
         fp16 = str(cfg.trainer.precision) == "fp16"
         dev_type = device.type if device.type in ("cuda", "cpu") else "cpu"
         self.guard = NonFiniteGuard(cfg.trainer)
-        self.d_update = OptimizerStep(
+        self.d_update = OptimizerStep.adam(
             "D",
-            self.D.parameters(),
-            adam(self.D.parameters(), cfg.optim.d),
+            self.D,
+            cfg.optim.d,
             self.guard,
-            hparams=cfg.optim.d,
             scaler=torch.amp.GradScaler(dev_type, enabled=fp16),
             accumulation=self.accumulation,
             broadcast=(self.D,),
         )
-        self.g_update = OptimizerStep(
+        self.g_update = OptimizerStep.adam(
             "G",
-            self.G.parameters(),
-            adam(self.G.parameters(), cfg.optim.g),
+            self.G,
+            cfg.optim.g,
             self.guard,
-            hparams=cfg.optim.g,
             scaler=torch.amp.GradScaler(dev_type, enabled=fp16),
             accumulation=self.accumulation,
             broadcast=(self.G, self.D),  # D's BatchNorm statistics also moved in G's forward

@@ -40,7 +40,7 @@ from bigtrain.eval.source import EvalSource, Judged, Need
 from bigtrain.models import build_model
 from bigtrain.models.patchgan import PatchDiscriminator
 from bigtrain.models.vqgan import VQModel
-from bigtrain.train.optim import adam, lr_factor
+from bigtrain.train.optim import lr_factor
 from bigtrain.train.stages import StagedTask, build_driver
 from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
 from bigtrain.train.task import Batches, register_task
@@ -143,24 +143,18 @@ class TokenizerTask(StagedTask):
         self.batch_size = cfg.data.batch_size
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         self.guard = NonFiniteGuard(cfg.trainer)
-        self.vq_update = OptimizerStep(
-            "tokenizer",
-            self.vq.parameters(),
-            adam(self.vq.parameters(), cfg.optim.vq),
-            self.guard,
-            hparams=cfg.optim.vq,
-            accumulation=self.accumulation,
+        self.vq_update = OptimizerStep.adam(
+            "tokenizer", self.vq, cfg.optim.vq, self.guard, accumulation=self.accumulation
         )
         self.d_update: OptimizerStep | None = None
         if self.D is not None:
             self.D.to(device)
             bdist.broadcast_module(self.D)
-            self.d_update = OptimizerStep(
+            self.d_update = OptimizerStep.adam(
                 "D",
-                self.D.parameters(),
-                adam(self.D.parameters(), cfg.optim.d),
+                self.D,
+                cfg.optim.d,
                 self.guard,
-                hparams=cfg.optim.d,
                 accumulation=self.accumulation,  # one pass over the autoencoder step's micro-batches
                 broadcast=(self.D,),
             )
