@@ -14,7 +14,7 @@ back-propagate each loss divided by that count (scaled by the fp16 loss scale), 
 5. broadcast BatchNorm statistics from rank 0 (the networks whose buffers moved).
 
 :class:`OptimizerStep` does this for a plain PyTorch optimizer; a DeepSpeed engine does the same
-inside itself and stands behind the same interface (``bigtrain.train.tasks.prior``'s engines).
+inside itself and stands behind the same interface (``bigtrain.train.engines``).
 """
 
 from __future__ import annotations
