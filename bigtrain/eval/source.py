@@ -50,13 +50,5 @@ class EvalSource:
     # {"usage": share of codes used, "perplexity": ...} since the last call, then reset
     codebook: Callable[[], dict[str, float]] | None = None
 
-    def provides(self) -> frozenset[Need]:
-        out = {Need.features}
-        if self.pairs is not None:
-            out.add(Need.pairs)
-        if self.codebook is not None:
-            out.add(Need.codebook)
-        return frozenset(out)
-
 
 __all__ = ["EvalSource", "Judged", "Need", "Sampler"]
