@@ -3,9 +3,13 @@
 One module, three choices that the literature combines freely:
 
 * **straight-through** (van den Oord et al. 2017, eq. 3): the codebook is learned by the loss
-  ``||sg[z] - e||^2`` and the encoder is pulled towards its codes by ``beta ||z - sg[e]||^2``
-  (``beta`` = 0.25 in both the VQ-VAE and VQ-GAN papers); gradients pass from ``z_q`` to ``z``
-  unchanged.
+  ``||sg[z] - e||^2`` and the encoder is pulled towards its codes by the commitment loss
+  ``||z - sg[e]||^2``; gradients pass from ``z_q`` to ``z`` unchanged. ``beta`` (0.25 in both the
+  VQ-VAE and VQ-GAN papers) weighs one of the two terms, chosen by ``beta_on``:
+  ``"commitment"`` is the papers' formula (and taming's ``legacy=False``); ``"codebook"`` is what
+  taming-transformers' ``VectorQuantizer2`` computes by default (``legacy=True``), i.e. what the
+  released VQGAN models were trained with: ``||sg[z_q] - z||^2 + beta ||z_q - sg[z]||^2``, so the
+  encoder is pulled 4x harder and the codebook moves 4x slower than the papers say.
 * **EMA codebook** (``ema=True``; VQ-VAE appendix A.1, Razavi et al. 2019): codes are exponential
   moving averages of the encoder outputs assigned to them (Laplace-smoothed cluster sizes), so only
   the commitment term is a loss.
@@ -32,9 +36,13 @@ from torch import Tensor, nn
 @dataclass
 class QuantizerOutput:
     z_q: Tensor  # [B, D, H, W], straight-through to z
-    loss: Tensor  # scalar: codebook + beta * commitment (EMA: beta * commitment)
+    loss: Tensor  # scalar: codebook and commitment terms, beta on one (EMA: beta * commitment)
     indices: Tensor  # [B, H, W] long
     perplexity: Tensor  # exp(entropy of this batch's code histogram)
+
+
+# which of the two straight-through terms beta weighs (the other has weight 1)
+BETA_ON = ("codebook", "commitment")
 
 
 def _identity(t: Tensor) -> Tensor:
@@ -49,6 +57,7 @@ class VectorQuantizer(nn.Module):
         num_codes: int,
         dim: int,
         beta: float = 0.25,
+        beta_on: str = "codebook",
         ema: bool = False,
         decay: float = 0.99,
         eps: float = 1e-5,
@@ -58,7 +67,9 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         if num_codes < 2 or dim < 1:
             raise ValueError(f"need num_codes >= 2 and dim >= 1, got {num_codes}, {dim}")
-        self.num_codes, self.dim, self.beta = num_codes, dim, beta
+        if beta_on not in BETA_ON:
+            raise ValueError(f"beta_on must be one of {', '.join(BETA_ON)}, got {beta_on!r}")
+        self.num_codes, self.dim, self.beta, self.beta_on = num_codes, dim, beta, beta_on
         self.ema, self.decay, self.eps = ema, decay, eps
         self.l2_normalize = l2_normalize
         self.restart_after = restart_after
@@ -86,7 +97,7 @@ class VectorQuantizer(nn.Module):
         return self.codebook()[indices].permute(0, 3, 1, 2).contiguous()
 
     def encode_indices(self, z: Tensor) -> Tensor:
-        flat = self._flatten(z)
+        flat = self._flatten(z.float())
         return self._nearest(flat).view(z.shape[0], z.shape[2], z.shape[3])
 
     def _flatten(self, z: Tensor) -> Tensor:
@@ -96,20 +107,34 @@ class VectorQuantizer(nn.Module):
         return F.normalize(flat, dim=1) if self.l2_normalize else flat
 
     def _nearest(self, flat: Tensor) -> Tensor:
-        codes = self.codebook()
-        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; the ||z||^2 term does not change the argmin.
-        dist = (codes * codes).sum(1)[None, :] - 2.0 * flat @ codes.t()
-        return dist.argmin(dim=1)
+        """The nearest code of each row, in fp32 whatever autocast is on: a bf16 distance matmul
+        picks a different code for ~1% of vectors of a 4096-code book, so a tokenizer trained under
+        bf16 and ``bigtrain tokenize`` (fp32) would disagree on the tokens."""
+        with torch.autocast(flat.device.type, enabled=False):
+            codes = self.codebook().float()
+            flat = flat.float()
+            # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; the ||z||^2 term does not change the argmin.
+            dist = (codes * codes).sum(1)[None, :] - 2.0 * flat @ codes.t()
+            return dist.argmin(dim=1)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
+        with torch.autocast(z.device.type, enabled=False):  # the loss and z_q in fp32 as well
+            return self._forward(z)
+
+    def _forward(self, z: Tensor) -> QuantizerOutput:
         flat = self._flatten(z.float())
         idx = self._nearest(flat.detach())
         codes = self.codebook()
         q = codes[idx]
-        if self.ema:
-            loss = self.beta * F.mse_loss(flat, q.detach())
+        commitment = F.mse_loss(flat, q.detach())  # pulls the encoder to its code
+        if self.ema:  # the codebook learns by averages; only the commitment term is a loss
+            loss = self.beta * commitment
         else:
-            loss = F.mse_loss(q, flat.detach()) + self.beta * F.mse_loss(flat, q.detach())
+            codebook = F.mse_loss(q, flat.detach())  # pulls the code to the encoder
+            if self.beta_on == "commitment":
+                loss = codebook + self.beta * commitment
+            else:
+                loss = commitment + self.beta * codebook
         q = flat + (q - flat).detach()  # straight-through estimator
         b, _, h, w = z.shape
         z_q = q.view(b, h, w, self.dim).permute(0, 3, 1, 2).contiguous().to(z.dtype)
@@ -162,4 +187,4 @@ class VectorQuantizer(nn.Module):
         return out
 
 
-__all__ = ["QuantizerOutput", "VectorQuantizer"]
+__all__ = ["BETA_ON", "QuantizerOutput", "VectorQuantizer"]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigtrain.config.typed import option
-from bigtrain.models.quantizers import QuantizerOutput, VectorQuantizer
+from bigtrain.models.quantizers import BETA_ON, QuantizerOutput, VectorQuantizer
 from bigtrain.models.registry import build_model, register_model
 from bigtrain.models.vq_layers import AttnBlock, Downsample, ResBlock, Upsample, group_norm
 
@@ -211,7 +211,12 @@ class VQGANArch:
     num_codes: int = option(1024, "codebook size")
     dropout: float = option(0.0, "dropout in residual blocks")
     groups: int = option(32, "GroupNorm groups")
-    beta: float = option(0.25, "commitment weight")
+    beta: float = option(0.25, "weight of one straight-through term (beta_on)")
+    beta_on: str = option(
+        "codebook",
+        "codebook: commitment + beta * codebook, as taming's released models (legacy=True) | "
+        "commitment: codebook + beta * commitment, as the VQ-VAE paper (quantizer=st only)",
+    )
     quantizer: str = option("st", "st: straight-through, learned codebook | ema: EMA codebook updates")
     ema_decay: float = option(0.99, "EMA codebook decay (quantizer=ema)")
     l2_normalize: bool = option(False, "cosine (unit-sphere) code matching")
@@ -226,10 +231,13 @@ def _build_vqgan_family(*, resolution: int, channels: int, arch: VQGANArch) -> V
     a = arch
     if a.quantizer not in ("st", "ema"):
         raise ValueError(f"model.arch.quantizer must be 'st' or 'ema', got {a.quantizer!r}")
+    if a.beta_on not in BETA_ON:
+        raise ValueError(f"model.arch.beta_on must be one of {', '.join(BETA_ON)}, got {a.beta_on!r}")
     quantizer = VectorQuantizer(
         a.num_codes,
         a.embed_dim,
         beta=float(a.beta),
+        beta_on=a.beta_on,
         ema=a.quantizer == "ema",
         decay=float(a.ema_decay),
         l2_normalize=a.l2_normalize,

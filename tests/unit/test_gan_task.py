@@ -117,6 +117,30 @@ def test_orthogonal_regularisation_enters_the_loss() -> None:
     assert reg["loss/G"] > plain["loss/G"]
 
 
+def _reference_ortho(p: torch.Tensor, strength: float) -> torch.Tensor:
+    """BigGAN-PyTorch's ``utils.ortho`` update of one weight: ``strength * 2 (W Wᵀ ⊙ (1 - I)) W``."""
+    w = p.detach().flatten(1)
+    return (strength * 2 * ((w @ w.t()) * (1 - torch.eye(w.shape[0]))) @ w).view_as(p)
+
+
+@pytest.mark.parametrize("accumulation", [1, 2, 4])
+def test_orthogonal_gradient_is_the_references_once_per_step(accumulation: int) -> None:
+    """With and without ``loss.{d,g}_ortho`` on the same data and noise (learning rates 0, so the
+    gradients stay readable), each network's gradient differs by exactly one reference update,
+    whatever the accumulation count (D's used to shrink by 1/k)."""
+    lr0 = ("optim.d.lr=0", "optim.g.lr=0", f"trainer.accumulation={accumulation}")
+    strength = 0.5
+    plain = _task(*lr0)
+    plain.train_step(1, _data())
+    reg = _task(*lr0, f"loss.d_ortho={strength}", f"loss.g_ortho={strength}")
+    reg.train_step(1, _data())
+    for name in ("D", "G"):
+        nets = getattr(plain, name), getattr(reg, name)
+        for (key, p0), p1 in zip(nets[0].named_parameters(), nets[1].parameters(), strict=True):
+            expected = _reference_ortho(p1, strength) if p1.ndim >= 2 else torch.zeros_like(p1)
+            torch.testing.assert_close(p1.grad - p0.grad, expected, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
+
+
 def test_diffaugment_trains_and_is_validated() -> None:
     task = _task("loss.diffaugment='color,translation,cutout'")
     assert task.augment == ("color", "translation", "cutout")

@@ -66,6 +66,65 @@ def test_straight_through_loss_and_gradients() -> None:
     torch.testing.assert_close(z.grad, torch.ones_like(z))
 
 
+def _taming_vq_loss(z: torch.Tensor, z_q: torch.Tensor, beta: float, legacy: bool) -> torch.Tensor:
+    """taming-transformers' ``VectorQuantizer2`` loss on flattened ``z`` and its codes ``z_q``:
+    ``legacy=True`` (its default, what the released VQGANs were trained with) puts beta on the
+    codebook term, ``legacy=False`` on the commitment term."""
+    if legacy:
+        return torch.mean((z_q.detach() - z) ** 2) + beta * torch.mean((z_q - z.detach()) ** 2)
+    return beta * torch.mean((z_q.detach() - z) ** 2) + torch.mean((z_q - z.detach()) ** 2)
+
+
+@pytest.mark.parametrize(("beta_on", "legacy"), [("codebook", True), ("commitment", False)])
+def test_vq_loss_gradients_are_the_releases_formula(beta_on: str, legacy: bool) -> None:
+    """Encoder and codebook gradients of ``beta_on`` equal taming's formula with ``legacy``; the
+    release's form pulls the encoder 4x harder and moves the codebook 4x slower (beta 0.25)."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 4, beta=0.25, beta_on=beta_on)
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    vq(z).loss.backward()
+    ours_z, ours_codes = z.grad.clone(), vq.embedding.weight.grad.clone()
+    z.grad = None
+    vq.embedding.weight.grad = None
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    nearest = ((flat.detach()[:, None] - vq.embedding.weight.detach()[None]) ** 2).sum(-1).argmin(1)
+    _taming_vq_loss(flat, vq.embedding.weight[nearest], 0.25, legacy).backward()
+    torch.testing.assert_close(ours_z, z.grad, rtol=0, atol=1e-7)
+    torch.testing.assert_close(ours_codes, vq.embedding.weight.grad, rtol=0, atol=1e-7)
+
+
+def test_release_form_pulls_the_encoder_four_times_harder() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(2, 4, 3, 3)
+    grads = {}
+    for beta_on in ("codebook", "commitment"):
+        torch.manual_seed(1)
+        vq = VectorQuantizer(16, 4, beta=0.25, beta_on=beta_on)
+        x = z.clone().requires_grad_(True)
+        vq(x).loss.backward()
+        grads[beta_on] = (x.grad.norm(), vq.embedding.weight.grad.norm())
+    torch.testing.assert_close(grads["codebook"][0], 4 * grads["commitment"][0])
+    torch.testing.assert_close(grads["codebook"][1], grads["commitment"][1] / 4)
+    with pytest.raises(ValueError, match="beta_on must be one of codebook, commitment"):
+        VectorQuantizer(16, 4, beta_on="both")
+    with pytest.raises(ValueError, match="model.arch.beta_on must be one of"):
+        build_vqgan(resolution=32, channels=1, beta_on="both")
+
+
+def test_code_lookup_is_fp32_under_bf16_autocast() -> None:
+    """A bf16 distance matmul picks another code for ~1% of vectors of a 4096 x 64 book; the lookup
+    runs in fp32 whatever autocast says, so bf16 training and fp32 ``tokenize`` agree on every code."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4096, 64)
+    vq.embedding.weight.data.normal_()
+    z = torch.randn(4, 64, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = vq(z).indices
+        assert torch.equal(vq.encode_indices(z), trained)
+    assert torch.equal(vq.encode_indices(z), trained)
+    assert torch.equal(vq.eval()(z).indices, trained)
+
+
 def test_ema_codebook_moves_codes_to_their_cluster_means() -> None:
     torch.manual_seed(0)
     vq = VectorQuantizer(4, 2, ema=True, decay=0.0, eps=0.0)

@@ -314,7 +314,10 @@ class GANTask(StagedTask):
             if self.cfg.loss.drift > 0:  # ProGAN: keep the critic's output near 0
                 loss = loss + self.cfg.loss.drift * real_logits.float().square().mean()
             if self.cfg.loss.d_ortho > 0:
-                loss = loss + orthogonal_penalty(self.D, self.cfg.loss.d_ortho) / acc
+                # whole on every micro-batch: the update divides each micro-batch's loss by the
+                # accumulation count, so the k copies sum to one penalty per D step, as the
+                # reference's utils.ortho applies it once after its accumulation loop
+                loss = loss + orthogonal_penalty(self.D, self.cfg.loss.d_ortho)
             real_logit = real_logit + real_logits.detach().float().mean() / acc
             fake_logit = fake_logit + fake_logits.detach().float().mean() / acc
             return loss
