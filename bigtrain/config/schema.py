@@ -68,10 +68,19 @@ class ModelConfig:
     arch: Any = field(default_factory=dict)
 
 
+class OptimizerName(StrEnum):
+    adam = "adam"
+    rmsprop = "rmsprop"  # the original WGAN's critic and generator (Arjovsky et al. 2017, Alg. 1)
+
+
 @dataclass
-class AdamConfig:
+class OptimizerConfig:
+    """One network's ``optim.<name>`` block."""
+
+    name: OptimizerName = OptimizerName.adam
     lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam's moment decays
+    alpha: float = 0.99  # RMSProp's squared-gradient decay (PyTorch's default, the WGAN reference's)
     eps: float = 1e-8
     weight_decay: float = 0.0
 

@@ -40,7 +40,11 @@ def differentiable_all_reduce(x: Tensor) -> Tensor:
 
 
 class CrossReplicaBatchNorm(_BatchNorm):
-    """BatchNorm over the global batch of all ranks in training; ordinary BN in eval or alone."""
+    """BatchNorm over the global batch of all ranks in training; ordinary BN in eval, alone, or
+    with ``local`` set (a copy that one rank runs in training mode, e.g. to sample with batch
+    statistics while the other ranks wait)."""
+
+    local: bool = False
 
     def _check_input_dim(self, input: Tensor) -> None:  # noqa: A002 - torch's signature
         if input.dim() < 2:
@@ -48,7 +52,11 @@ class CrossReplicaBatchNorm(_BatchNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         if not (
-            self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            self.training
+            and not self.local
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
         ):
             return super().forward(x)
         c = x.shape[1]
@@ -73,6 +81,15 @@ class CrossReplicaBatchNorm(_BatchNorm):
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out.to(x.dtype)
+
+
+def set_local_bn(module: nn.Module, local: bool = True) -> nn.Module:
+    """Make every cross-replica BN layer of ``module`` use this rank's batch only (or again the
+    global batch); returns the module."""
+    for m in module.modules():
+        if isinstance(m, CrossReplicaBatchNorm):
+            m.local = local
+    return module
 
 
 def convert_cross_replica_bn(module: nn.Module) -> nn.Module:

@@ -29,6 +29,8 @@ class GANLoss:
     """
 
     gradient_penalty: ClassVar[bool] = False
+    # the trainer clips the critic's weights to [-c, c] after every critic step (the original WGAN)
+    weight_clip: ClassVar[bool] = False
 
     def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         """Discriminator (critic) loss from its logits on real and generated images."""
@@ -130,6 +132,26 @@ class WGANGPLoss(GANLoss):
         return -fake_logits.mean()
 
 
+@_register("wgan")
+class WGANLoss(GANLoss):
+    """The original Wasserstein GAN (Arjovsky et al. 2017, Algorithm 1).
+
+    The same objectives as WGAN-GP's, but the critic is kept (roughly) Lipschitz by clipping every
+    weight to ``[-c, c]`` after each critic update (``weight_clip = True``: the trainer clips, with
+    ``c = loss.clip``, 0.01 in the paper), trained with RMSProp at 5e-5 and 5 critic steps per
+    generator step. Gulrajani et al. 2017 replaced the clipping with the gradient penalty because it
+    biases the critic towards simple functions; kept as the lecture's baseline.
+    """
+
+    weight_clip: ClassVar[bool] = True
+
+    def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        return fake_logits.mean() - real_logits.mean()
+
+    def g_loss(self, fake_logits: Tensor) -> Tensor:
+        return -fake_logits.mean()
+
+
 @_register("hinge")
 class HingeLoss(GANLoss):
     """Hinge loss (Lim & Ye 2017 "Geometric GAN"; used by Miyato et al. 2018 for SN-GAN).
@@ -197,6 +219,7 @@ __all__ = [
     "MinimaxLoss",
     "NonSaturatingLoss",
     "WGANGPLoss",
+    "WGANLoss",
     "build_loss",
     "gradient_penalty",
 ]

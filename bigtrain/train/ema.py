@@ -4,8 +4,13 @@ Before ``start_step`` the EMA copy simply follows the live weights (early weight
 averaging them in only delays a useful EMA); after it, each update is
 ``ema <- d * ema + (1 - d) * w`` with ``d = min(decay, (1 + n) / (10 + n))`` during the warm-up
 (``n`` = updates since the start), the ramp TensorFlow's ExponentialMovingAverage uses with
-``num_updates``, so the average is not dominated by its first snapshot. Buffers (BatchNorm
-statistics) are copied, not averaged.
+``num_updates``, so the average is not dominated by its first snapshot.
+
+Buffers (BatchNorm running statistics, spectral-norm vectors) are, with ``buffers="copy"``, the
+live network's: the averaged weights are then normalised with statistics of the current weights.
+With ``buffers="average"`` they are averaged with the same decay as the weights, which is what
+BigGAN-PyTorch's ``utils.ema`` does (it averages the whole state dict); integer buffers (BatchNorm's
+step counter) are copied either way.
 """
 
 from __future__ import annotations
@@ -26,13 +31,28 @@ class EMAConfig:
     decay: float = 0.999
     start_step: int = 0  # the EMA copy follows the live weights until this step
     warmup: bool = True  # TensorFlow's num_updates ramp of the decay
+    # BatchNorm statistics and other buffers: "copy" the live G's every step, or "average" them with
+    # the weights' decay (BigGAN-PyTorch's whole-state-dict EMA; the BigGAN presets)
+    buffers: str = "copy"
+
+
+EMA_BUFFERS = ("copy", "average")
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float = 0.999, start_step: int = 0, warmup: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        decay: float = 0.999,
+        start_step: int = 0,
+        warmup: bool = True,
+        buffers: str = "copy",
+    ):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema.decay must be in [0, 1), got {decay}")
-        self.decay, self.start_step, self.warmup = decay, start_step, warmup
+        if buffers not in EMA_BUFFERS:
+            raise ValueError(f"ema.buffers must be one of {', '.join(EMA_BUFFERS)}, got {buffers!r}")
+        self.decay, self.start_step, self.warmup, self.buffers = decay, start_step, warmup, buffers
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     def current_decay(self, step: int) -> float:
@@ -51,8 +71,12 @@ class EMA:
                 e.copy_(p.detach())
             else:
                 e.lerp_(p.detach().to(e.dtype), 1.0 - d)
+        average = self.buffers == "average" and d > 0.0
         for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            e.copy_(b)
+            if average and e.is_floating_point():
+                e.lerp_(b.to(e.dtype), 1.0 - d)
+            else:
+                e.copy_(b)
 
     def state_dict(self) -> dict[str, Any]:
         return self.model.state_dict()

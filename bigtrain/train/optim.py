@@ -13,7 +13,13 @@ from typing import Any
 import torch
 
 
-def adam(params: Any, c: Any) -> torch.optim.Adam:
+def build_optimizer(params: Any, c: Any) -> torch.optim.Optimizer:
+    """The optimizer an ``optim.<name>`` block names (``name``: adam, the default, or rmsprop)."""
+    name = str(getattr(c, "name", "adam"))
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay)
+    if name != "adam":
+        raise ValueError(f"unknown optimizer {name!r}; choose adam or rmsprop")
     return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
 
 
@@ -32,4 +38,4 @@ def lr_factor(step: int, schedule: Any, max_steps: int) -> float:
     return floor + (1.0 - floor) * shape
 
 
-__all__ = ["adam", "lr_factor"]
+__all__ = ["build_optimizer", "lr_factor"]

@@ -28,7 +28,7 @@ from torch import nn
 
 from bigtrain import distributed as bdist
 from bigtrain.errors import NonFiniteLossError
-from bigtrain.train.optim import adam
+from bigtrain.train.optim import build_optimizer
 
 
 class NonFiniteGuard:
@@ -139,12 +139,13 @@ class OptimizerStep:
         self.grad_norm = float("nan")
 
     @classmethod
-    def adam(
+    def build(
         cls, name: str, module: nn.Module, hparams: Any, guard: NonFiniteGuard, **options: Any
     ) -> OptimizerStep:
-        """Adam over ``module``'s parameters from its ``optim.<name>`` block (``lr``, ``betas``,
-        ``eps``, ``weight_decay``); ``options`` as for the constructor."""
-        optimizer = adam(module.parameters(), hparams)
+        """The optimizer of ``module``'s parameters from its ``optim.<name>`` block (``name``: Adam
+        or RMSProp, ``lr``, ``betas``/``alpha``, ``eps``, ``weight_decay``); ``options`` as for the
+        constructor."""
+        optimizer = build_optimizer(module.parameters(), hparams)
         return cls(name, module.parameters(), optimizer, guard, hparams=hparams, **options)
 
     def zero(self) -> None:
@@ -187,9 +188,11 @@ class OptimizerStep:
         self.optimizer.load_state_dict(state)
         if self.hparams is not None:
             for group, wd in zip(self.optimizer.param_groups, self._weight_decay, strict=True):
-                group.update(
-                    lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=self.hparams.eps, weight_decay=wd
-                )
+                group.update(lr=self.hparams.lr, eps=self.hparams.eps, weight_decay=wd)
+                if "betas" in group:
+                    group["betas"] = tuple(self.hparams.betas)
+                if "alpha" in group:
+                    group["alpha"] = float(self.hparams.alpha)
 
     def gradient_norm(self) -> float:
         """The global norm of the gradients the last step applied (they are kept until the next zero)."""

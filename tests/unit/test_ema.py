@@ -48,3 +48,30 @@ def test_buffers_are_copied_and_state_round_trips() -> None:
         for a, b in zip(other.model.state_dict().values(), ema.model.state_dict().values(), strict=True)
     )
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def _reference_ema(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor], decay: float) -> None:
+    """BigGAN-PyTorch's ``utils.ema.update``: every state-dict entry, buffers included, moves to
+    ``target * decay + source * (1 - decay)`` (integer counters aside: bigtrain copies those)."""
+    for key, value in source.items():
+        if value.is_floating_point():
+            target[key].copy_(target[key] * decay + value * (1 - decay))
+        else:
+            target[key].copy_(value)
+
+
+def test_average_buffers_is_the_references_whole_state_dict_ema() -> None:
+    net = _net()
+    ema = EMA(net, decay=0.9, warmup=False, buffers="average")
+    reference = {k: v.clone() for k, v in net.state_dict().items()}
+    for step in range(1, 6):
+        with torch.no_grad():
+            net[0].weight.add_(0.1 * step)
+        net.train()(torch.randn(8, 3) * step)  # moves the BatchNorm statistics
+        ema.update(net, step)
+        _reference_ema(reference, net.state_dict(), 0.9)
+    for key, value in ema.model.state_dict().items():
+        torch.testing.assert_close(value, reference[key], msg=key)
+    assert not torch.allclose(ema.model[1].running_mean, net[1].running_mean)  # averaged, not copied
+    with pytest.raises(ValueError, match="ema.buffers must be one of copy, average"):
+        EMA(net, buffers="mean")

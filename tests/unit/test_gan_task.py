@@ -3,11 +3,13 @@ scaling and truncated sampling."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 
 import pytest
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from bigtrain.errors import ConfigError, NonFiniteLossError
 from bigtrain.train.task import check_config
@@ -158,3 +160,84 @@ def test_joint_d_batch_equals_split_for_a_batch_independent_d() -> None:
     joint = _task("model.d_norm=none", "loss.split_d=false").train_step(1, _data())
     assert joint["loss/D"] == pytest.approx(split["loss/D"], rel=1e-5)
     assert joint["D/real_logit"] == pytest.approx(split["D/real_logit"], rel=1e-5)
+
+
+def _g_state(task: GANTask) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in task.ema.model.state_dict().items()}
+
+
+def test_sampling_with_batch_statistics_leaves_g_ema_untouched() -> None:
+    """``eval.g_bn=batch`` (the BigGAN reference's CIFAR protocol): train-mode BatchNorm per
+    sampling batch, on a copy, so G_ema's checkpointed buffers stay as they were."""
+    task = _task("eval.g_bn=batch")
+    task.train_step(1, _data())
+    before = _g_state(task)
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    images = task._generate(z, None)
+    assert all(torch.equal(v, task.ema.model.state_dict()[k]) for k, v in before.items())
+    manual = copy.deepcopy(task.ema.model).train()
+    with torch.no_grad():
+        expected = manual(z, None).clamp(-1, 1)
+    torch.testing.assert_close(images, expected)
+    torch.testing.assert_close(task._generate(z, None), images)  # the same call, the same images
+    running = _task()
+    running.train_step(1, _data())
+    assert not torch.allclose(running._generate(z, None), images)
+
+
+def test_standing_statistics_are_the_average_over_passes() -> None:
+    """``eval.g_bn=standing``: BN statistics re-estimated as the plain average of ``passes`` train-mode
+    batches (the reference's ``accumulate_standing_stats``), on a copy, once per training step."""
+    task = _task("eval.g_bn=standing", "eval.standing_passes=3", "eval.standing_batch=5")
+    task.train_step(1, _data())
+    before = _g_state(task)
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    images = task._generate(z, None)
+    assert all(torch.equal(v, task.ema.model.state_dict()[k]) for k, v in before.items())
+    net = copy.deepcopy(task.ema.model)
+    bns = [m for m in net.modules() if isinstance(m, _BatchNorm)]
+    sums = [[torch.zeros_like(m.running_mean), torch.zeros_like(m.running_var)] for m in bns]
+    g = torch.Generator().manual_seed(int(task.cfg.eval.seed))
+    hooks = []
+    for m, acc in zip(bns, sums, strict=True):
+
+        def hook(mod, inp, out, acc=acc):  # noqa: ANN001, ANN202, ARG001
+            x = inp[0].transpose(0, 1).flatten(1)
+            acc[0] += x.mean(1)
+            acc[1] += x.var(1, unbiased=True)
+
+        hooks.append(m.register_forward_hook(hook))
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(5, 8, generator=g), None)
+    for h in hooks:
+        h.remove()
+    for m, (mean, var) in zip(bns, sums, strict=True):
+        m.running_mean.copy_(mean / 3)
+        m.running_var.copy_(var / 3)
+    with torch.no_grad():
+        expected = net.eval()(z, None).clamp(-1, 1)
+    torch.testing.assert_close(images, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(task._generate(z, None), images)  # not re-estimated within a step
+    with pytest.raises(ConfigError, match="eval.g_bn must be one of running, batch, standing"):
+        check_config(
+            compose("experiment=mnist_dcgan", "data.path=/x", "eval.g_bn=train"), declared_manifest()
+        )
+
+
+def test_original_wgan_clips_the_critic_and_uses_rmsprop() -> None:
+    task = _task("experiment=mnist_wgan", "loss.clip=0.005")
+    assert isinstance(task.opt_D, torch.optim.RMSprop) and isinstance(task.opt_G, torch.optim.RMSprop)
+    assert task.opt_D.param_groups[0]["lr"] == 5e-5 and task.cfg.loss.d_steps == 5
+    assert max(p.abs().max() for p in task.D.parameters()) > 0.005  # before: not clipped
+    data = _Counting(_data())
+    m = task.train_step(1, data)
+    assert data.n == 5 and math.isfinite(m["loss/D"])
+    assert max(p.abs().max() for p in task.D.parameters()) <= 0.005
+    state = task.d_update.state_dict()
+    again = _task("experiment=mnist_wgan", "loss.clip=0.005")
+    again.d_update.load_state_dict(state)
+    assert again.opt_D.param_groups[0]["alpha"] == 0.99 and "betas" not in again.opt_D.param_groups[0]
+    with pytest.raises(ConfigError, match="loss.clip"):
+        check_config(compose("experiment=mnist_wgan", "data.path=/x", "loss.clip=0"), declared_manifest())

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bigtrain import distributed as bdist
-from bigtrain.config.schema import AdamConfig, ModelConfig, OptimConfig, TrainConfig
+from bigtrain.config.schema import EvalConfig, ModelConfig, OptimConfig, OptimizerConfig, TrainConfig
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.distributed.sync_bn import convert_cross_replica_bn
 from bigtrain.eval.source import EvalSource, Judged
@@ -28,7 +28,8 @@ from bigtrain.losses import build_loss, gradient_penalty
 from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models import D_NORMS, build_gan
 from bigtrain.train.augment import diff_augment, parse_policy
-from bigtrain.train.ema import EMA, EMAConfig
+from bigtrain.train.bn_modes import G_BN_MODES, Sampler
+from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.stages import StageDriver, StagedTask, build_driver
 from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
@@ -41,6 +42,7 @@ class LossName(StrEnum):
     minimax = "minimax"
     non_saturating = "non_saturating"
     lsgan = "lsgan"
+    wgan = "wgan"
     wgan_gp = "wgan_gp"
     hinge = "hinge"
 
@@ -52,6 +54,7 @@ class LossConfig:
     name: LossName = LossName.non_saturating
     d_steps: int = 1  # k discriminator steps per generator step (Goodfellow et al. 2014, Alg. 1)
     gp_weight: float = 10.0  # WGAN-GP lambda
+    clip: float = 0.01  # loss=wgan: the critic's weights are clipped to [-clip, clip] after each step
     # D on real and fake as two batches (DCGAN: batchnorm statistics per kind) or, False, as one
     # concatenated batch (BigGAN's split_D=False: one forward, one spectral-norm power iteration)
     split_d: bool = True
@@ -73,8 +76,19 @@ class GANModelConfig(ModelConfig):
 
 @dataclass
 class GANOptimConfig(OptimConfig):
-    g: AdamConfig = field(default_factory=AdamConfig)  # opt_G
-    d: AdamConfig = field(default_factory=AdamConfig)  # opt_D
+    g: OptimizerConfig = field(default_factory=OptimizerConfig)  # opt_G
+    d: OptimizerConfig = field(default_factory=OptimizerConfig)  # opt_D
+
+
+@dataclass
+class GANEvalConfig(EvalConfig):
+    """``eval.*`` of a GAN: the shared keys plus the BatchNorm statistics G samples with."""
+
+    # running: eval mode, stored statistics | batch: train mode, each batch its own (the BigGAN
+    # reference's CIFAR protocol) | standing: re-estimated over standing_passes batches, then eval
+    g_bn: str = "running"
+    standing_passes: int = 16  # the reference's --num_standing_accumulations
+    standing_batch: int = 0  # samples per standing pass; 0 = data.batch_size
 
 
 @dataclass
@@ -87,6 +101,7 @@ class GANConfig(TrainConfig):
     optim: GANOptimConfig = field(default_factory=GANOptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    eval: GANEvalConfig = field(default_factory=GANEvalConfig)
 
 
 @register_task
@@ -104,6 +119,8 @@ class GANTask(StagedTask):
         loss = cfg.loss
         if loss.d_steps < 1:
             problems.append("loss.d_steps must be >= 1")
+        if str(loss.name) == "wgan" and not loss.clip > 0:
+            problems.append("loss.clip (the WGAN critic's weight bound) must be > 0")
         if loss.g_ortho < 0 or loss.d_ortho < 0:
             problems.append("loss.g_ortho and loss.d_ortho must be >= 0")
         if cfg.model.d_norm not in D_NORMS:
@@ -114,6 +131,12 @@ class GANTask(StagedTask):
             )
         if not 0.0 <= cfg.ema.decay < 1.0:
             problems.append("ema.decay must be in [0, 1)")
+        if cfg.eval.g_bn not in G_BN_MODES:
+            problems.append(f"eval.g_bn must be one of {', '.join(G_BN_MODES)} (got '{cfg.eval.g_bn}')")
+        if cfg.eval.standing_passes < 1 or cfg.eval.standing_batch < 0:
+            problems.append("eval.standing_passes must be >= 1 and eval.standing_batch >= 0")
+        if cfg.ema.buffers not in EMA_BUFFERS:
+            problems.append(f"ema.buffers must be one of {', '.join(EMA_BUFFERS)} (got '{cfg.ema.buffers}')")
         try:
             parse_policy(str(loss.diffaugment or ""))
         except ValueError as exc:
@@ -156,7 +179,11 @@ class GANTask(StagedTask):
         bdist.broadcast_module(self.D)
         self.loss = build_loss(str(cfg.loss.name))
         self.augment = parse_policy(str(cfg.loss.get("diffaugment", "") or ""))
-        self.ema = EMA(self.G, cfg.ema.decay, cfg.ema.start_step, cfg.ema.warmup) if cfg.ema.enabled else None
+        self.ema = (
+            EMA(self.G, cfg.ema.decay, cfg.ema.start_step, cfg.ema.warmup, str(cfg.ema.buffers))
+            if cfg.ema.enabled
+            else None
+        )
         if cfg.trainer.get("compile"):
             # in place (nn.Module.compile), so state_dict keys and the EMA copy are unaffected
             self.G.compile()
@@ -167,7 +194,7 @@ class GANTask(StagedTask):
         fp16 = str(cfg.trainer.precision) == "fp16"
         dev_type = device.type if device.type in ("cuda", "cpu") else "cpu"
         self.guard = NonFiniteGuard(cfg.trainer)
-        self.d_update = OptimizerStep.adam(
+        self.d_update = OptimizerStep.build(
             "D",
             self.D,
             cfg.optim.d,
@@ -176,7 +203,7 @@ class GANTask(StagedTask):
             accumulation=self.accumulation,
             broadcast=(self.D,),
         )
-        self.g_update = OptimizerStep.adam(
+        self.g_update = OptimizerStep.build(
             "G",
             self.G,
             cfg.optim.g,
@@ -189,6 +216,15 @@ class GANTask(StagedTask):
         self._g_ortho_exempt = [m for m in (getattr(self.G, "shared", None),) if isinstance(m, nn.Module)]
         self.final_resolution = manifest.resolution
         self.manifest = manifest
+        e = cfg.eval
+        self.sampler = Sampler(
+            str(e.g_bn),
+            passes=int(e.standing_passes),
+            batch=int(e.standing_batch) or self.batch_size,
+            seed=int(e.seed),
+            draw=self._draw_inputs,
+        )
+        self._version = 0  # changes with G's weights: standing statistics are re-estimated then
         self.staging = self._stage_driver(cfg, manifest) if cfg.stages.schedule else None
         self.follow_stage(1)
 
@@ -262,6 +298,7 @@ class GANTask(StagedTask):
             self.scaler_D.load_state_dict(states["scaler"]["D"])
         self.guard.load_state_dict(states.get("task", {}))
         self.load_stages(states.get("task", {}))
+        self._version += 1
 
     def digest_modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"G": self.G, "D": self.D}
@@ -326,6 +363,10 @@ class GANTask(StagedTask):
         value = self.d_update.apply(total, step)
         if value is None:
             return None
+        if self.loss.weight_clip:  # the original WGAN: a compact weight space keeps D Lipschitz
+            with torch.no_grad():
+                for p in self.D.parameters():
+                    p.clamp_(-self.cfg.loss.clip, self.cfg.loss.clip)
         return {"loss": value, "real": real_logit, "fake": fake_logit, "gp": gp_sum / acc}
 
     def _g_step(self, step: int, autocast: Callable[[], Any]) -> float | None:
@@ -350,6 +391,7 @@ class GANTask(StagedTask):
 
     def train_step(self, step: int, data: Batches) -> dict[str, float]:
         autocast = self.accelerator.autocast
+        self._version += 1
         factor = lr_factor(step, self.cfg.optim.schedule, self.cfg.trainer.max_steps)
         metrics = self.follow_stage(step)
         lr_g, lr_d = self.stage_lr
@@ -396,16 +438,24 @@ class GANTask(StagedTask):
     def _eval_G(self) -> nn.Module:
         return self.ema.model if self.ema is not None else self.G
 
+    def _draw_inputs(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Random G inputs for standing statistics: z ~ N(0, I), labels uniform."""
+        z = torch.randn(n, self.z_dim, generator=generator).to(self.device)
+        if not self.num_classes:
+            return z, None
+        return z, torch.randint(0, self.num_classes, (n,), generator=generator).to(self.device)
+
     @torch.no_grad()
     def _generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The EMA generator (in eval mode) on ``z`` and labels ``y``; images on the CPU."""
-        G = self._eval_G()
-        was_training = G.training
-        G.eval()
+        """The EMA generator on ``z`` and labels ``y`` with the BatchNorm statistics ``eval.g_bn``
+        names (see ``bigtrain.train.bn_modes``); images on the CPU."""
+        source = self._eval_G()
+        was_training = source.training
         try:
+            G = self.sampler.network(source, self._version)
             return G(z.to(self.device), None if y is None else y.to(self.device)).float().clamp(-1, 1).cpu()
         finally:
-            G.train(was_training)
+            source.train(was_training)
 
     def sample_grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:
         """Fixed z; when conditional, one row per class (up to 10 rows), the same z across rows."""

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bigtrain.checkpoint.io import NativeState
-from bigtrain.config.schema import AdamConfig, ModelConfig, OptimConfig, TrainConfig
+from bigtrain.config.schema import ModelConfig, OptimConfig, OptimizerConfig, TrainConfig
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.errors import ConfigError
 from bigtrain.eval.source import EvalSource, Judged
@@ -85,7 +85,7 @@ class PriorTrainConfig:
 
 @dataclass
 class PriorOptimConfig(OptimConfig):
-    prior: AdamConfig = field(default_factory=AdamConfig)  # opt_prior (AdamW)
+    prior: OptimizerConfig = field(default_factory=OptimizerConfig)  # opt_prior (AdamW)
 
 
 @dataclass
@@ -116,6 +116,8 @@ class PriorTask(Task):
             problems.append(f"prior.zero_stage must be 0, 1, 2 or 3 (got {p.zero_stage})")
         if p.grad_clip < 0 or p.temperature <= 0 or not 0 < p.top_p <= 1:
             problems.append("prior: grad_clip >= 0, temperature > 0 and 0 < top_p <= 1 are required")
+        if str(cfg.optim.prior.name) != "adam":
+            problems.append("optim.prior.name: the prior trains with AdamW (optim.prior.name=adam)")
         if str(p.engine) == "torch" and str(cfg.trainer.precision) == "fp16":
             problems.append("prior.engine=torch trains in fp32 or bf16 (fp16 needs prior.engine=deepspeed)")
         if cfg.stages.schedule:

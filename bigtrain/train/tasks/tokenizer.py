@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bigtrain import distributed as bdist
-from bigtrain.config.schema import AdamConfig, ModelConfig, OptimConfig, TrainConfig
+from bigtrain.config.schema import ModelConfig, OptimConfig, OptimizerConfig, TrainConfig
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.prepare import iter_images
 from bigtrain.eval.source import EvalSource, Judged, Need
@@ -78,8 +78,8 @@ class VQLossConfig:
 
 @dataclass
 class TokenizerOptimConfig(OptimConfig):
-    vq: AdamConfig = field(default_factory=AdamConfig)  # opt_vq: the autoencoder
-    d: AdamConfig = field(default_factory=AdamConfig)  # opt_D: the PatchGAN
+    vq: OptimizerConfig = field(default_factory=OptimizerConfig)  # opt_vq: the autoencoder
+    d: OptimizerConfig = field(default_factory=OptimizerConfig)  # opt_D: the PatchGAN
 
 
 @dataclass
@@ -143,14 +143,14 @@ class TokenizerTask(StagedTask):
         self.batch_size = cfg.data.batch_size
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         self.guard = NonFiniteGuard(cfg.trainer)
-        self.vq_update = OptimizerStep.adam(
+        self.vq_update = OptimizerStep.build(
             "tokenizer", self.vq, cfg.optim.vq, self.guard, accumulation=self.accumulation
         )
         self.d_update: OptimizerStep | None = None
         if self.D is not None:
             self.D.to(device)
             bdist.broadcast_module(self.D)
-            self.d_update = OptimizerStep.adam(
+            self.d_update = OptimizerStep.build(
                 "D",
                 self.D,
                 cfg.optim.d,
