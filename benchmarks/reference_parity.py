@@ -3,6 +3,7 @@
     python benchmarks/reference_parity.py family=biggan ref=/path/to/BigGAN-PyTorch
     python benchmarks/reference_parity.py family=biggan_deep ref=/path/to/BigGAN-PyTorch
     python benchmarks/reference_parity.py family=taming_vqgan ref=/path/to/taming-transformers
+    python benchmarks/reference_parity.py family=llamagen_gpt ref=/path/to/LlamaGen
 
 ``ref`` is a checkout of the reference repository; its modules are imported from there (put on
 ``sys.path``), never copied into bigtrain. Each family builds both implementations at small
@@ -28,9 +29,9 @@ FAMILIES = {
     "biggan": "ajbrock/BigGAN-PyTorch",
     "biggan_deep": "ajbrock/BigGAN-PyTorch",
     "taming_vqgan": "CompVis/taming-transformers",
+    "llamagen_gpt": "FoundationVision/LlamaGen",
 }
 NOT_YET = {
-    "llamagen_gpt": "LlamaGen's GPT block (RMSNorm, SwiGLU, 2-D RoPE) is issue 13 point 6, not built yet",
     "progan": "ProGAN's real-image fading is issue 13 point 4, not built yet",
 }
 

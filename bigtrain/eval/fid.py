@@ -256,7 +256,7 @@ def reference_stats(
     so a warm cache never touches the dataset. The npz is written atomically and records the number
     of images, the key and the extractor for later inspection.
     """
-    path = reference_stats_path(key, extractor.name, cache_root)
+    path = reference_stats_path(key, extractor.cache_name, cache_root)
     with build_lock(path):  # jobs starting together compute them once
         return _reference_stats(path, key, make_batches, extractor, device, progress)
 
@@ -300,7 +300,7 @@ def _reference_stats(
                 feats_subset=subset,
                 num_images=np.int64(len(feats)),
                 key=np.str_(key),
-                extractor=np.str_(extractor.name),
+                extractor=np.str_(extractor.cache_name),
             )
 
     _atomic_write(path, write)

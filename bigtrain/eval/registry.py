@@ -90,7 +90,9 @@ class Reference:
                 self.extractor,
                 device,
             )
-            self.features = reference_features(key, self.extractor.name)
+            self.features = reference_features(key, self.extractor.cache_name)
+        if self.extractor.weights_digest:  # trained on this machine: say which network measures
+            log.info("feature network %s: weights sha256 %s", c.feature, self.extractor.weights_digest)
 
 
 class EvalRun:

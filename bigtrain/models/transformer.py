@@ -1,12 +1,25 @@
 """The stage-2 prior: a decoder-only transformer over tokenizer codes, class-conditional.
 
-GPT-style (Radford et al. 2019) as used for images by VQ-GAN (Esser et al. 2021) and LlamaGen
-(Sun et al. 2024): the sequence is ``[class token, code_1, ..., code_N]`` in raster order, each block
-is pre-norm ``x + attn(LN(x))``, ``x + MLP(LN(x))`` with causal scaled-dot-product attention
-(PyTorch's fused SDPA) and positions either learned (absolute) or rotary (RoPE, Su et al. 2021, on
-queries and keys). The class embedding has one extra row, the *null class*: training replaces a
-label by it with probability ``label_dropout`` so that one network gives both the conditional and
-the unconditional logits that classifier-free guidance (Ho & Salimans 2022) mixes at sampling time.
+The sequence is ``[class token, code_1, ..., code_N]`` in raster order; every block is pre-norm,
+``x + attn(norm(x))`` then ``x + ffn(norm(x))``, with causal scaled-dot-product attention
+(PyTorch's fused SDPA). Two blocks:
+
+* ``block="llama"``: LlamaGen's (Sun et al. 2024, ``autoregressive/models/gpt.py``): RMSNorm, a
+  SwiGLU feed-forward whose hidden size is ``2/3 * 4 * dim`` rounded up to a multiple of 256,
+  linears without biases, dropout on the token embeddings, after the attention output projection
+  and after the feed-forward (0.1 each in its recipe), normal(0.02) initialisation and a zero
+  output head. With ``positions="rope2d"`` (its choice) each query and key is rotated by its code's
+  row in one half of the head and its column in the other; the class token's rows of the table are
+  zero, as LlamaGen has them, so its query and key vectors are zero.
+* ``block="gpt2"``: GPT-2's (Radford et al. 2019) as VQ-GAN's transformer has it: LayerNorm, a
+  GELU MLP of ``mlp_ratio * dim``, biased linears, dropout on the attention weights and the MLP
+  output, depth-scaled initialisation of the residual projections.
+
+Positions: ``rope2d`` (above), ``rope`` (1-D rotary over the sequence, Su et al. 2021; the class
+token at position 0 is not rotated) or ``learned`` (absolute). The class embedding has one extra
+row, the *null class*: training replaces a label by it with probability ``label_dropout`` so that
+one network gives both the conditional and the unconditional logits that classifier-free guidance
+(Ho & Salimans 2022) mixes at sampling time.
 
 ``forward(tokens, labels, cache=None)`` returns next-token logits for every position; with a
 :class:`KVCache` it processes only the new positions and appends their keys and values, which turns
@@ -34,10 +47,18 @@ class PriorConfig:
     dim: int = 768
     layers: int = 12
     heads: int = 12
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    positions: str = "rope"  # rope | learned
+    mlp_ratio: float = 4.0  # gpt2 block
+    dropout: float = 0.0  # gpt2: attention weights and MLP output; llama: attention output and FFN
+    positions: str = "rope"  # rope | rope2d | learned
     label_dropout: float = 0.1
+    block: str = "gpt2"  # gpt2 | llama
+    token_dropout: float = 0.0  # on the input embeddings (LlamaGen's token_dropout_p)
+    ffn_multiple_of: int = 256  # llama: the SwiGLU hidden size is rounded up to a multiple of this
+    norm_eps: float = 1e-5
+
+
+BLOCKS = ("llama", "gpt2")
+POSITIONS = ("rope2d", "rope", "learned")
 
 
 class KVCache:
@@ -72,6 +93,22 @@ def rope_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[Ten
     return angles.cos(), angles.sin()
 
 
+def rope2d_tables(grid: int, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """LlamaGen's 2-D rotary tables ``[1 + grid * grid, head_dim / 2]``: for the code at (row r,
+    column c) the first ``head_dim / 4`` angles are ``r * f`` and the last ``c * f`` with
+    ``f = base^(-4i / head_dim)``; row 0 (the class token) is all zeros, cosines included."""
+    if head_dim % 4:
+        raise ValueError(f"2-D rotary positions need a head size divisible by 4, got {head_dim}")
+    half = head_dim // 2
+    inv = 1.0 / base ** (torch.arange(0, half, 2)[: half // 2].float() / half)
+    angles = torch.outer(torch.arange(grid).float(), inv)  # [grid, head_dim / 4]
+    table = torch.cat(
+        [angles[:, None, :].expand(-1, grid, -1), angles[None, :, :].expand(grid, -1, -1)], dim=-1
+    ).flatten(0, 1)  # [grid * grid, head_dim / 2], row-major like the raster order of the codes
+    zero = torch.zeros(1, half)
+    return torch.cat([zero, table.cos()]), torch.cat([zero, table.sin()])
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs ``(x[2i], x[2i+1])`` of ``x: [B, H, T, D]`` by the angles of positions ``T``."""
     x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
@@ -79,15 +116,50 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.to(x.dtype)
 
 
+class RMSNorm(nn.Module):
+    """``x / rms(x) * weight``, computed in fp32 and cast back (as LlamaGen's, so bf16 runs agree)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class SwiGLU(nn.Module):
+    """``w2(silu(w1 x) * w3 x)`` (Shazeer 2020), dropout on the output."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+def swiglu_hidden(dim: int, multiple_of: int) -> int:
+    """LlamaGen's (and LLaMA's) rule: two thirds of 4 * dim, rounded up to ``multiple_of``."""
+    hidden = int(2 * 4 * dim / 3)
+    return -(-hidden // multiple_of) * multiple_of
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: PriorConfig) -> None:
         super().__init__()
         if cfg.dim % cfg.heads != 0:
             raise ValueError(f"dim {cfg.dim} is not divisible by heads {cfg.heads}")
+        llama = cfg.block == "llama"
         self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
-        self.proj = nn.Linear(cfg.dim, cfg.dim)
-        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=not llama)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=not llama)
+        self.dropout = 0.0 if llama else cfg.dropout  # on the attention weights (gpt2)
+        self.out_dropout = nn.Dropout(cfg.dropout if llama else 0.0)  # on the output (llama)
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
@@ -109,22 +181,28 @@ class Attention(nn.Module):
             )
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(b, t, c))
+        return self.out_dropout(self.proj(out.transpose(1, 2).reshape(b, t, c)))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: PriorConfig) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.dim)
         self.attn = Attention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.dim)
-        hidden = int(cfg.dim * cfg.mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.dim, hidden),
-            nn.GELU(approximate="tanh"),
-            nn.Linear(hidden, cfg.dim),
-            nn.Dropout(cfg.dropout),
-        )
+        self.mlp: nn.Module
+        if cfg.block == "llama":
+            self.ln1 = RMSNorm(cfg.dim, cfg.norm_eps)
+            self.ln2 = RMSNorm(cfg.dim, cfg.norm_eps)
+            self.mlp = SwiGLU(cfg.dim, swiglu_hidden(cfg.dim, cfg.ffn_multiple_of), cfg.dropout)
+        else:
+            self.ln1 = nn.LayerNorm(cfg.dim)
+            self.ln2 = nn.LayerNorm(cfg.dim)
+            hidden = int(cfg.dim * cfg.mlp_ratio)
+            self.mlp = nn.Sequential(
+                nn.Linear(cfg.dim, hidden),
+                nn.GELU(approximate="tanh"),
+                nn.Linear(hidden, cfg.dim),
+                nn.Dropout(cfg.dropout),
+            )
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
@@ -136,25 +214,38 @@ class Block(nn.Module):
 class TokenPrior(nn.Module):
     def __init__(self, cfg: PriorConfig) -> None:
         super().__init__()
-        if cfg.positions not in ("rope", "learned"):
-            raise ValueError(f"positions must be 'rope' or 'learned', got {cfg.positions!r}")
+        if cfg.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {cfg.positions!r}")
+        if cfg.block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {cfg.block!r}")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab, cfg.dim)
         self.cls_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)  # the last row is the null class
         self.pos_emb = (
             nn.Parameter(torch.zeros(cfg.seq_len + 1, cfg.dim)) if cfg.positions == "learned" else None
         )
+        self.token_dropout = nn.Dropout(cfg.token_dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
-        self.ln_f = nn.LayerNorm(cfg.dim)
+        self.ln_f = RMSNorm(cfg.dim, cfg.norm_eps) if cfg.block == "llama" else nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
+        head_dim = cfg.dim // cfg.heads
         if cfg.positions == "rope":
-            cos, sin = rope_tables(cfg.seq_len + 1, cfg.dim // cfg.heads)
+            cos, sin = rope_tables(cfg.seq_len + 1, head_dim)
+        elif cfg.positions == "rope2d":
+            grid = math.isqrt(cfg.seq_len)
+            if grid * grid != cfg.seq_len:
+                raise ValueError(f"positions=rope2d needs a square token grid, got {cfg.seq_len} codes")
+            cos, sin = rope2d_tables(grid, head_dim)
+        if cfg.positions != "learned":
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
-        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
-            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.layers))
+        if cfg.block == "llama":  # LlamaGen: a zero output head, so every code starts equally likely
+            nn.init.zeros_(self.head.weight)
+        else:
+            for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+                if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                    nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.layers))
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -185,7 +276,7 @@ class TokenPrior(nn.Module):
             parts.append(self.cls_emb(labels)[:, None])
         if tokens.shape[1] > 0:
             parts.append(self.tok_emb(tokens))
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        x = self.token_dropout(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
         t = x.shape[1]
         if start + t > self.cfg.seq_len + 1:
             raise ValueError(
@@ -282,14 +373,19 @@ __all__ = ["GPTArch", "KVCache", "PriorConfig", "TokenPrior", "build_gpt", "gene
 
 @dataclass
 class GPTArch:
-    """``model.arch`` of the prior; the defaults are LlamaGen's GPT-B."""
+    """``model.arch`` of the prior; the defaults are LlamaGen's GPT-B (c2i)."""
 
+    block: str = option("llama", "llama: LlamaGen's (RMSNorm, SwiGLU, no biases) | gpt2: LayerNorm, GELU MLP")
     dim: int = option(768, "model width")
     layers: int = option(12, "transformer blocks")
     heads: int = option(12, "attention heads")
-    mlp_ratio: float = option(4.0, "MLP width / dim")
-    dropout: float = option(0.0, "dropout")
-    positions: str = option("rope", "rope | learned")
+    mlp_ratio: float = option(4.0, "MLP width / dim (block=gpt2; llama: 2/3 * 4 * dim up to ffn_multiple_of)")
+    ffn_multiple_of: int = option(256, "SwiGLU hidden size rounded up to this (block=llama)")
+    dropout: float = option(
+        0.1, "llama: after attention and FFN (resid/ffn_dropout_p) | gpt2: attention, MLP"
+    )
+    token_dropout: float = option(0.1, "dropout on the input embeddings (LlamaGen's token_dropout_p)")
+    positions: str = option("rope2d", "rope2d: rotary over the code grid, as LlamaGen | rope: 1-D | learned")
     label_dropout: float = option(0.1, "P(class -> the null class) in training, for classifier-free guidance")
     vocab: int = option(0, "codebook size, used only without token shards (bigtrain info); dataset.json wins")
     token_grid: int = option(0, "token grid side, used only without token shards; dataset.json wins")
@@ -312,5 +408,8 @@ def build_gpt(*, vocab: int, seq_len: int, num_classes: int, arch: GPTArch) -> T
             dropout=float(arch.dropout),
             positions=arch.positions,
             label_dropout=float(arch.label_dropout),
+            block=arch.block,
+            token_dropout=float(arch.token_dropout),
+            ffn_multiple_of=int(arch.ffn_multiple_of),
         )
     )

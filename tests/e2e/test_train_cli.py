@@ -65,6 +65,23 @@ def test_resumed_run_continues_the_same_mlflow_run(resumed_pair: tuple[Path, Pat
     assert fid_steps == [15, 20, 30, 40]
 
 
+def test_two_identical_runs_give_identical_metrics(resumed_pair: tuple[Path, Path, Path]) -> None:
+    """Run A (40 steps at once) and run B (the same command stopped at 20, then resumed) evaluate at
+    steps 15, 30 and 40: every metric is the same number, to the last bit, in both."""
+    a, b, db = resumed_pair
+    client = MlflowClient(f"sqlite:///{db}")
+    ids = [
+        json.loads((r / "checkpoints" / "step-00000040" / "meta.json").read_text())["mlflow_run_id"]
+        for r in (a, b)
+    ]
+    keys = ["fid/digits", "is/digits", "precision/digits", "recall/digits"]
+    values = [{k: {m.step: m.value for m in client.get_metric_history(i, k)} for k in keys} for i in ids]
+    for k in keys:
+        assert set(values[0][k]) == {15, 30, 40}, k
+        assert {s: values[1][k][s] for s in (15, 30, 40)} == values[0][k], k
+    assert values[0]["fid/digits"][15] != values[0]["fid/digits"][40]  # the metric measures something
+
+
 def test_mlflow_run_has_params_metrics_images_artifacts_tags(resumed_pair: tuple[Path, Path, Path]) -> None:
     a, _, db = resumed_pair
     run_id = json.loads((a / "checkpoints" / "step-00000040" / "meta.json").read_text())["mlflow_run_id"]

@@ -10,24 +10,62 @@ from bigtrain.models.transformer import PriorConfig, TokenPrior, _filter, genera
 CLASSES = 10
 
 
-def _model(positions: str = "rope", **kw: object) -> TokenPrior:
+VARIANTS = [("gpt2", "rope"), ("gpt2", "learned"), ("llama", "rope2d"), ("llama", "rope")]
+
+
+def _model(positions: str = "rope", block: str = "gpt2", **kw: object) -> TokenPrior:
     torch.manual_seed(0)
     cfg = PriorConfig(
-        vocab=32, seq_len=16, num_classes=CLASSES, dim=64, layers=2, heads=4, positions=positions, **kw
+        vocab=32,
+        seq_len=16,
+        num_classes=CLASSES,
+        dim=64,
+        layers=2,
+        heads=4,
+        positions=positions,
+        block=block,
+        **kw,
     )  # type: ignore[arg-type]
-    return TokenPrior(cfg).eval()
+    m = TokenPrior(cfg)
+    if block == "llama":  # its head starts at zero (every logit 0): give the tests something to see
+        torch.nn.init.normal_(m.head.weight, 0.0, 0.02)
+    return m.eval()
 
 
 def test_gpt_b_size() -> None:
-    """LlamaGen's GPT-B shape (768 wide, 12 layers, 12 heads) over a 16,384-code tokenizer's 256 tokens."""
+    """LlamaGen's GPT-B (768 wide, 12 layers, 12 heads) over a 16,384-code tokenizer's 256 tokens has
+    110,888,448 parameters when built from LlamaGen's own gpt.py (GPT_B(vocab_size=16384), c2i, 1,000
+    classes); the GPT-2-style block of the same shape has 110,990,592."""
     with torch.device("meta"):
-        m = TokenPrior(PriorConfig(vocab=16384, seq_len=256, num_classes=1000))
-    assert sum(p.numel() for p in m.parameters()) == 110_990_592
+        llama = TokenPrior(
+            PriorConfig(vocab=16384, seq_len=256, num_classes=1000, block="llama", positions="rope2d")
+        )
+        gpt2 = TokenPrior(PriorConfig(vocab=16384, seq_len=256, num_classes=1000))
+    assert sum(p.numel() for p in llama.parameters()) == 110_888_448
+    assert sum(p.numel() for p in gpt2.parameters()) == 110_990_592
+    assert llama.blocks[0].mlp.w1.out_features == 2048  # 2/3 * 4 * 768, a multiple of 256
+    assert all(p.ndim == 2 or "ln" in n for n, p in llama.named_parameters())  # no biases anywhere
 
 
-@pytest.mark.parametrize("positions", ["rope", "learned"])
-def test_causal_a_token_only_sees_its_past(positions: str) -> None:
-    m = _model(positions)
+def test_rope2d_rotates_by_row_and_column_and_zeroes_the_class_token() -> None:
+    """LlamaGen's table: the code at (r, c) of a 4x4 grid turns by r * f in the first half of the pairs
+    and by c * f in the second; the class token's row is zero (its query and key vanish)."""
+    from bigtrain.models.transformer import rope2d_tables
+
+    cos, sin = rope2d_tables(4, 16)
+    assert (
+        cos.shape == (17, 8) and torch.equal(cos[0], torch.zeros(8)) and torch.equal(sin[0], torch.zeros(8))
+    )
+    f = 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
+    r, c = 2, 3
+    angles = torch.cat([r * f, c * f])
+    torch.testing.assert_close(cos[1 + r * 4 + c], angles.cos())
+    torch.testing.assert_close(sin[1 + r * 4 + c], angles.sin())
+
+
+@pytest.mark.parametrize(("block", "positions"), VARIANTS)
+def test_causal_a_token_only_sees_its_past(block: str, positions: str) -> None:
+    m = _model(positions, block)
     toks = torch.randint(0, 32, (2, 16))
     y = torch.tensor([1, 2])
     base = m(toks[:, :-1], y)
@@ -40,9 +78,9 @@ def test_causal_a_token_only_sees_its_past(positions: str) -> None:
     assert base.shape == (2, 16, 32)
 
 
-@pytest.mark.parametrize("positions", ["rope", "learned"])
-def test_kv_cache_gives_the_same_logits_and_tokens(positions: str) -> None:
-    m = _model(positions)
+@pytest.mark.parametrize(("block", "positions"), VARIANTS)
+def test_kv_cache_gives_the_same_logits_and_tokens(block: str, positions: str) -> None:
+    m = _model(positions, block)
     y = torch.arange(4)
     for kw in ({}, {"top_k": 8, "top_p": 0.9, "temperature": 0.8}, {"cfg_scale": 3.0}):
         a = generate(m, y, 4, use_cache=True, generator=torch.Generator().manual_seed(7), **kw)  # type: ignore[arg-type]

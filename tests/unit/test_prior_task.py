@@ -97,6 +97,25 @@ def test_torch_engine_step_accumulates_and_follows_the_schedule(tmp_path: Path) 
     assert decay["weight_decay"] == 0.05 and rest["weight_decay"] == 0.0
 
 
+def test_llamagen_block_trains_with_its_dropouts_and_decay_groups(tmp_path: Path) -> None:
+    """``model.arch.block=llama`` (imagenet256_gpt_b's) through the task: dropout active in training
+    (two forwards differ), RMSNorm gains outside weight decay, the loss falls on a fixed batch."""
+    llama = ("model.arch.block=llama", "model.arch.positions=rope2d", "model.arch.dropout=0.1",
+             "model.arch.token_dropout=0.1", "optim.schedule.warmup_steps=0")  # fmt: skip
+    task = _task(_token_dataset(tmp_path / "t"), *llama)
+    batch = next(_batches())
+    tokens, labels = batch["tokens"], batch["label"]
+    assert torch.count_nonzero(task.model.head.weight) == 0  # LlamaGen's zero head: all codes equally likely
+    decay, rest = param_groups(task.model, 0.05)
+    assert {id(p) for p in rest["params"]} == {id(p) for n, p in task.model.named_parameters() if "ln" in n}
+    first = task.train_step(1, iter([batch] * 1))["loss/prior"]
+    for step in range(2, 30):
+        last = task.train_step(step, iter([batch]))["loss/prior"]
+    assert last < first - 0.1  # ln(16) = 2.77 at the zero head
+    task.model.train()
+    assert not torch.equal(task.model(tokens[:, :-1], labels), task.model(tokens[:, :-1], labels))  # dropout
+
+
 def test_torch_engine_nonfinite_policies(tmp_path: Path) -> None:
     m = _token_dataset(tmp_path / "t")
     task = _task(m, "trainer.on_nonfinite=skip", "trainer.max_nonfinite_skips=1")
