@@ -4,6 +4,7 @@
     python benchmarks/reference_parity.py family=biggan_deep ref=/path/to/BigGAN-PyTorch
     python benchmarks/reference_parity.py family=taming_vqgan ref=/path/to/taming-transformers
     python benchmarks/reference_parity.py family=llamagen_gpt ref=/path/to/LlamaGen
+    python benchmarks/reference_parity.py family=progan ref=/path/to/progressive_growing_of_gans
 
 ``ref`` is a checkout of the reference repository; its modules are imported from there (put on
 ``sys.path``), never copied into bigtrain. Each family builds both implementations at small
@@ -30,24 +31,20 @@ FAMILIES = {
     "biggan_deep": "ajbrock/BigGAN-PyTorch",
     "taming_vqgan": "CompVis/taming-transformers",
     "llamagen_gpt": "FoundationVision/LlamaGen",
-}
-NOT_YET = {
-    "progan": "ProGAN's real-image fading is issue 13 point 4, not built yet",
+    "progan": "tkarras/progressive_growing_of_gans",
 }
 
 
 def main() -> None:
     args = parse_args({"family": "biggan", "ref": ""})
     family = args["family"]
-    if family in NOT_YET:
-        raise SystemExit(f"family={family}: {NOT_YET[family]}")
     if family not in FAMILIES:
         raise SystemExit(f"unknown family={family}; choose one of {', '.join(FAMILIES)}")
     if not args["ref"]:
         raise SystemExit(f"pass ref=PATH, a checkout of {FAMILIES[family]}")
     sys.path.insert(0, str(args["ref"]))
     module = importlib.import_module(f"parity.{family.removesuffix('_deep')}")
-    result = module.run(family)
+    result = module.run(family, args["ref"]) if family == "progan" else module.run(family)
     emit({"family": family, **result})
 
 

@@ -161,6 +161,9 @@ class TrackingConfig:
     log_model: bool = True
 
 
+DOWNSAMPLE = ("lanczos", "box")  # how images are shrunk to a lower stage's resolution
+
+
 @dataclass
 class StagesConfig:
     """Resolution stages (``bigtrain.train.stages``): empty = train at the dataset's resolution."""
@@ -168,6 +171,15 @@ class StagesConfig:
     # each: {resolution, steps | images, fade_steps | fade_images, batch_size?, micro_batch?, lr_g?, lr_d?}
     schedule: list[dict[str, Any]] = field(default_factory=list)
     reset_optimizer: bool = False  # ProGAN: fresh Adam moments when a stage starts
+    # ProGAN's reset_opt_for_new_lod resets whenever the level of detail crosses an integer: at the
+    # start of a fade (reset_optimizer) and again when the fade ends (this)
+    reset_after_fade: bool = False
+    # real images of a lower stage: "lanczos" (as `bigtrain prepare`) or "box" (ProGAN's 2x2 means,
+    # dataset_tool.py); the FID references of that stage are made the same way
+    downsample: str = "lanczos"
+    # ProGAN's process_reals: during a fade, blend each real towards its 2x2-averaged-then-upsampled
+    # self by 1 - alpha, as G's image is blended (GANs only)
+    fade_reals: bool = False
     # a stage's batch above this (per process) is split into accumulated micro-batches; 0 = no cap
     max_micro_batch: int = 0
 

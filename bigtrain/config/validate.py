@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from bigtrain.config.schema import DOWNSAMPLE
 from bigtrain.errors import ConfigError
 
 
@@ -27,6 +28,10 @@ def common_problems(cfg: Any) -> list[str]:
             problems.append(f"trainer.{key} must be >= 1")
     if int(cfg.stages.max_micro_batch) < 0:
         problems.append("stages.max_micro_batch must be >= 0 (0 = no cap)")
+    if str(cfg.stages.downsample) not in DOWNSAMPLE:
+        problems.append(
+            f"stages.downsample must be one of {', '.join(DOWNSAMPLE)} (got '{cfg.stages.downsample}')"
+        )
     sched = cfg.optim.schedule
     if sched.warmup_steps < 0 or not 0.0 <= sched.min_lr_ratio <= 1.0:
         problems.append("optim.schedule: warmup_steps >= 0 and 0 <= min_lr_ratio <= 1 are required")

@@ -57,6 +57,34 @@ def resize_square(img: Image.Image, resolution: int) -> Image.Image:
     return img.crop((left, top, left + resolution, top + resolution))
 
 
+def box_downsample(arr: np.ndarray, resolution: int) -> np.ndarray:
+    """A square uint8 ``[H, W, C]`` image shrunk to ``resolution`` by repeated 2x2 means in float32,
+    rounded to uint8 at the end: ProGAN's ``dataset_tool.py`` (``add_image``), which makes each lower
+    level of detail this way (it rounds each level for storage and computes the next from the
+    unrounded floats, so the stored level equals this). The side must be ``resolution * 2^k``."""
+    side = arr.shape[0]
+    if arr.shape[1] != side or side % resolution or (side // resolution) & (side // resolution - 1):
+        raise ValueError(
+            f"box downsampling needs a square image whose side is resolution x 2^k, got "
+            f"{arr.shape[1]}x{side} for {resolution}"
+        )
+    img = arr.astype(np.float32)
+    while img.shape[0] > resolution:
+        img = (img[0::2, 0::2] + img[0::2, 1::2] + img[1::2, 0::2] + img[1::2, 1::2]) * 0.25
+    return np.rint(img).clip(0, 255).astype(np.uint8)
+
+
+def downsample(img: Image.Image, resolution: int, method: str = "lanczos") -> np.ndarray:
+    """``img`` at ``resolution`` as uint8 ``[H, W]`` or ``[H, W, C]``: ``lanczos`` as
+    :func:`resize_square` (what ``bigtrain prepare`` does) or ``box`` (:func:`box_downsample`)."""
+    if method == "box" and img.size != (resolution, resolution):
+        arr = np.asarray(img, dtype=np.uint8)
+        squeeze = arr.ndim == 2
+        out = box_downsample(arr[..., None] if squeeze else arr, resolution)
+        return out[..., 0] if squeeze else out
+    return np.asarray(resize_square(img, resolution), dtype=np.uint8)
+
+
 def encode_png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
@@ -192,9 +220,11 @@ def iter_images(
     batch_size: int,
     limit: int | None = None,
     resolution: int | None = None,
+    method: str = "lanczos",
 ) -> Iterator[np.ndarray]:
     """Decoded uint8 images [B, H, W, C] of ``split`` in shard order (for FID reference statistics),
-    resized to ``resolution`` the way the training stream does (a resolution stage's references)."""
+    resized to ``resolution`` the way the training stream does (a resolution stage's references;
+    ``method`` as :func:`downsample`)."""
     paths = manifest.shard_paths(split)
     batch: list[np.ndarray] = []
     seen = 0
@@ -205,8 +235,9 @@ def iter_images(
             with Image.open(io.BytesIO(sample["png"])) as im:
                 img = to_pil(im, manifest.channels)
                 if resolution is not None and img.size != (resolution, resolution):
-                    img = resize_square(img, resolution)
-                arr = np.asarray(img)
+                    arr = downsample(img, resolution, method)
+                else:
+                    arr = np.asarray(img)
         except (OSError, UnidentifiedImageError, KeyError):
             continue
         batch.append(arr if arr.ndim == 3 else arr[..., None])

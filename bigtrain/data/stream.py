@@ -40,7 +40,7 @@ from webdataset.filters import _shuffle
 from webdataset.tariterators import tarfile_samples
 
 from bigtrain.data.manifest import DatasetError
-from bigtrain.data.prepare import resize_square, to_pil
+from bigtrain.data.prepare import downsample, to_pil
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ class StreamSpec:
     # "images": PNG samples -> "image" float [B, C, H, W]; "tokens": token shards written by
     # `bigtrain tokenize` -> "tokens" long [B, h * w] (raster order), no flips
     kind: str = "images"
+    # how images above ``resolution`` are shrunk: "lanczos" (as `bigtrain prepare`) or "box" (ProGAN's
+    # 2x2 means, for the lower stages of a progressive run)
+    downsample: str = "lanczos"
 
 
 @dataclass
@@ -113,8 +116,9 @@ class _ShardStream(IterableDataset):
         with Image.open(io.BytesIO(raw["png"])) as im:
             img = im if im.mode == ("L" if s.channels == 1 else "RGB") else to_pil(im, s.channels)
             if img.size != (s.resolution, s.resolution):
-                img = resize_square(img, s.resolution)
-            arr = np.asarray(img, dtype=np.uint8)
+                arr = downsample(img, s.resolution, s.downsample)
+            else:
+                arr = np.asarray(img, dtype=np.uint8)
         if arr.ndim == 2:
             arr = arr[:, :, None]
         if flip:

@@ -75,7 +75,14 @@ class Reference:
     network itself, ``(mu, sigma)`` and a subset of real features, loaded from the cache or computed
     once. Built before training starts, so absent weights fail before the first step."""
 
-    def __init__(self, eval_cfg: Any, manifest: DatasetManifest, resolution: int, device: torch.device):
+    def __init__(
+        self,
+        eval_cfg: Any,
+        manifest: DatasetManifest,
+        resolution: int,
+        device: torch.device,
+        downsample: str = "lanczos",
+    ):
         from bigtrain.eval.features import build_feature_extractor
         from bigtrain.eval.fid import reference_features, reference_stats
 
@@ -84,9 +91,13 @@ class Reference:
         with preserve_rng():
             self.extractor = build_feature_extractor(c.feature, device)
             key = reference_key(manifest, c.ref_split, c.ref_max_images, resized)
+            if resized is not None and downsample != "lanczos":
+                key += f"-{downsample}"
             self.stats = reference_stats(
                 key,
-                lambda: iter_images(manifest, c.ref_split, c.batch_size, c.ref_max_images, resized),
+                lambda: iter_images(
+                    manifest, c.ref_split, c.batch_size, c.ref_max_images, resized, downsample
+                ),
                 self.extractor,
                 device,
             )
@@ -254,20 +265,24 @@ class Evaluator:
     def uses_features(self) -> bool:
         return any(m.needs is Need.features for m in self.metrics)
 
-    def reference(self, manifest: DatasetManifest, resolution: int) -> Reference:
-        key = (str(manifest.root), resolution)
+    def reference(self, manifest: DatasetManifest, resolution: int, downsample: str = "lanczos") -> Reference:
+        key = (str(manifest.root), resolution, downsample)
         if key not in self._references:
-            self._references[key] = Reference(self.cfg, manifest, resolution, self.device)
+            self._references[key] = Reference(self.cfg, manifest, resolution, self.device, downsample)
         return self._references[key]
 
     def prepare(self, source: EvalSource) -> None:
         """Build what the metrics need (feature network, reference statistics) now, not mid-run."""
         if self.uses_features:
-            self.reference(source.reference, source.resolution)
+            self.reference(source.reference, source.resolution, source.downsample)
 
     def __call__(self, source: EvalSource) -> dict[str, float]:
         """Every metric's values, in the order of ``eval.metrics``, plus ``eval/resolution``."""
-        ref = self.reference(source.reference, source.resolution) if self.uses_features else None
+        ref = (
+            self.reference(source.reference, source.resolution, source.downsample)
+            if self.uses_features
+            else None
+        )
         run = EvalRun(
             source, self.cfg, ref, self.device, wants_probs=any(m.name == "is" for m in self.metrics)
         )

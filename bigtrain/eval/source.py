@@ -49,6 +49,8 @@ class EvalSource:
     pairs: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
     # {"usage": share of codes used, "perplexity": ...} since the last call, then reset
     codebook: Callable[[], dict[str, float]] | None = None
+    # how the reference images are shrunk to ``resolution`` (a ProGAN stage's reals: "box")
+    downsample: str = "lanczos"
 
 
 __all__ = ["EvalSource", "Judged", "Need", "Sampler"]

@@ -174,6 +174,7 @@ class Trainer:
                 shuffle_buffer=cfg.data.shuffle_buffer,
                 flip=cfg.data.flip,
                 kind=self.manifest.kind,
+                downsample=str(cfg.stages.downsample),
             )
         )
         self.counters = Counters()

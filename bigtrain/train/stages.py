@@ -21,6 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
 from bigtrain.train.task import Task
 
 log = logging.getLogger(__name__)
@@ -191,9 +195,11 @@ class StageDriver:
         accumulation: int,
         growing: Sequence[Any],
         reset_optimizer: bool,
+        reset_after_fade: bool = False,
     ) -> None:
         self.schedule, self.default_batch, self.base_accumulation = schedule, batch_size, accumulation
         self.growing, self.reset_optimizer = list(growing), reset_optimizer
+        self.reset_after_fade = reset_after_fade
         if not self.growing:
             fading = [i for i, st in enumerate(schedule.stages) if st.fade_steps]
             if fading:
@@ -229,11 +235,22 @@ class StageDriver:
         pos = self.at(step)
         self.step = step
         self.set_networks(pos)
-        if self.reset_optimizer and pos.index > 0 and pos.step_in_stage == 1:
+        if self.resets_at(pos):
             for opt in optimizers:
-                opt.state.clear()  # ProGAN: Adam's moments start afresh at each stage
+                opt.state.clear()  # ProGAN: Adam's moments start afresh
         metrics = {"stage": float(pos.index), "alpha": pos.alpha, "resolution": float(pos.stage.resolution)}
         return pos, metrics
+
+    def resets_at(self, pos: Position) -> bool:
+        """Whether the optimizers start afresh at this step: a stage's first step (``reset_optimizer``)
+        and the first step after its fade, whose alpha is 1 (``reset_after_fade``). ProGAN's
+        ``reset_opt_for_new_lod`` resets at both moments, when the level of detail leaves an integer
+        and when it reaches the next one."""
+        if pos.index == 0:
+            return False
+        start = self.reset_optimizer and pos.step_in_stage == 1
+        fade = pos.stage.fade_steps
+        return start or (self.reset_after_fade and fade > 0 and pos.step_in_stage == fade)
 
     def state_dict(self) -> dict[str, Any]:
         return self.schedule.state_dict(max(1, self.step))
@@ -277,6 +294,14 @@ def build_driver(
             raise ValueError(
                 f"stage resolution {s.resolution} is not one of the model's {', '.join(map(str, allowed))}"
             )
+    if str(cfg.stages.get("downsample", "lanczos")) == "box":
+        for s in schedule.stages:
+            ratio, rest = divmod(final_resolution, s.resolution)
+            if rest or ratio & (ratio - 1):
+                raise ValueError(
+                    f"stages.downsample=box halves images: stage resolution {s.resolution} is not "
+                    f"{final_resolution} / 2^k"
+                )
     if schedule.stages[-1].resolution != final_resolution:
         raise ValueError(
             f"the last stage must reach the dataset's resolution {final_resolution} "
@@ -288,6 +313,7 @@ def build_driver(
         accumulation=max(1, int(cfg.trainer.get("accumulation", 1))),
         growing=growing,
         reset_optimizer=bool(cfg.stages.reset_optimizer),
+        reset_after_fade=bool(cfg.stages.get("reset_after_fade", False)),
     )
 
 
@@ -341,4 +367,14 @@ class StagedTask(Task):
             self.follow_stage(self.staging.step)
 
 
-__all__ = ["Position", "Stage", "StageDriver", "StageSchedule", "StagedTask", "build_driver"]
+def fade_reals(x: Tensor, alpha: float) -> Tensor:
+    """ProGAN's ``process_reals`` (FadeLOD) during a fade: each real image moves towards its 2x2
+    box-averaged, nearest-upsampled self by ``1 - alpha`` (the fractional level of detail), so D
+    compares reals and fakes blurred alike while G's new block fades in."""
+    if alpha >= 1.0:
+        return x
+    coarse = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+    return torch.lerp(x, coarse, 1.0 - alpha)
+
+
+__all__ = ["Position", "Stage", "StageDriver", "StageSchedule", "StagedTask", "build_driver", "fade_reals"]

@@ -31,7 +31,7 @@ from bigtrain.train.augment import diff_augment, parse_policy
 from bigtrain.train.bn_modes import G_BN_MODES, Sampler
 from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
 from bigtrain.train.optim import lr_factor
-from bigtrain.train.stages import StageDriver, StagedTask, build_driver
+from bigtrain.train.stages import StageDriver, StagedTask, build_driver, fade_reals
 from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
 from bigtrain.train.task import Batches, register_task
 
@@ -317,6 +317,9 @@ class GANTask(StagedTask):
 
     def _d_step(self, step: int, data: Batches, autocast: Callable[[], Any]) -> dict[str, Any] | None:
         acc = self.accumulation
+        fade = 1.0
+        if self.staging is not None and self.cfg.stages.fade_reals:
+            fade = self.staging.at(step).alpha
         real_logit = fake_logit = gp_sum = torch.zeros((), device=self.device)
 
         def micro() -> torch.Tensor:
@@ -325,6 +328,8 @@ class GANTask(StagedTask):
             real = (
                 batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             )
+            if fade < 1.0:  # ProGAN: the reals blend towards their coarser level like G's image
+                real = fade_reals(real, fade)
             y_real = batch["label"].to(self.device) if self.num_classes else None
             n = real.shape[0]
             z = torch.randn(n, self.z_dim, device=self.device)
@@ -511,6 +516,7 @@ class GANTask(StagedTask):
             lambda n, generator: self.sample(n, generator),
             self.manifest,
             self.current_resolution(),
+            downsample=str(self.cfg.stages.downsample),
         )
 
 

@@ -298,7 +298,10 @@ class TokenizerTask(StagedTask):
     def _eval_images(self, n: int) -> Iterator[torch.Tensor]:
         split = self.cfg.eval.ref_split
         res = self.current_resolution()
-        for batch in iter_images(self.manifest, split, self.cfg.eval.batch_size, n, resolution=res):
+        method = str(self.cfg.stages.downsample)
+        for batch in iter_images(
+            self.manifest, split, self.cfg.eval.batch_size, n, resolution=res, method=method
+        ):
             yield _to_unit(batch, self.device)
 
     def sample_grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:  # noqa: ARG002 - fixed images
@@ -346,4 +349,5 @@ class TokenizerTask(StagedTask):
             self.current_resolution(),
             pairs=self._pairs,
             codebook=lambda: self.vq.quantize.usage(reset=True),
+            downsample=str(self.cfg.stages.downsample),
         )
