@@ -129,13 +129,19 @@ def check_weights(cfg: DictConfig) -> list[Check]:
         )
         out.append(Check("fid_weights", status, f"{inception} absent; {why}; {fix}"))
     vgg = vgg16_weights_path()
-    out.append(
-        Check(
-            "lpips_weights",
-            "ok" if vgg.exists() else "info",
-            f"{vgg} {'present' if vgg.exists() else 'absent (only the VQ-GAN perceptual loss needs it)'}",
-        )
+    metrics = cfg.eval.get("metrics") or []
+    needs_vgg = (
+        bool(cfg.eval.enabled)
+        and str(cfg.eval.get("pr_feature") or "") == "vgg16"
+        and (not metrics or "pr" in metrics)
     )
+    status = "ok" if vgg.exists() else ("fail" if needs_vgg else "info")
+    why = (
+        "this run's precision/recall needs it (eval.pr_feature=vgg16)"
+        if needs_vgg
+        else "only the VQ-GAN perceptual loss and eval.pr_feature=vgg16 need it"
+    )
+    out.append(Check("lpips_weights", status, f"{vgg} {'present' if vgg.exists() else f'absent ({why})'}"))
     return out
 
 

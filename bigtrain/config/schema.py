@@ -142,6 +142,8 @@ class EvalConfig:
     # registered metrics (bigtrain.eval.registry): fid, is, pr, psnr, ssim, codebook; empty = the
     # task's defaults (GAN, prior: fid, is, pr; tokenizer: fid, pr, psnr, ssim, codebook)
     metrics: list[str] | None = None
+    # precision/recall's feature network: "" = eval.feature's; "vgg16" = Kynkaanniemi et al.'s choice
+    pr_feature: str = ""
     enabled: bool = True
 
 

@@ -82,6 +82,7 @@ class Reference:
         resolution: int,
         device: torch.device,
         downsample: str = "lanczos",
+        feature: str | None = None,
     ):
         from bigtrain.eval.features import build_feature_extractor
         from bigtrain.eval.fid import reference_features, reference_stats
@@ -89,7 +90,8 @@ class Reference:
         c = eval_cfg
         resized = None if resolution == manifest.resolution else resolution
         with preserve_rng():
-            self.extractor = build_feature_extractor(c.feature, device)
+            self.feature = feature or str(c.feature)
+            self.extractor = build_feature_extractor(self.feature, device)
             key = reference_key(manifest, c.ref_split, c.ref_max_images, resized)
             if resized is not None and downsample != "lanczos":
                 key += f"-{downsample}"
@@ -103,7 +105,7 @@ class Reference:
             )
             self.features = reference_features(key, self.extractor.cache_name)
         if self.extractor.weights_digest:  # trained on this machine: say which network measures
-            log.info("feature network %s: weights sha256 %s", c.feature, self.extractor.weights_digest)
+            log.info("feature network %s: weights sha256 %s", self.feature, self.extractor.weights_digest)
 
 
 class EvalRun:
@@ -116,16 +118,45 @@ class EvalRun:
         reference: Reference | None,
         device: torch.device,
         wants_probs: bool = False,
+        references: Callable[[str], Reference] | None = None,
     ):
         self.source, self.cfg, self.device, self._reference = source, eval_cfg, device, reference
         self.wants_probs = (
             wants_probs  # the class probabilities cost nothing extra, but are kept only if asked
         )
+        self._references = references  # the reference under another feature network, by name
+        self._other_features: dict[str, np.ndarray] = {}
 
-    def key(self, metric: str) -> str:
+    def key(self, metric: str, feature: str | None = None) -> str:
         """``fid/<net>`` for samples, ``rfid/<net>`` for reconstructions."""
         prefix = "r" if self.source.judged is Judged.reconstructions else ""
-        return f"{prefix}{metric}/{self.cfg.feature}"
+        return f"{prefix}{metric}/{feature or self.cfg.feature}"
+
+    def reference_for(self, feature: str) -> Reference:
+        """The real images' reference under the feature network ``feature``."""
+        if feature == self.cfg.feature:
+            return self.reference
+        assert self._references is not None, "another feature network needs the Evaluator's references"
+        return self._references(feature)
+
+    def features_for(self, feature: str) -> np.ndarray:
+        """The same seeded images' activations under ``feature`` (generated again for another
+        network: the images are a function of ``eval.seed``)."""
+        if feature == self.cfg.feature:
+            return self.features
+        if feature not in self._other_features:
+            from bigtrain.eval.fid import generator_features
+
+            with preserve_rng():
+                self._other_features[feature] = generator_features(
+                    self.source.images,
+                    self.cfg.num_samples,
+                    self.cfg.batch_size,
+                    self.reference_for(feature).extractor,
+                    self.device,
+                    self.cfg.seed,
+                )
+        return self._other_features[feature]
 
     @property
     def reference(self) -> Reference:
@@ -200,10 +231,12 @@ def _is(run: EvalRun) -> dict[str, float]:
     scales_with_samples=True,
 )
 def _pr(run: EvalRun) -> dict[str, float]:
-    if run.reference.features is None:
+    feature = str(run.cfg.get("pr_feature") or run.cfg.feature)
+    real = run.reference_for(feature).features
+    if real is None:
         return {}
-    precision, recall = precision_recall(run.reference.features, run.features)
-    return {run.key("precision"): precision, run.key("recall"): recall}
+    precision, recall = precision_recall(real, run.features_for(feature))
+    return {run.key("precision", feature): precision, run.key("recall", feature): recall}
 
 
 @register_metric("psnr", Need.pairs, "PSNR (dB) of reconstructions of up to 256 evaluation images")
@@ -265,16 +298,28 @@ class Evaluator:
     def uses_features(self) -> bool:
         return any(m.needs is Need.features for m in self.metrics)
 
-    def reference(self, manifest: DatasetManifest, resolution: int, downsample: str = "lanczos") -> Reference:
-        key = (str(manifest.root), resolution, downsample)
+    def reference(
+        self,
+        manifest: DatasetManifest,
+        resolution: int,
+        downsample: str = "lanczos",
+        feature: str | None = None,
+    ) -> Reference:
+        feature = feature or str(self.cfg.feature)
+        key = (str(manifest.root), resolution, downsample, feature)
         if key not in self._references:
-            self._references[key] = Reference(self.cfg, manifest, resolution, self.device, downsample)
+            self._references[key] = Reference(
+                self.cfg, manifest, resolution, self.device, downsample, feature
+            )
         return self._references[key]
 
     def prepare(self, source: EvalSource) -> None:
-        """Build what the metrics need (feature network, reference statistics) now, not mid-run."""
+        """Build what the metrics need (feature networks, reference statistics) now, not mid-run."""
         if self.uses_features:
             self.reference(source.reference, source.resolution, source.downsample)
+        pr_feature = str(self.cfg.get("pr_feature") or "")
+        if pr_feature and any(m.name == "pr" for m in self.metrics):
+            self.reference(source.reference, source.resolution, source.downsample, pr_feature)
 
     def __call__(self, source: EvalSource) -> dict[str, float]:
         """Every metric's values, in the order of ``eval.metrics``, plus ``eval/resolution``."""
@@ -284,7 +329,12 @@ class Evaluator:
             else None
         )
         run = EvalRun(
-            source, self.cfg, ref, self.device, wants_probs=any(m.name == "is" for m in self.metrics)
+            source,
+            self.cfg,
+            ref,
+            self.device,
+            wants_probs=any(m.name == "is" for m in self.metrics),
+            references=lambda f: self.reference(source.reference, source.resolution, source.downsample, f),
         )
         out: dict[str, float] = {}
         for m in self.metrics:

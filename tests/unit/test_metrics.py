@@ -86,3 +86,57 @@ def test_evaluator_reports_fid_is_precision_recall(mnist_shards: Path) -> None:
         "eval/resolution",
     }
     assert recon["rfid/tiny-metrics"] == pytest.approx(noise["fid/tiny-metrics"])  # same samples, same seed
+
+
+def test_precision_recall_in_another_feature_space(mnist_shards: Path, monkeypatch, tmp_path) -> None:
+    """``eval.pr_feature`` (vgg16: Kynkaenniemi et al.'s space) gives P/R in that network's space on
+    the same seeded images, while FID keeps ``eval.feature``; the VGG16 network reads torchvision's
+    file from the cache and says how to fill it when it is absent."""
+    import torchvision
+
+    from bigtrain.data.manifest import DatasetManifest
+    from bigtrain.eval.features import MissingWeightsError, build_feature_extractor
+    from bigtrain.eval.registry import Evaluator
+    from bigtrain.eval.source import EvalSource, Judged
+
+    monkeypatch.setenv("BIGTRAIN_CACHE", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match="vgg16-397923af.pth.*IMAGENET1K_V1"):
+        build_feature_extractor("vgg16", "cpu")
+    torch.manual_seed(0)
+    (tmp_path / "weights").mkdir()
+    torch.save(
+        torchvision.models.vgg16(weights=None).state_dict(), tmp_path / "weights" / "vgg16-397923af.pth"
+    )
+    vgg = build_feature_extractor("vgg16", "cpu")
+    assert (vgg.name, vgg.input_size, vgg.dim) == ("vgg16", 224, 4096)
+    out = vgg(torch.rand(2, 3, 224, 224) * 255)
+    assert out.shape == (2, 4096) and (out >= 0).all()  # fc2 after its ReLU
+
+    torch.manual_seed(0)
+    proj = torch.randn(3 * 8 * 8, 16)
+    register_feature_extractor(
+        "tiny-a", lambda d: FeatureExtractor("tiny-a", 8, 16, lambda x: (x / 255).flatten(1) @ proj)
+    )
+    register_feature_extractor(
+        "tiny-b", lambda d: FeatureExtractor("tiny-b", 8, 16, lambda x: (x / 255).flatten(1) @ -proj)
+    )
+    manifest = DatasetManifest.load(mnist_shards)
+
+    def images(n: int, g: torch.Generator) -> torch.Tensor:
+        return torch.rand(n, 1, 32, 32, generator=g) * 2 - 1
+
+    def evaluate(**kw: str) -> dict[str, float]:
+        cfg = OmegaConf.structured(EvalConfig(num_samples=200, batch_size=100, ref_max_images=400, **kw))
+        ev = Evaluator(cfg, ["fid", "pr"], torch.device("cpu"))
+        source = EvalSource(Judged.samples, images, manifest, 32)
+        ev.prepare(source)
+        return ev(source)
+
+    split = evaluate(feature="tiny-a", pr_feature="tiny-b")
+    assert set(split) == {"fid/tiny-a", "precision/tiny-b", "recall/tiny-b", "eval/resolution"}
+    only_b = evaluate(feature="tiny-b")
+    assert (
+        split["precision/tiny-b"] == only_b["precision/tiny-b"]
+        and split["recall/tiny-b"] == only_b["recall/tiny-b"]
+    )
+    assert split["fid/tiny-a"] == evaluate(feature="tiny-a")["fid/tiny-a"]
