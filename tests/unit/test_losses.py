@@ -40,6 +40,7 @@ EXPECTED = {
         lambda real, fake: 0.5 * _mean([(r - 1) ** 2 for r in real]) + 0.5 * _mean([f**2 for f in fake]),
         lambda fake: 0.5 * _mean([(f - 1) ** 2 for f in fake]),
     ),
+    "wgan": (lambda real, fake: _mean(fake) - _mean(real), lambda fake: -_mean(fake)),
     "wgan_gp": (lambda real, fake: _mean(fake) - _mean(real), lambda fake: -_mean(fake)),
     "hinge": (
         lambda real, fake: _mean([max(0.0, 1 - r) for r in real]) + _mean([max(0.0, 1 + f) for f in fake]),
@@ -67,6 +68,7 @@ def test_losses_match_hand_computed_values(name: str) -> None:
 
 def test_only_wgan_gp_asks_for_a_gradient_penalty() -> None:
     assert {name for name in LOSS_NAMES if build_loss(name).gradient_penalty} == {"wgan_gp"}
+    assert {name for name in LOSS_NAMES if build_loss(name).weight_clip} == {"wgan"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
