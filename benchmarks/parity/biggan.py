@@ -110,18 +110,7 @@ def compare(ref_module: Any, family: str, resolution: int, attention: str) -> di
             if hasattr(m, "stored_mean"):
                 m.stored_mean.normal_()
                 m.stored_var.uniform_(0.5, 2.0)
-    att = tuple(int(a) for a in attention.split("_") if a)
-    g, d = build_gan(
-        family,
-        resolution=resolution,
-        channels=3,
-        num_classes=CLASSES,
-        z_dim=Z_DIM,
-        g_width=CH,
-        d_width=CH,
-        shared_dim=SHARED,
-        attention=att,
-    )
+    g, d = _ours_pair(family, resolution, attention)
     _copy(rg, g, deep_d=False, depth=2)
     _copy(rd, d, deep_d=family == "biggan_deep", depth=2)
     z, y = torch.randn(BATCH, Z_DIM), torch.randint(0, CLASSES, (BATCH,))
@@ -134,6 +123,13 @@ def compare(ref_module: Any, family: str, resolution: int, attention: str) -> di
             out[f"G_{mode}"] = (x_ref - g(z, y)).abs().max().item()
             out[f"D_{mode}"] = (rd(x_ref, y).squeeze(1) - d(x_ref, y)).abs().max().item()
     return out
+
+
+def _ours_pair(family: str, resolution: int, attention: str) -> tuple[nn.Module, nn.Module]:
+    """bigtrain's G and D at the settings the reference's are built with (:func:`_reference_models`)."""
+    att = tuple(int(a) for a in attention.split("_") if a)
+    return build_gan(family, resolution=resolution, channels=3, num_classes=CLASSES, z_dim=Z_DIM, g_width=CH,
+                     d_width=CH, shared_dim=SHARED, attention=att)  # fmt: skip
 
 
 def _named(ref: nn.Module, ours: nn.Module, deep_d: bool) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -165,8 +161,7 @@ def losses_and_gradients(ref: Any, family: str, resolution: int, attention: str)
 
     torch.manual_seed(1)
     rg, rd = _reference_models(ref, family, resolution, attention)
-    g, d = build_gan(family, resolution=resolution, channels=3, num_classes=CLASSES, z_dim=Z_DIM, g_width=CH,
-                     d_width=CH, shared_dim=SHARED, attention=tuple(int(a) for a in attention.split("_") if a))  # fmt: skip
+    g, d = _ours_pair(family, resolution, attention)
     for net in (rg, rd):
         for name, p in net.named_parameters():
             if name.endswith("gamma"):
@@ -215,8 +210,7 @@ def ema_parity(ref: Any, family: str, resolution: int, attention: str) -> float:
     rg, _ = _reference_models(ref, family, resolution, attention)
     target = copy.deepcopy(rg)
     updater = ref_utils.ema(rg, target, decay=0.9, start_itr=0)
-    g, _ = build_gan(family, resolution=resolution, channels=3, num_classes=CLASSES, z_dim=Z_DIM, g_width=CH,
-                     d_width=CH, shared_dim=SHARED, attention=tuple(int(a) for a in attention.split("_") if a))  # fmt: skip
+    g, _ = _ours_pair(family, resolution, attention)
     _copy(rg, g, deep_d=False, depth=2)
     ema = EMA(g, decay=0.9, warmup=False, buffers="average")
     for step in range(1, 6):
@@ -256,8 +250,7 @@ def run(family: str) -> dict[str, Any]:
         print(f"{family:12s} {resolution:4d}  " + "  ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     _, resolution, attention = cases[-1]
     rg, rd = _reference_models(ref, family, resolution, attention)
-    g, d = build_gan(family, resolution=resolution, channels=3, num_classes=CLASSES, z_dim=Z_DIM, g_width=CH,
-                     d_width=CH, shared_dim=SHARED, attention=tuple(int(a) for a in attention.split("_") if a))  # fmt: skip
+    g, d = _ours_pair(family, resolution, attention)
     grads = losses_and_gradients(ref, family, 64, "32")
     print("losses and gradients at 64 px: " + "  ".join(f"{k} {v:.2e}" for k, v in grads.items()))
     ema = ema_parity(ref, family, 64, "32")
