@@ -28,6 +28,7 @@ def main() -> None:
             "batch": 8,
             "device": "cpu",
             "cfg_scale": 1.0,
+            "block": "llama",
         }
     )
     torch.manual_seed(0)
@@ -38,6 +39,8 @@ def main() -> None:
         dim=a["dim"],
         layers=a["layers"],
         heads=a["heads"],
+        block=a["block"],
+        positions="rope2d" if a["block"] == "llama" else "rope",
     )
     model = TokenPrior(cfg).to(a["device"]).eval()
     labels = torch.arange(a["batch"], device=a["device"]) % 10

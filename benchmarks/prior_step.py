@@ -41,12 +41,15 @@ def main() -> None:
         {
             "dim": 256, "layers": 4, "heads": 4, "seq_len": 256, "vocab": 1024, "classes": 1000,
             "batch": 8, "iters": 5, "warmup": 2, "device": "cpu", "precision": "fp32", "compile": False,
+            "block": "llama",
         }
     )  # fmt: skip
     dev, bf16 = a["device"], a["precision"] == "bf16"
     torch.manual_seed(0)
+    llama = a["block"] == "llama"  # LlamaGen's block with its dropouts (imagenet256_gpt_b's) or GPT-2's
     cfg = PriorConfig(vocab=a["vocab"], seq_len=a["seq_len"], num_classes=a["classes"], dim=a["dim"],
-                      layers=a["layers"], heads=a["heads"])  # fmt: skip
+                      layers=a["layers"], heads=a["heads"], block=a["block"], positions="rope2d" if llama else "rope",
+                      dropout=0.1 if llama else 0.0, token_dropout=0.1 if llama else 0.0)  # fmt: skip
     model = TokenPrior(cfg).to(dev).train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
@@ -79,6 +82,7 @@ def main() -> None:
     emit(
         {
             "benchmark": "prior_step",
+            "block": a["block"],
             "params": n_params,
             "precision": a["precision"],
             "compile": a["compile"],
