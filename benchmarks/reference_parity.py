@@ -44,7 +44,7 @@ def main() -> None:
         raise SystemExit(f"pass ref=PATH, a checkout of {FAMILIES[family]}")
     sys.path.insert(0, str(args["ref"]))
     module = importlib.import_module(f"parity.{family.removesuffix('_deep')}")
-    result = module.run(family, args["ref"]) if family == "progan" else module.run(family)
+    result = module.run(family, str(args["ref"]))
     emit({"family": family, **result})
 
 

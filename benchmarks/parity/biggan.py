@@ -237,7 +237,7 @@ def _count(*nets: nn.Module) -> int:
     return sum(p.numel() for net in nets for p in net.parameters())
 
 
-def run(family: str) -> dict[str, Any]:
+def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001 - the checkout is on sys.path
     import BigGAN  # noqa: N813 - the reference's module names
     import BigGANdeep  # noqa: N813
 

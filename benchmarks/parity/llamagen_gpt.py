@@ -54,7 +54,7 @@ def _count(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def run(family: str) -> dict[str, Any]:  # noqa: ARG001
+def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001
     from autoregressive.models import gpt as lg
     from autoregressive.models.generate import generate as lg_generate
 

@@ -56,7 +56,7 @@ def _fade(x: np.ndarray, lod: float) -> np.ndarray:
     return x + (y.reshape(n, c, h, w) - x) * (lod - math.floor(lod))
 
 
-def run(family: str, ref: str = "") -> dict[str, Any]:  # noqa: ARG001
+def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001
     missing = []
     if ref:
         for name, lines in TRANSCRIBED.items():

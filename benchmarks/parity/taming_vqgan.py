@@ -85,7 +85,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-def run(family: str) -> dict[str, Any]:  # noqa: ARG001
+def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001
     torch.manual_seed(0)
     ref = _reference()
     task = _ours()
