@@ -63,11 +63,17 @@ def register_metric(
 
 
 def reference_key(
-    manifest: DatasetManifest, split: str, max_images: int, resolution: int | None = None
+    manifest: DatasetManifest,
+    split: str,
+    max_images: int,
+    resolution: int | None = None,
+    downsample: str = "lanczos",
 ) -> str:
-    """Reference statistics depend on (dataset content, split, resolution, how many images)."""
+    """Reference statistics depend on (dataset content, split, resolution, how many images, and how
+    images were shrunk to a lower resolution when not the default Lanczos)."""
     n = min(max_images, manifest.count(split))
-    return f"{manifest.name}-{manifest.dataset_id}-{split}-{resolution or manifest.resolution}px-n{n}"
+    key = f"{manifest.name}-{manifest.dataset_id}-{split}-{resolution or manifest.resolution}px-n{n}"
+    return key if resolution is None or downsample == "lanczos" else f"{key}-{downsample}"
 
 
 class Reference:
@@ -92,9 +98,7 @@ class Reference:
         with preserve_rng():
             self.feature = feature or str(c.feature)
             self.extractor = build_feature_extractor(self.feature, device)
-            key = reference_key(manifest, c.ref_split, c.ref_max_images, resized)
-            if resized is not None and downsample != "lanczos":
-                key += f"-{downsample}"
+            key = reference_key(manifest, c.ref_split, c.ref_max_images, resized, downsample)
             self.stats = reference_stats(
                 key,
                 lambda: iter_images(
