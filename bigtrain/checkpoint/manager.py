@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from bigtrain import distributed as bdist
 from bigtrain.checkpoint.io import Checkpoint, NativeState, latest_valid, open_checkpoint, save_checkpoint
+from bigtrain.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,31 @@ class Group(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, states: Mapping[str, Any]) -> None: ...
+
+
+LIKELY_CAUSE = (
+    "likely cause: the run's networks or optimizers differ from those that wrote the checkpoint "
+    "(another model, width or normalisation, or a checkpoint of another run); start a new run.dir"
+)
+
+
+def load_component(name: str, target: Stateful, states: Mapping[str, Any]) -> None:
+    """``target.load_state_dict(states[name])``; a missing component or a state that does not fit
+    is one :class:`CheckpointError` line naming the component, not a ``load_state_dict`` traceback."""
+    if name not in states:
+        raise CheckpointError(
+            f"the checkpoint has no '{name}' component; likely cause: it was written by a run of "
+            "another task or model"
+        )
+    try:
+        target.load_state_dict(states[name])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 and lines[0].startswith("Error(s)") else ""
+        raise CheckpointError(
+            f"checkpoint component '{name}' does not fit this run: {detail}{more}; {LIKELY_CAUSE}"
+        ) from None
 
 
 class CheckpointManager:
@@ -101,11 +127,18 @@ class CheckpointManager:
         ck.verify()
         return ck
 
-    def resume(self, on_loaded: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
-        """Load every registered component from :meth:`find`'s checkpoint, in registration order."""
+    def resume(
+        self,
+        on_loaded: Callable[[Checkpoint], None] | None = None,
+        before_load: Callable[[Checkpoint], None] | None = None,
+    ) -> Checkpoint | None:
+        """Load every registered component from :meth:`find`'s checkpoint, in registration order;
+        ``before_load`` may refuse the checkpoint (raise) before any state is touched."""
         ck = self.find()
         if ck is None:
             return None
+        if before_load is not None:
+            before_load(ck)
         rank = bdist.rank()
         names = ck.component_names()
         singles = {obj[0] for kind, obj in self._entries if kind in ("shared", "rank")}
@@ -117,7 +150,7 @@ class CheckpointManager:
                 obj.load_native(ck)
             elif kind == "shared":
                 name, comp = obj
-                comp.load_state_dict(ck.load(name))
+                load_component(name, comp, {name: ck.load(name)})
             else:
                 name, comp = obj
                 mine = f"{name}.rank{rank}"
@@ -129,11 +162,11 @@ class CheckpointManager:
                         name,
                     )
                     mine = f"{name}.rank0"
-                comp.load_state_dict(ck.load(mine))
+                load_component(name, comp, {name: ck.load(mine)})
         self.last, self.last_step = ck.path, ck.step
         if on_loaded is not None:
             on_loaded(ck)
         return ck
 
 
-__all__ = ["CheckpointManager", "Group", "Stateful"]
+__all__ = ["CheckpointManager", "Group", "Stateful", "load_component"]

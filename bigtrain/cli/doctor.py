@@ -155,8 +155,12 @@ def _sha256(path: Path, bar: tqdm) -> str:
 
 
 def check_dataset(cfg: DictConfig, verify_checksums: bool) -> list[Check]:
+    from bigtrain.config.validate import missing_values
     from bigtrain.data.manifest import DatasetError, DatasetManifest
 
+    missing = missing_values(cfg)
+    if missing:
+        return [Check("config", "fail", "; ".join(missing))]
     try:
         manifest = DatasetManifest.load(cfg.data.path)
     except DatasetError as exc:

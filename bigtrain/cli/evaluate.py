@@ -1,7 +1,9 @@
 """``bigtrain evaluate CKPT``: the run's metrics (``eval.metrics``: FID with IS and precision/recall
 from the same samples; a tokenizer's rFID, PSNR, SSIM and codebook usage) of a checkpoint with N
 samples, printed as one JSON line and logged to the run's MLflow run at its step. Sample-count
-dependent keys get ``/n<N>`` (``fid/<feature>/n<N>``), so they never mix with training's curve."""
+dependent keys get ``/n<N>`` (``fid/<feature>/n<N>``), so they never mix with training's curve.
+``eval.KEY=VALUE`` overrides change how the checkpoint is sampled and judged (``eval.g_bn=standing``);
+metrics computed under overrides are printed, not logged, since the run's curve was not."""
 
 from __future__ import annotations
 
@@ -19,6 +21,12 @@ from bigtrain.train.task import eval_metrics
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bigtrain evaluate", description=__doc__)
     p.add_argument("ckpt")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="eval.KEY=VALUE",
+        help="evaluate with these eval.* / sample.* settings (e.g. eval.g_bn=standing); not logged",
+    )
     p.add_argument("--num-samples", type=int, default=None, help="default: the run's eval.num_samples")
     p.add_argument("--feature", default=None, help="feature network (default: the run's eval.feature)")
     p.add_argument(
@@ -32,7 +40,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
     a = p.parse_args(argv)
-    snap = load_snapshot(a.ckpt, a.device)
+    snap = load_snapshot(a.ckpt, a.device, a.overrides)
     ecfg = snap.cfg.eval
     with open_dict(ecfg):
         if a.num_samples is not None:
@@ -61,7 +69,9 @@ def main(argv: list[str]) -> int:
     }
     run_id = snap.checkpoint.meta.get("mlflow_run_id")
     uri = snap.checkpoint.meta.get("tracking_uri")
-    if run_id and uri and not a.no_log:
+    if a.overrides:
+        out["overrides"] = list(a.overrides)
+    if run_id and uri and not a.no_log and not a.overrides:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)

@@ -1,4 +1,5 @@
-"""``bigtrain inspect CKPT [--json]``: the step and a SHA-256 content digest of each component.
+"""``bigtrain inspect CKPT [--json]``: the step, a SHA-256 content digest of each component, the
+config fingerprint and the config changes allowed on resume (``bigtrain.config.fingerprint``).
 
 Digests are recomputed from the files (and compared with those recorded at save time), so two
 runs that reached the same state print the same digests.
@@ -16,7 +17,11 @@ from bigtrain.checkpoint.io import CheckpointError, open_checkpoint
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bigtrain inspect", description=__doc__)
     p.add_argument("ckpt", help="a checkpoint folder (run.dir/checkpoints/step-XXXXXXXX)")
-    p.add_argument("--json", action="store_true", help='print {"step": N, "digests": {...}}')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"step": N, "digests": {...}, "config_fingerprint": ..., "config_changes": [...]}',
+    )
     a = p.parse_args(argv)
     ck = open_checkpoint(a.ckpt)
     digests = {name: digest(ck.load(name)) for name in ck.component_names()}
@@ -25,11 +30,25 @@ def main(argv: list[str]) -> int:
         raise CheckpointError(
             f"{ck.path}: components {', '.join(bad)} differ from the digests recorded at save time"
         )
+    fingerprint = ck.meta.get("config_fingerprint")  # absent in checkpoints written before issue 14
+    history = ck.meta.get("config_changes", [])
     if a.json:
-        print(json.dumps({"step": ck.step, "digests": digests}))
+        print(
+            json.dumps(
+                {
+                    "step": ck.step,
+                    "digests": digests,
+                    "config_fingerprint": fingerprint,
+                    "config_changes": history,
+                }
+            )
+        )
     else:
-        print(f"{ck.path}  step {ck.step}")
+        print(f"{ck.path}  step {ck.step}  config {fingerprint or '(not recorded)'}")
         width = max(map(len, digests), default=0)
         for name, d in digests.items():
             print(f"  {name.ljust(width)}  {d}")
+        for change in history:
+            keys = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in change["changes"].items())
+            print(f"  config changed on resume at step {change['step']}: {keys}")
     return 0

@@ -2,7 +2,8 @@
 prior's decoded codes), one row per class with ``--per-class``, or with ``--interpolate`` straight-line
 walks in z between random points (Radford et al. 2016, sec. 6.1), one row each. Sampling options
 (``--truncation`` for GANs; ``--temperature``, ``--top-k``, ``--top-p``, ``--cfg-scale`` for priors)
-are passed to the task, which refuses the ones it does not take."""
+are passed to the task, which refuses the ones it does not take; ``eval.KEY=VALUE`` overrides set the
+rest of how it samples (``eval.g_bn=batch|standing`` for a GAN's BatchNorm statistics)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ OPTIONS = {
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bigtrain sample", description=__doc__)
     p.add_argument("ckpt")
+    p.add_argument(
+        "overrides", nargs="*", metavar="eval.KEY=VALUE", help="sample with these eval.* / sample.* settings"
+    )
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--rows", type=int, default=8, help="rows (and columns) of the grid")
     p.add_argument("--seed", type=int, default=0)
@@ -54,7 +58,7 @@ def main(argv: list[str]) -> int:
     prior.add_argument("--top-p", type=float, default=None)
     prior.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
     a = p.parse_args(argv)
-    snap = load_snapshot(a.ckpt, a.device)
+    snap = load_snapshot(a.ckpt, a.device, a.overrides)
     task = snap.task
     if not task.generates:
         # A tokenizer does not generate; its grid (originals over reconstructions) is in the run's

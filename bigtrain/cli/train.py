@@ -83,10 +83,13 @@ def main(argv: list[str]) -> int:
         return 0
     if not any(a.startswith("-") for a in argv):  # not a sweep, not a Hydra flag (--cfg, --info, ...)
         from bigtrain.cli.main import user_errors_exit
+        from bigtrain.config.validate import missing_values, raise_problems
         from bigtrain.train.compose import compose_config
 
         with user_errors_exit():  # a bad override is one line and exit code 2, before any work
-            compose_config([a for a in argv if not a.startswith(("hydra.", "hydra/"))])
+            raise_problems(
+                missing_values(compose_config([a for a in argv if not a.startswith(("hydra.", "hydra/"))]))
+            )
     sys.argv = ["bigtrain-train", *argv]
     app()
     return 0

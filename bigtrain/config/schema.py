@@ -191,6 +191,9 @@ class TrainConfig:
     seed: int = 0
     task: str = "gan"  # the config group task=gan|tokenizer|prior (bigtrain.train.tasks) sets it
     resume: str = "auto"  # auto | never | PATH to a checkpoint folder
+    # keys (or fnmatch patterns) whose change since the checkpoint is accepted on resume; any other
+    # change stops the run (bigtrain.config.fingerprint; the keys that may always change are there)
+    allow_changes: list[str] = field(default_factory=list)
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from bigtrain.config.schema import DOWNSAMPLE
 from bigtrain.errors import ConfigError
 
@@ -40,9 +42,21 @@ def common_problems(cfg: Any) -> list[str]:
     return problems
 
 
+# what to say about a mandatory key left without a value (schema: MISSING)
+MISSING_HINTS = {"data.path": "data.path=PATH, a folder written by `bigtrain prepare`"}
+
+
+def missing_values(cfg: Any) -> list[str]:
+    """One problem per mandatory key without a value (``???``), with how to give it."""
+    return [
+        f"{key}: no value given (set {MISSING_HINTS.get(key, key + '=VALUE')})"
+        for key in sorted(OmegaConf.missing_keys(cfg))
+    ]
+
+
 def raise_problems(problems: Sequence[str]) -> None:
     if problems:
         raise ConfigError("; ".join(problems))
 
 
-__all__ = ["ConfigError", "common_problems", "raise_problems"]
+__all__ = ["ConfigError", "common_problems", "missing_values", "raise_problems"]

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from bigtrain import distributed as bdist
 from bigtrain.checkpoint.digest import digest
 from bigtrain.checkpoint.manager import CheckpointManager
+from bigtrain.config.validate import missing_values, raise_problems
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.stream import DataStream, StreamSpec
 from bigtrain.distributed import slurm
@@ -39,6 +40,7 @@ from bigtrain.errors import NonFiniteLossError
 from bigtrain.eval.registry import Evaluator
 from bigtrain.tracking import NullTracker, Tracker
 from bigtrain.tracking.mlflow_tracker import absolute_uri
+from bigtrain.train.config_guard import ConfigGuard
 from bigtrain.train.task import build_task, check_config, eval_metrics
 from bigtrain.utils.images import grid_uint8
 from bigtrain.utils.rng import capture_rng, restore_rng, seed_everything
@@ -141,6 +143,7 @@ class RNGState:
 
 class Trainer:
     def __init__(self, cfg: DictConfig):
+        raise_problems(missing_values(cfg))  # a sweep's jobs come here without the CLI's pre-check
         self.cfg = cfg
         self.accelerator = bdist.build_accelerator(
             str(cfg.trainer.precision), timeout_s=float(cfg.trainer.collective_timeout_s)
@@ -157,6 +160,7 @@ class Trainer:
         shards = self.manifest.shard_paths(cfg.data.split)
         check_config(cfg, self.manifest)
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        self.guard = ConfigGuard(cfg)
 
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.task = build_task(cfg, self.manifest, self.device, self.accelerator)
@@ -194,7 +198,7 @@ class Trainer:
         self.checkpoints.add("trainer", self.counters)
         self.checkpoints.add("rng", RNGState(), per_rank=True)
         self.checkpoints.add("data", self.stream, per_rank=True)
-        ck = self.checkpoints.resume()
+        ck = self.checkpoints.resume(before_load=self.guard.check)
         run_id = None
         if ck is not None:
             run_id = ck.meta.get("mlflow_run_id")
@@ -207,6 +211,10 @@ class Trainer:
                 self.evaluator.prepare(source)  # absent weights fail now, not after an hour of training
         self.tracker = _build_tracker(cfg, run_id)
         if self.main:
+            previous = self.guard.keep_previous(self.run_dir)
+            if previous is not None:
+                self.tracker.log_artifact(previous)
+                self.tracker.set_tags(self.guard.tags())
             (self.run_dir / "config.yaml").write_text(self.config_yaml)
             self.tracker.log_artifact(self.run_dir / "config.yaml")
             log.info(
@@ -244,6 +252,7 @@ class Trainer:
             "tracking_uri": absolute_uri(self.cfg.tracking.uri),
             "rank_weight_digests": bdist.all_gather_objects(weights),
             "dataset": dataset_meta(self.manifest),
+            **self.guard.meta(),
         }
         path = self.checkpoints.save(self.step, meta)
         if self.main:

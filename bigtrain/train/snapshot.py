@@ -1,20 +1,29 @@
 """Rebuild a trained task from a checkpoint folder alone (its config.yaml and meta.json), for
-``bigtrain evaluate``, ``bigtrain sample`` and ``bigtrain tokenize``; the shards are not needed."""
+``bigtrain evaluate``, ``bigtrain sample`` and ``bigtrain tokenize``; the shards are not needed.
+
+How samples are drawn and judged may differ from training (``eval.g_bn=standing`` on a run that
+sampled in eval mode, more FID samples): ``eval.*`` and ``sample.*`` overrides are applied before the
+task is built; the networks' keys are not overridable, since the weights were trained for them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from bigtrain.checkpoint.io import Checkpoint, open_checkpoint
 from bigtrain.config.migrate import upgrade
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.distributed import build_accelerator
-from bigtrain.errors import CheckpointError
-from bigtrain.train.task import Task, build_task, task_class
+from bigtrain.errors import CheckpointError, ConfigError
+from bigtrain.train.task import Task, build_task, check_config, task_class
+
+# the sections a checkpoint's config may be overridden in when it is sampled or evaluated
+OVERRIDABLE = ("eval", "sample")
 
 
 @dataclass
@@ -37,9 +46,28 @@ def checkpoint_config(ck: Checkpoint) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(schema), upgrade(raw))  # type: ignore[return-value]
 
 
-def load_snapshot(path: str | Path, device: str | None = None) -> Snapshot:
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """``KEY=VALUE`` items into ``cfg`` in place; a key outside :data:`OVERRIDABLE` or not in the
+    task's schema is a one-line :class:`ConfigError`."""
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or key.split(".", 1)[0] not in OVERRIDABLE or "." not in key:
+            raise ConfigError(
+                f"{item!r}: a checkpoint takes only {'/'.join(s + '.KEY=VALUE' for s in OVERRIDABLE)} "
+                "overrides (how samples are drawn and judged; the networks are the checkpoint's)"
+            )
+        try:
+            cfg.merge_with(OmegaConf.from_dotlist([item]))  # the schema refuses unknown keys and types
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{item}: {str(exc).splitlines()[0]}") from None
+
+
+def load_snapshot(path: str | Path, device: str | None = None, overrides: Sequence[str] = ()) -> Snapshot:
+    """The task of checkpoint ``path`` with its trained state, on ``device``; ``overrides``
+    (``eval.*``, ``sample.*``) change how it samples or is evaluated."""
     ck = open_checkpoint(path)
     cfg = checkpoint_config(ck)
+    apply_overrides(cfg, overrides)
     meta = ck.meta.get("dataset")
     if meta is None:
         raise CheckpointError(f"checkpoint {ck.path} records no dataset shape (meta.json 'dataset')")
@@ -56,6 +84,8 @@ def load_snapshot(path: str | Path, device: str | None = None) -> Snapshot:
             {},
             dict(meta.get("extra", {})),
         )
+    if overrides:
+        check_config(cfg, manifest)
     acc = build_accelerator("no", cpu=(device == "cpu") if device else None)
     task = build_task(cfg, manifest, acc.device, acc)
     task.load_state_dict(ck.shared_components())

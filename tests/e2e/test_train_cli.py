@@ -120,9 +120,28 @@ def test_evaluate_and_sample_from_a_checkpoint(resumed_pair: tuple[Path, Path, P
     client = MlflowClient(f"sqlite:///{db}")
     hist = client.get_metric_history(out["mlflow_run_id"], "fid/digits/n300")
     assert [(m.step, round(m.value, 6)) for m in hist] == [(40, round(out["value"], 6))]
+    # how it samples can change (train-mode BatchNorm here); such a number is printed, not logged
+    batch = json.loads(
+        run_cli("evaluate", str(ckpt), "eval.g_bn=batch", "--num-samples", "300")
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    assert batch["overrides"] == ["eval.g_bn=batch"] and batch["value"] > 0 and batch["value"] != out["value"]
+    assert len(client.get_metric_history(out["mlflow_run_id"], "fid/digits/n300")) == 1
+    bad = run_cli("evaluate", str(ckpt), "model.z_dim=3", check=False)
+    assert (
+        bad.returncode == 2
+        and "a checkpoint takes only eval.KEY=VALUE/sample.KEY=VALUE" in _one_line_error(bad)
+    )
+    bad = run_cli("evaluate", str(ckpt), "eval.g_bn=train", check=False)
+    assert "eval.g_bn must be one of running, batch, standing" in _one_line_error(bad)
     grid = tmp_path / "grid.png"
     run_cli("sample", str(ckpt), "--out", str(grid), "--rows", "4")
     assert Image.open(grid).size == (4 * 34 + 2, 4 * 34 + 2)
+    standing = tmp_path / "standing.png"
+    run_cli("sample", str(ckpt), "eval.g_bn=standing", "--out", str(standing), "--rows", "4")
+    assert Image.open(standing).size == Image.open(grid).size
+    assert Image.open(standing).tobytes() != Image.open(grid).tobytes()
     walk = tmp_path / "walk.png"
     run_cli("sample", str(ckpt), "--out", str(walk), "--rows", "3", "--interpolate", "--steps", "7")
     assert Image.open(walk).size == (7 * 34 + 2, 3 * 34 + 2)
@@ -151,6 +170,19 @@ def test_missing_dataset_and_missing_shard(mnist_shards: Path, tmp_path: Path) -
     (copy / "train-000002.tar").unlink()
     proc = _train(copy, tmp_path / "r2", tmp_path / "m.db", check=False)
     assert "train-000002.tar" in _one_line_error(proc)
+
+
+def test_missing_mandatory_value_is_one_line(tmp_path: Path) -> None:
+    proc = run_cli("train", f"run.dir={tmp_path / 'r'}", check=False)  # the presets name their data
+    assert proc.returncode == 2 and _one_line_error(proc) == (
+        "bigtrain: error: data.path: no value given (set data.path=PATH, a folder written by `bigtrain prepare`)"
+    )
+    doctor = run_cli("doctor", "--quick", "--json", check=False)
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr
+    assert checks["config"]["status"] == "fail" and checks["config"]["detail"].startswith(
+        "data.path: no value given"
+    )
 
 
 def test_unknown_key_and_wrong_type(mnist_shards: Path, tmp_path: Path) -> None:
@@ -273,3 +305,79 @@ def test_biggan_deep_preset_trains_and_resumes_exactly(mnist_shards: Path, tmp_p
     assert a["digests"] == b["digests"]
     assert "name: biggan_deep" in (straight / "config.yaml").read_text()
     assert Image.open(straight / "samples" / "step-00000004.png").size[1] == 10 * 34 + 2  # a row per class
+
+
+def test_resuming_with_a_changed_config_stops_unless_allowed(mnist_shards: Path, tmp_path: Path) -> None:
+    """The run folder is the run: a re-run with another recipe stops before any step, naming each
+    changed key; cadence keys may change; an allowed change is recorded in the checkpoint, the
+    MLflow run and a kept copy of the replaced config."""
+    run, db = tmp_path / "r", tmp_path / "m.db"
+    base = ("eval.enabled=false", "trainer.ckpt_every=2")
+    _train(mnist_shards, run, db, "trainer.max_steps=2", *base)
+    first_yaml = (run / "config.yaml").read_text()
+    proc = _train(mnist_shards, run, db, "loss=hinge", "trainer.max_steps=3", *base, check=False)
+    assert proc.returncode == 2 and _one_line_error(proc) == (
+        f"bigtrain: error: the config changed since {run}/checkpoints/step-00000002 (step 2): "
+        "loss.name: 'non_saturating' -> 'hinge'; to start a new run give another run.dir, to continue "
+        "this one with the change add allow_changes=[loss.name]"
+    )
+    # a change of loss and critic used to end in a load_state_dict traceback
+    proc = _train(
+        mnist_shards, run, db, "loss=wgan_gp", "model.d_norm=layer", "trainer.max_steps=3", *base, check=False
+    )
+    assert (
+        "model.d_norm: 'batch' -> 'layer'" in _one_line_error(proc) and "loss.d_steps: 1 -> 5" in proc.stderr
+    )
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
+    assert (run / "config.yaml").read_text() == first_yaml
+    bad = _train(mnist_shards, run, db, "allow_changes=[loss.nam]", "trainer.max_steps=3", *base, check=False)
+    assert _one_line_error(bad) == "bigtrain: error: allow_changes: loss.nam names no key of this config"
+    # cadence, length and logging may change without leave
+    _train(mnist_shards, run, db, "trainer.max_steps=4", "trainer.log_every=1", *base)
+    _train(mnist_shards, run, db, "loss=hinge", "allow_changes=[loss.name]", "trainer.max_steps=6", *base)
+    meta = json.loads((run / "checkpoints" / "step-00000006" / "meta.json").read_text())
+    assert meta["config_changes"] == [{"step": 4, "changes": {"loss.name": ["non_saturating", "hinge"]}}]
+    assert len(meta["config_fingerprint"]) == 16
+    assert (run / "config.until-step-00000004.yaml").read_text().count("non_saturating") == 1
+    assert "name: hinge" in (run / "config.yaml").read_text()
+    # the same command again resumes without complaint; the history stays in later checkpoints
+    _train(mnist_shards, run, db, "loss=hinge", "trainer.max_steps=8", *base)
+    later = json.loads((run / "checkpoints" / "step-00000008" / "meta.json").read_text())
+    assert later["config_changes"] == meta["config_changes"]
+    # an allowed change the weights cannot follow: one line naming the component, nothing written
+    wider = _train(
+        mnist_shards,
+        run,
+        db,
+        "loss=hinge",
+        "model.g_width=16",
+        "allow_changes=[model.g_width]",
+        *base,
+        check=False,
+    )
+    assert (
+        _one_line_error(wider).startswith(
+            "bigtrain: error: checkpoint component 'G' does not fit this run: size mismatch for "
+        )
+        and "likely cause: the run's networks or optimizers differ" in wider.stderr
+    )
+    layer = _train(
+        mnist_shards,
+        run,
+        db,
+        "loss=hinge",
+        "model.d_norm=layer",
+        "allow_changes=[model.d_norm]",
+        *base,
+        check=False,
+    )
+    assert (
+        "checkpoint component 'D' does not fit this run: Unexpected key(s) in state_dict"
+        in _one_line_error(layer)
+    )
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step-00000008"
+    client = MlflowClient(f"sqlite:///{db}")
+    tags = client.get_run(meta["mlflow_run_id"]).data.tags
+    assert tags["config_change.step-00000004"] == "loss.name: 'non_saturating' -> 'hinge'"
+    artifacts = {f.path for f in client.list_artifacts(meta["mlflow_run_id"])}
+    assert "config.until-step-00000004.yaml" in artifacts

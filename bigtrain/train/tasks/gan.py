@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bigtrain import distributed as bdist
+from bigtrain.checkpoint.manager import load_component
 from bigtrain.config.schema import EvalConfig, ModelConfig, OptimConfig, OptimizerConfig, TrainConfig
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.distributed.sync_bn import convert_cross_replica_bn
@@ -287,12 +288,12 @@ class GANTask(StagedTask):
         return out
 
     def load_state_dict(self, states: Mapping[str, Any]) -> None:
-        self.G.load_state_dict(states["G"])
-        self.D.load_state_dict(states["D"])
-        self.g_update.load_state_dict(states["opt_G"])
-        self.d_update.load_state_dict(states["opt_D"])
+        load_component("G", self.G, states)
+        load_component("D", self.D, states)
+        load_component("opt_G", self.g_update, states)
+        load_component("opt_D", self.d_update, states)
         if self.ema is not None:
-            self.ema.load_state_dict(states["G_ema"])
+            load_component("G_ema", self.ema, states)
         if "scaler" in states and self.scaler_G.is_enabled():
             self.scaler_G.load_state_dict(states["scaler"]["G"])
             self.scaler_D.load_state_dict(states["scaler"]["D"])

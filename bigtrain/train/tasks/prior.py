@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bigtrain.checkpoint.io import NativeState
+from bigtrain.checkpoint.manager import load_component
 from bigtrain.config.schema import ModelConfig, OptimConfig, OptimizerConfig, TrainConfig
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.errors import ConfigError
@@ -204,7 +205,7 @@ class PriorTask(Task):
         }
 
     def load_state_dict(self, states: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(states["prior"])
+        load_component("prior", self.model, states)
         self.engine.load_state_dict(states)
         self.guard.load_state_dict(states.get("task", {}))
 

@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bigtrain import distributed as bdist
+from bigtrain.checkpoint.manager import load_component
 from bigtrain.config.schema import ModelConfig, OptimConfig, OptimizerConfig, TrainConfig
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.prepare import iter_images
@@ -191,11 +192,11 @@ class TokenizerTask(StagedTask):
         return out
 
     def load_state_dict(self, states: Mapping[str, Any]) -> None:
-        self.vq.load_state_dict(states["vq"])
-        self.vq_update.load_state_dict(states["opt_vq"])
+        load_component("vq", self.vq, states)
+        load_component("opt_vq", self.vq_update, states)
         if self.D is not None and self.d_update is not None:
-            self.D.load_state_dict(states["D"])
-            self.d_update.load_state_dict(states["opt_D"])
+            load_component("D", self.D, states)
+            load_component("opt_D", self.d_update, states)
         self.guard.load_state_dict(states.get("task", {}))
         self.load_stages(states.get("task", {}))
 
