@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from bigtrain.train.compose import compose_config
+from bigtrain.utils.console import bar_disable
 
 FREE_SPACE_WARN_GIB = 5.0
 
@@ -178,7 +179,13 @@ def check_dataset(cfg: DictConfig, verify_checksums: bool) -> list[Check]:
         total = sum((manifest.root / s.file).stat().st_size for s in shards)
         bad = []
         with tqdm(
-            total=total, unit="B", unit_scale=True, desc="checksums", file=sys.stderr, leave=False
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc="checksums",
+            file=sys.stderr,
+            leave=False,
+            disable=bar_disable(True),
         ) as bar:
             for s in shards:
                 if _sha256(manifest.root / s.file, bar) != s.sha256:

@@ -47,13 +47,15 @@ def summary(result) -> str:  # noqa: ANN001 - a TrainResult
 def app(cfg: DictConfig) -> None:
     from bigtrain import distributed as bdist
     from bigtrain.cli.main import user_errors_exit
+    from bigtrain.config.launcher import apply_launcher
     from bigtrain.train.loop import train
 
     # In a multirun each job gets its own folder under run.dir; a plain run uses run.dir itself.
     with open_dict(cfg):
         cfg.run.dir = HydraConfig.get().runtime.output_dir
-    OmegaConf.set_readonly(cfg, True)
     with user_errors_exit():
+        apply_launcher(cfg)  # trainer.precision=auto: accelerate launch's --mixed_precision
+        OmegaConf.set_readonly(cfg, True)
         result = train(cfg)
     if bdist.is_main():
         print(summary(result), flush=True)

@@ -25,6 +25,7 @@ from omegaconf import MISSING
 
 
 class Precision(StrEnum):
+    auto = "auto"  # the launcher's (accelerate launch --mixed_precision), else fp32: bigtrain.config.launcher
     no = "no"  # fp32
     bf16 = "bf16"  # bf16 autocast
     fp16 = "fp16"  # fp16 autocast with a dynamic loss scale per optimizer
@@ -112,7 +113,7 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 2000  # generator steps
-    precision: Precision = Precision.no
+    precision: Precision = Precision.auto
     log_every: int = 20
     sample_every: int = 500
     ckpt_every: int = 500

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from bigtrain.data.builtin import load_builtin
 from bigtrain.data.manifest import DatasetError, DatasetManifest, ShardInfo
+from bigtrain.utils.console import bar_disable
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def prepare(src: str, out: str | Path, opts: PrepareOptions) -> DatasetManifest:
     }
     skipped = 0
     # train samples are written in permuted order so consecutive shards are class-mixed
-    for i in tqdm(order.tolist(), desc=f"prepare {name}", unit="img", disable=not opts.progress):
+    for i in tqdm(order.tolist(), desc=f"prepare {name}", unit="img", disable=bar_disable(opts.progress)):
         try:
             img = resize_square(load(i), resolution)
         except (OSError, UnidentifiedImageError, ValueError) as exc:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from bigtrain.data.manifest import DatasetManifest, ShardInfo
 from bigtrain.data.prepare import to_pil
+from bigtrain.utils.console import bar_disable
 
 _WORKER: dict[str, Any] = {}
 
@@ -110,7 +111,7 @@ def tokenize_dataset(
     jobs = [(split, s) for split, shards in manifest.splits.items() for s in shards]
     threads = max(1, torch.get_num_threads() // max(1, workers))
     results: dict[str, tuple[str, int, str, int]] = {}
-    bar = tqdm(total=len(jobs), unit="shard", desc="tokenize", disable=not progress)
+    bar = tqdm(total=len(jobs), unit="shard", desc="tokenize", disable=bar_disable(progress))
     ctx = mp.get_context("spawn")  # no forked CUDA state, no shared RNG
     with ProcessPoolExecutor(
         max(1, workers), mp_context=ctx, initializer=_init_worker, initargs=(load, ckpt, device, threads)

@@ -39,6 +39,7 @@ from bigtrain.utils.cache import (
     inception_weights_path,
     vgg16_weights_path,
 )
+from bigtrain.utils.console import bar_disable
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +329,7 @@ def _train_digits(
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=DIGITS_MAX_LR, total_steps=epochs * steps_per_epoch
         )
-        bar = tqdm(range(epochs), desc="digits classifier", disable=not progress, leave=False)
+        bar = tqdm(range(epochs), desc="digits classifier", disable=bar_disable(progress), leave=False)
         acc = 0.0
         for _epoch in bar:
             model.train()

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from bigtrain.eval.features import FeatureExtractor, _atomic_write
 from bigtrain.utils.cache import build_lock, cache_dir
+from bigtrain.utils.console import bar_disable
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def images_to_features(
     size = extractor.input_size
     resize = make_resizer("PIL", False, "bicubic", (size, size))
     feats: list[np.ndarray] = []
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=total, desc=desc, unit="img", disable=bar_disable(progress), leave=False) as bar:
         for batch in batches:
             images = _to_bhwc3_uint8(batch)
             if len(images) == 0:

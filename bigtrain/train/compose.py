@@ -21,6 +21,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bigtrain.config.launcher import apply_launcher
 from bigtrain.config.schema import register as register_schema
 from bigtrain.errors import ConfigError
 from bigtrain.models.registry import families
@@ -62,7 +63,9 @@ def _arch_error(overrides: list[str], message: str) -> str | None:
 
 def _compose(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
+        cfg = compose("train", overrides=overrides)
+    apply_launcher(cfg)
+    return cfg
 
 
 def _missing_key_error(overrides: list[str]) -> str | None:

@@ -42,6 +42,7 @@ from bigtrain.tracking import NullTracker, Tracker
 from bigtrain.tracking.mlflow_tracker import absolute_uri
 from bigtrain.train.config_guard import ConfigGuard
 from bigtrain.train.task import build_task, check_config, eval_metrics
+from bigtrain.utils.console import bar_disable
 from bigtrain.utils.images import grid_uint8
 from bigtrain.utils.rng import capture_rng, restore_rng, seed_everything
 
@@ -322,7 +323,7 @@ class Trainer:
             initial=self.step,
             desc="train",
             unit="step",
-            disable=not (self.main and cfg.progress),
+            disable=bar_disable(self.main and cfg.progress),
             dynamic_ncols=True,
             file=sys.stderr,
         )

@@ -155,3 +155,33 @@ def test_tokenizer_two_ranks_keep_one_codebook(mnist_shards: Path, tmp_path: Pat
     rank0, rank1 = meta["rank_weight_digests"]
     assert set(rank0) == {"vq", "D"} and rank0 == rank1
     assert meta["world_size"] == 2
+
+
+def test_accelerate_launch_mixed_precision_reaches_the_run(mnist_shards: Path, tmp_path: Path) -> None:
+    """``accelerate launch --mixed_precision bf16`` used to be ignored (bigtrain builds its own
+    Accelerator): with ``trainer.precision=auto`` (the default) the run takes it and records it;
+    a config naming another precision stops in one line."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+
+    def launch(run: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(accelerate), "launch", "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
+               "--mixed_precision", "bf16", "-m", "bigtrain", "train", "experiment=mnist_dcgan",
+               f"data.path={mnist_shards}", f"run.dir={run}", "tracking.enabled=false", *TINY,
+               "trainer.max_steps=2", "eval.enabled=false", *extra]  # fmt: skip
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "HF_HOME": str(tmp_path / "hf"),
+        }  # no user accelerate config
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+    proc = launch(tmp_path / "bf16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "precision: bf16" in (tmp_path / "bf16" / "config.yaml").read_text()
+    clash = launch(tmp_path / "clash", "trainer.precision=fp16")
+    errors = [ln for ln in clash.stderr.splitlines() if ln.startswith("bigtrain: error:")]
+    assert clash.returncode != 0 and errors == [
+        "bigtrain: error: trainer.precision=fp16 but the launcher asks for bf16 (accelerate launch "
+        "--mixed_precision / accelerate config, ACCELERATE_MIXED_PRECISION); make them agree, or set "
+        "trainer.precision=auto to take the launcher's"
+    ], clash.stderr[-3000:]

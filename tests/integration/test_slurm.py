@@ -35,7 +35,7 @@ def _train_args(mnist: Path, db: Path, steps: int) -> list[str]:
         f"data.path={mnist}",
         f"tracking.uri=sqlite:///{db}",
         *TINY,
-        "trainer.progress=false",
+        "trainer.progress=true",  # the default (TINY turns it off): a batch job's log is not a terminal
         "trainer.log_every=100",
         "eval.enabled=false",
         "trainer.ckpt_every=50",
@@ -75,6 +75,8 @@ def test_sbatch_preempted_job_requeues_and_finishes_exactly(
     assert info["Restarts"] == "1", info  # requeued once, by rank 0's `scontrol requeue`
     assert "forwarding to the training processes" in text and "requeued SLURM job" in text
     assert "restart 1" in text  # the log was appended to by the requeued run (--open-mode=append)
+    # no progress bar in a file: no carriage returns, a line every log_every steps instead
+    assert "\r" not in text and f"step 100/{steps}: " in text and f"step {steps}/{steps}: " in text
     saved = [line for line in text.splitlines() if "signal SIGUSR2: saved" in line]
     assert len(saved) == 1 and saved[0].endswith("requeueing the job")
     at = int(saved[0].split(" at step ")[1].split(";")[0])
