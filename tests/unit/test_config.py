@@ -141,9 +141,9 @@ def test_model_arch_is_typed_per_family(overrides: list[str], message: str) -> N
 
 def test_metrics_are_checked_against_the_task() -> None:
     with pytest.raises(
-        ConfigError, match="unknown metric 'kid'; registered: codebook, fid, is, pr, psnr, ssim"
+        ConfigError, match="unknown metric 'kdi'; registered: codebook, fid, is, kid, pr, psnr, ssim"
     ):
-        check_config(compose("eval.metrics=[fid,kid]", "data.path=/x"), declared_manifest())
+        check_config(compose("eval.metrics=[fid,kdi]", "data.path=/x"), declared_manifest())
     with pytest.raises(ConfigError, match="psnr needs pairs, which task=gan does not provide"):
         check_config(compose("eval.metrics=[fid,psnr]", "data.path=/x"), declared_manifest())
 

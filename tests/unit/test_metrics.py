@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from bigtrain.config.schema import EvalConfig
 from bigtrain.eval.features import FeatureExtractor, register_feature_extractor
-from bigtrain.eval.metrics import inception_score, precision_recall
+from bigtrain.eval.metrics import inception_score, kernel_distance, precision_recall
 
 
 def test_inception_score_extremes() -> None:
@@ -59,7 +59,7 @@ def test_evaluator_reports_fid_is_precision_recall(mnist_shards: Path) -> None:
         EvalConfig(feature="tiny-metrics", num_samples=300, batch_size=100, ref_max_images=600)
     )
     manifest = DatasetManifest.load(mnist_shards)
-    ev = Evaluator(cfg, ["fid", "is", "pr"], torch.device("cpu"))
+    ev = Evaluator(cfg, ["fid", "is", "pr", "kid"], torch.device("cpu"))
 
     def noise_images(n: int, g: torch.Generator) -> torch.Tensor:
         return torch.rand(n, 1, 32, 32, generator=g) * 2 - 1
@@ -70,9 +70,11 @@ def test_evaluator_reports_fid_is_precision_recall(mnist_shards: Path) -> None:
         "is/tiny-metrics",
         "precision/tiny-metrics",
         "recall/tiny-metrics",
+        "kid/tiny-metrics",
         "eval/resolution",
     ]
     assert 1.0 <= noise["is/tiny-metrics"] <= 5.0 and noise["fid/tiny-metrics"] > 0
+    assert noise["kid/tiny-metrics"] > 0.1  # noise against digits: far apart in any kernel
     assert noise["precision/tiny-metrics"] < 0.2  # uniform noise is nowhere near the digits
     assert ev.headline(noise) == "fid/tiny-metrics"
     # the same images called reconstructions: every feature metric says so in its name (rFID)
@@ -140,3 +142,30 @@ def test_precision_recall_in_another_feature_space(mnist_shards: Path, monkeypat
         and split["recall/tiny-b"] == only_b["recall/tiny-b"]
     )
     assert split["fid/tiny-a"] == evaluate(feature="tiny-a")["fid/tiny-a"]
+
+
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Bińkowski et al. 2018, eq. (3) with k(a, b) = (a.b / d + 1)^3, written out directly."""
+    d, m = x.shape[1], len(x)
+    kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+    off = lambda k: k.sum() - np.trace(k)  # noqa: E731
+    return float((off(kxx) + off(kyy)) / (m * (m - 1)) - 2 * kxy.sum() / m**2)
+
+
+def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel() -> None:
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 16))
+    fake = rng.normal(0.3, 1.2, size=(200, 16))
+    # one subset of every point: the subsets' order does not matter, so this is the whole-set MMD^2
+    assert kernel_distance(real, fake, subsets=1, subset_size=200) == pytest.approx(
+        _mmd2_unbiased(fake, real), rel=1e-10
+    )
+    # subsets of 50: the mean of their unbiased estimates, near the whole-set value
+    state = np.random.get_state()
+    kid = kernel_distance(real, fake, subsets=100, subset_size=50, seed=3)
+    assert np.array_equal(np.random.get_state()[1], state[1])  # the global generator did not move
+    assert kid == kernel_distance(real, fake, subsets=100, subset_size=50, seed=3)  # seeded
+    assert kid == pytest.approx(_mmd2_unbiased(fake, real), rel=0.3)
+    # the same distribution: unbiased, so near zero (and it can be negative)
+    same = kernel_distance(real, rng.normal(size=(200, 16)), subsets=100, subset_size=100)
+    assert abs(same) < 0.1 * kid
