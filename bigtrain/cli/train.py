@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bigtrain.train.compose import CONFIG_DIR, register
@@ -50,9 +52,13 @@ def app(cfg: DictConfig) -> None:
     from bigtrain.config.launcher import apply_launcher
     from bigtrain.train.loop import train
 
-    # In a multirun each job gets its own folder under run.dir; a plain run uses run.dir itself.
+    # In a multirun each job gets its own folder under run.dir (named by what it sweeps, and its
+    # MLflow run after it); a plain run uses run.dir itself.
+    hc = HydraConfig.get()
     with open_dict(cfg):
-        cfg.run.dir = HydraConfig.get().runtime.output_dir
+        cfg.run.dir = hc.runtime.output_dir
+        if hc.mode == RunMode.MULTIRUN:
+            cfg.run.name = f"{cfg.run.name}/{Path(hc.runtime.output_dir).name}"
     with user_errors_exit():
         apply_launcher(cfg)  # trainer.precision=auto: accelerate launch's --mixed_precision
         OmegaConf.set_readonly(cfg, True)
@@ -92,6 +98,14 @@ def main(argv: list[str]) -> int:
             raise_problems(
                 missing_values(compose_config([a for a in argv if not a.startswith(("hydra.", "hydra/"))]))
             )
+    if any(a in ("-m", "--multirun") for a in argv):
+        from bigtrain.config.sweep import fixed_keys
+
+        # the jobs' folders name only what the sweep varies (bigtrain/config/sweep.py)
+        fixed = fixed_keys(
+            [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/"))]
+        )
+        argv = [*argv, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(fixed)}]"]
     sys.argv = ["bigtrain-train", *argv]
     app()
     return 0

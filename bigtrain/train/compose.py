@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bigtrain.config.launcher import apply_launcher
 from bigtrain.config.schema import register as register_schema
+from bigtrain.config.sweep import job_dirname
 from bigtrain.errors import ConfigError
 from bigtrain.models.registry import families
 from bigtrain.train.task import all_tasks
@@ -31,8 +32,12 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def register() -> None:
-    """The schemas of the run, of every task and of every model family's ``model.arch``."""
+    """The schemas of the run, of every task and of every model family's ``model.arch``, and the
+    resolver that names a sweep's job folders (``configs/train.yaml``'s ``hydra.sweep.subdir``)."""
     register_schema()
+    OmegaConf.register_new_resolver(
+        "bigtrain_job", lambda task, fixed: job_dirname(list(task), list(fixed or [])), replace=True
+    )
     store = ConfigStore.instance()
     for name, cls in all_tasks().items():
         store.store(name=f"{name}_schema", node=cls.config)

@@ -233,27 +233,40 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(mnist_shards: Path, t
 
 
 def test_multirun_sweep_gives_each_job_its_own_run_folder(mnist_shards: Path, tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    run_cli(
-        "train",
-        "-m",
-        "experiment=mnist_dcgan",
-        f"data.path={mnist_shards}",
-        f"run.dir={sweep}",
-        f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
-        *TINY,
-        "trainer.max_steps=5",
-        "eval.enabled=false",
-        "loss=hinge,lsgan",
-    )
-    for job, loss in ((0, "hinge"), (1, "lsgan")):
-        ckpt = sweep / str(job) / "checkpoints" / "step-00000005"
-        assert (ckpt / "meta.json").is_file()
-        assert f"name: {loss}" in (sweep / str(job) / "config.yaml").read_text()
-    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
-    exp = client.get_experiment_by_name("bigtrain")
-    runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.data.params["loss.name"] for r in runs) == ["hinge", "lsgan"]
+    """Job folders (and MLflow run names) are the job's swept values plus a hash of all its
+    overrides: a second sweep with other values never reuses the first's folders (it used to
+    resume them as run.dir/0, run.dir/1), and the same sweep again resumes its own jobs."""
+    sweep, db = tmp_path / "sweep", tmp_path / "m.db"
+
+    def run_sweep(*extra: str) -> None:
+        run_cli("train", "-m", "experiment=mnist_dcgan", f"data.path={mnist_shards}", f"run.dir={sweep}",
+                f"tracking.uri=sqlite:///{db}", *TINY, "eval.enabled=false", *extra)  # fmt: skip
+
+    run_sweep("trainer.max_steps=5", "loss=hinge,lsgan")
+    first = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert [name.split("-")[0] for name in first] == ["loss=hinge", "loss=lsgan"]
+    for name, loss in zip(first, ("hinge", "lsgan"), strict=True):
+        assert (sweep / name / "checkpoints" / "step-00000005" / "meta.json").is_file()
+        assert f"name: {loss}" in (sweep / name / "config.yaml").read_text()
+    # the same losses with another learning rate: new folders, nothing resumed
+    run_sweep("trainer.max_steps=5", "optim.g.lr=1e-3", "loss=hinge,lsgan")
+    second = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name not in first)
+    assert len(second) == 2 and [n.split("-")[0] for n in second] == ["loss=hinge", "loss=lsgan"]
+    for name in second:
+        assert sorted(p.name for p in (sweep / name / "checkpoints").iterdir()) == ["step-00000005"]
+        assert "resumed" not in (sweep / name / "train.log").read_text()
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("bigtrain").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(f"mnist_dcgan/{n}" for n in first + second)
+    assert sorted(r.data.params["loss.name"] for r in runs) == ["hinge", "hinge", "lsgan", "lsgan"]
+    # the first sweep submitted again, for longer: each job resumes its own folder
+    run_sweep("trainer.max_steps=6", "loss=hinge,lsgan")
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == sorted(first + second)
+    for name in first:
+        log = (sweep / name / "train.log").read_text()
+        assert f"resumed from {sweep / name}/checkpoints/step-00000005" in log
+        assert (sweep / name / "checkpoints" / "step-00000006").is_dir()
+    assert len(client.search_runs([client.get_experiment_by_name("bigtrain").experiment_id])) == 4
 
 
 def test_conditional_biggan_samples_by_class_with_truncation(mnist_shards: Path, tmp_path: Path) -> None:

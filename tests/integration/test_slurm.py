@@ -150,8 +150,9 @@ def test_hydra_sweep_runs_as_slurm_jobs_through_submitit(
         "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", "hydra.launcher.mem_gb=2",
         env={**cluster.env, "OMP_NUM_THREADS": "1"}, timeout=600,
     )  # fmt: skip
-    for num, loss in enumerate(("hinge", "lsgan")):
-        job_dir = sweep / str(num)
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name.split("-")[0] for p in jobs] == ["loss=hinge", "loss=lsgan"]  # named on the nodes too
+    for job_dir, loss in zip(jobs, ("hinge", "lsgan"), strict=True):
         assert json.loads((job_dir / "status.json").read_text()) == {"status": "FINISHED", "step": 20}
         assert f"name: {loss}" in (job_dir / "config.yaml").read_text()
         assert _digests(job_dir / "checkpoints" / "step-00000020")

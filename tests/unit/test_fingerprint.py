@@ -56,3 +56,25 @@ def test_readme_lists_the_keys_that_may_change() -> None:
     block = re.search(r"<!-- may-change -->(.*?)<!-- /may-change -->", README.read_text(), re.S)
     assert block is not None
     assert re.findall(r"`([^`]+)`", block.group(1)) == list(MAY_CHANGE)
+
+
+def test_sweep_job_folders_name_the_swept_values_and_hash_the_rest() -> None:
+    from bigtrain.config.sweep import fixed_keys, job_dirname
+
+    argv = [
+        "experiment=mnist_dcgan",
+        "data.path=/d",
+        "trainer.max_steps=5",
+        "loss=hinge,lsgan",
+        "optim.g.lr=1e-3",
+    ]
+    fixed = fixed_keys(argv)
+    assert fixed == ["data.path", "experiment", "optim.g.lr", "trainer.max_steps"]
+    job = ["experiment=mnist_dcgan", "data.path=/d", "trainer.max_steps=5", "loss=hinge", "optim.g.lr=1e-3"]
+    name = job_dirname(job, fixed)
+    assert re.fullmatch(r"loss=hinge-[0-9a-f]{8}", name)
+    # another fixed value is another job; a longer run, another run.dir or data path is the same job
+    assert job_dirname([*job[:4], "optim.g.lr=2e-3"], fixed) != name
+    assert job_dirname([*job[:2], "trainer.max_steps=50", *job[3:], "run.dir=/x"], fixed) == name
+    # values that are not path-safe are made safe
+    assert job_dirname(["model.arch.attention=[16,32]"], []).startswith("model.arch.attention=_16,32-")
