@@ -63,6 +63,7 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
             f"experiment={a['experiment']}",
             "data.path=/unused",
             f"data.batch_size={a['batch']}",
+            "data.global_batch_size=0",  # a benchmark times one process's batch, whatever the recipe's global one
             f"trainer.precision={precision}",
             f"trainer.channels_last={a['channels_last']}",
             f"trainer.compile={a['compile']}",

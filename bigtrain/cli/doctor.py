@@ -260,11 +260,26 @@ def check_slurm() -> Check:
     return Check("slurm", "ok", detail)
 
 
+def check_batch(cfg: DictConfig) -> Check:
+    """The batch this launch trains with: global, and per process (what each GPU must hold)."""
+    from bigtrain.config.launcher import launcher_world_size
+
+    world, acc = launcher_world_size(), int(cfg.trainer.accumulation)
+    per = int(cfg.data.batch_size)
+    stated = "data.global_batch_size" if int(cfg.data.global_batch_size) else "data.batch_size per process"
+    return Check(
+        "batch",
+        "info",
+        f"{per * world * acc} global = {per} per process x {world} process(es) x {acc} accumulation(s) (from {stated})",
+    )
+
+
 def run_checks(cfg: DictConfig, verify_checksums: bool = True) -> list[Check]:
     steps: list[Callable[[], list[Check] | Check]] = [
         check_software,
         lambda: check_weights(cfg),
         lambda: check_dataset(cfg, verify_checksums),
+        lambda: check_batch(cfg),
         lambda: check_run_dir(cfg),
         lambda: check_tracking(cfg),
         check_slurm,

@@ -1,5 +1,6 @@
-"""``bigtrain info experiment=NAME [OVERRIDES] [--json]``: build a preset's networks without
-training and print their parameter counts, the batch, the precision and the family's
+"""``bigtrain info experiment=NAME [OVERRIDES] [--world-size N] [--json]``: build a preset's
+networks without training and print their parameter counts, the batch (global and per process, for
+N processes: default the launcher's, else 1), the precision and the family's
 ``model.arch`` values, to compare recipes. ``--help`` (with overrides) also lists every task,
 metric and the chosen family's ``model.arch`` options."""
 
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from bigtrain.config.launcher import launcher_world_size
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.distributed import LocalAccelerator
 from bigtrain.errors import ConfigError
@@ -34,7 +36,7 @@ def expected_manifest(cfg: DictConfig) -> tuple[DatasetManifest, str]:
         return DatasetManifest(Path("."), "declared", d.resolution, d.channels, classes, {}, kind), "preset"
 
 
-def describe(cfg: DictConfig) -> dict[str, Any]:
+def describe(cfg: DictConfig, world_size: int = 1) -> dict[str, Any]:
     from bigtrain.models.registry import parse_arch
     from bigtrain.train.task import build_task, check_config
 
@@ -58,6 +60,9 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
             "num_classes": manifest.num_classes,
             "from": source,
         },
+        "world_size": world_size,
+        "global_batch": cfg.data.batch_size * world_size * cfg.trainer.accumulation,
+        "global_batch_size": cfg.data.global_batch_size,  # the config's (0: stated per process)
         "batch_per_process": cfg.data.batch_size,
         "accumulation": cfg.trainer.accumulation,
         "effective_batch_per_process": cfg.data.batch_size * cfg.trainer.accumulation,
@@ -78,8 +83,24 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _world_size(argv: list[str]) -> tuple[int | None, list[str]]:
+    """``--world-size N`` (or ``--world-size=N``) and the remaining arguments."""
+    rest, world = [], None
+    it = iter(argv)
+    for a in it:
+        if a == "--world-size" or a.startswith("--world-size="):
+            value = a.split("=", 1)[1] if "=" in a else next(it, "")
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"--world-size takes a process count >= 1 (got '{value}')")
+            world = int(value)
+        else:
+            rest.append(a)
+    return world, rest
+
+
 def main(argv: list[str]) -> int:
     as_json = "--json" in argv
+    world, argv = _world_size(argv)
     overrides = [a for a in argv if a not in ("--json", "-h", "--help")]
     if any(a in ("-h", "--help") for a in argv):
         from bigtrain.cli.options import choices
@@ -91,7 +112,8 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         print(choices(cfg))
         return 0
-    info = describe(compose_config(overrides))
+    world = world or launcher_world_size()
+    info = describe(compose_config(overrides, world_size=world), world)
     if as_json:
         print(json.dumps(info))
         return 0
@@ -104,7 +126,8 @@ def main(argv: list[str]) -> int:
     for name, n in info["params"].items():
         print(f"  {name.ljust(width)}  {n:>13,} parameters")
     print(
-        f"  batch {info['batch_per_process']} x {info['accumulation']} accumulation per process, {info['step']}, "
+        f"  batch {info['global_batch']} global = {info['batch_per_process']} per process x "
+        f"{info['world_size']} process(es) x {info['accumulation']} accumulation(s), {info['step']}, "
         f"precision {info['precision']}, {info['max_steps']} steps"
     )
     if info["arch"]:

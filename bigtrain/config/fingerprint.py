@@ -68,8 +68,11 @@ def may_change(key: str, extra: Iterable[str] = ()) -> bool:
 
 
 def identity(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The keys that make the run: everything but :data:`MAY_CHANGE`."""
-    return {k: v for k, v in flatten(cfg).items() if not may_change(k)}
+    """The keys that make the run: everything but :data:`MAY_CHANGE`. With a global batch, the
+    per-process batch follows the process count, so the global batch is the identity."""
+    flat = flatten(cfg)
+    derived = {"data.batch_size"} if (flat.get("data.global_batch_size") or 0) > 0 else set()
+    return {k: v for k, v in flat.items() if not may_change(k) and k not in derived}
 
 
 def fingerprint(cfg: DictConfig | Mapping[str, Any]) -> str:

@@ -48,7 +48,10 @@ class RunConfig:
 class DataConfig:
     path: str = MISSING  # a folder written by `bigtrain prepare` (its dataset.json gives the shape)
     split: str = "train"
-    batch_size: int = 64  # per process
+    batch_size: int = 64  # per process; 0 = derived from global_batch_size
+    # the recipe's batch over all processes and accumulations (0 = unset): per process it is
+    # global / (processes x trainer.accumulation), fixed at start-up (bigtrain.config.launcher)
+    global_batch_size: int = 0
     num_workers: int = 2
     shuffle_buffer: int = 1000
     flip: bool = False

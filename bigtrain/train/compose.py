@@ -66,10 +66,10 @@ def _arch_error(overrides: list[str], message: str) -> str | None:
     return f"model.arch.{key}: not an option of model={fam.name}; valid: {', '.join(names) or '(none)'}"
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def _compose(overrides: list[str], world_size: int | None = None) -> DictConfig:
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    apply_launcher(cfg)
+    apply_launcher(cfg, world_size=world_size)
     return cfg
 
 
@@ -100,10 +100,12 @@ def _missing_key_error(overrides: list[str]) -> str | None:
 _ABSENT = object()
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], world_size: int | None = None) -> DictConfig:
+    """The config ``bigtrain train OVERRIDES`` runs with, resolved for the launcher's process count
+    (or ``world_size``); a bad override is one :class:`ConfigError` line."""
     register()
     try:
-        return _compose(overrides)
+        return _compose(overrides, world_size)
     except (HydraException, OmegaConfBaseException) as exc:
         text = " ".join(str(exc).split())
         cause = exc.__cause__

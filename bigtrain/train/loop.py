@@ -36,7 +36,7 @@ from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.stream import DataStream, StreamSpec
 from bigtrain.distributed import slurm
 from bigtrain.distributed.preemption import Preemption, Request
-from bigtrain.errors import NonFiniteLossError
+from bigtrain.errors import ConfigError, NonFiniteLossError
 from bigtrain.eval.registry import Evaluator
 from bigtrain.tracking import NullTracker, Tracker
 from bigtrain.tracking.mlflow_tracker import absolute_uri
@@ -79,6 +79,19 @@ def setup_logging(run_dir: Path | None, main: bool) -> None:
         root.addHandler(fh)
     for noisy in ("alembic", "mlflow", "urllib3", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def check_global_batch(cfg: DictConfig, world: int) -> None:
+    """The per-process batch was derived from the launcher's environment; the process group that
+    actually formed must agree, or the global batch is not the recipe's."""
+    global_batch = int(cfg.data.global_batch_size)
+    actual = int(cfg.data.batch_size) * world * int(cfg.trainer.accumulation)
+    if global_batch and actual != global_batch:
+        raise ConfigError(
+            f"data.global_batch_size={global_batch} was split for another process count: "
+            f"{cfg.data.batch_size} per process x {world} processes x {cfg.trainer.accumulation} "
+            f"accumulation(s) = {actual}; launch with torchrun / accelerate launch / srun so WORLD_SIZE is set"
+        )
 
 
 def _build_tracker(cfg: DictConfig, run_id: str | None) -> Tracker:
@@ -151,6 +164,7 @@ class Trainer:
         )
         self.device = self.accelerator.device
         self.rank, self.world = bdist.rank(), bdist.world_size()
+        check_global_batch(cfg, self.world)
         self.main = bdist.is_main()
         self.run_dir = Path(cfg.run.dir)
         if self.main:

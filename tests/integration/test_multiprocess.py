@@ -185,3 +185,15 @@ def test_accelerate_launch_mixed_precision_reaches_the_run(mnist_shards: Path, t
         "--mixed_precision / accelerate config, ACCELERATE_MIXED_PRECISION); make them agree, or set "
         "trainer.precision=auto to take the launcher's"
     ], clash.stderr[-3000:]
+
+
+def test_global_batch_splits_over_torchrun_processes(mnist_shards: Path, tmp_path: Path) -> None:
+    """``data.global_batch_size`` over 2 processes x 2 accumulations: 8 per process, recorded as
+    such; each rank reads 2 steps x 2 micro-batches x 8 samples."""
+    run = tmp_path / "run"
+    _torchrun(mnist_shards, run, "data.batch_size=0", "data.global_batch_size=32", "trainer.accumulation=2",
+              "trainer.max_steps=2")  # fmt: skip
+    config = (run / "config.yaml").read_text()
+    assert "batch_size: 8\n" in config and "global_batch_size: 32\n" in config
+    for rank in (0, 1):
+        assert len((run / "data-keys" / f"rank-{rank}.txt").read_text().split()) == 2 * 2 * 8

@@ -10,7 +10,7 @@ import pytest
 from bigtrain.cli.info import describe
 from bigtrain.cli.info import main as info_main
 from bigtrain.errors import ConfigError
-from tests.conftest import compose
+from bigtrain.train.compose import compose_config
 
 PRESETS = sorted(
     p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "experiment").glob("*.yaml")
@@ -45,7 +45,8 @@ def test_dcgan_counts_and_text_output(capsys: pytest.CaptureFixture[str]) -> Non
     assert info["data"] == {"resolution": 32, "channels": 1, "num_classes": 10, "from": "preset"}
     info_main(["experiment=mnist_dcgan"])
     out = capsys.readouterr().out
-    assert "295,873 parameters" in out and "batch 64 x 1 accumulation per process" in out
+    assert "295,873 parameters" in out
+    assert "batch 64 global = 64 per process x 1 process(es) x 1 accumulation(s)" in out
 
 
 def test_dataset_json_wins_over_the_preset_shape(
@@ -80,6 +81,45 @@ def test_imagenet_presets_match_the_reference_parameter_counts(
     g, d = REFERENCE_COUNTS[preset]
     assert info["params"] == {"G": g, "D": d}
     assert info["effective_batch_per_process"] == 256 * 8 and info["d_steps"] == 1
+    assert info["global_batch"] == info["global_batch_size"] == 2048 and info["world_size"] == 1
+
+
+@pytest.mark.parametrize(
+    ("preset", "world", "per_process", "global_batch"),
+    [
+        ("imagenet128_biggan", 8, 32, 2048),  # the reference's 256 x 8 accumulations, on 8 GPUs
+        ("imagenet128_biggan_deep", 4, 64, 2048),
+        ("cifar10_biggan", 1, 50, 50),
+        ("imagenet256_gpt_b", 8, 32, 256),  # LlamaGen's 8 x 32
+        ("imagenet256_vqgan_f16", 8, 12, 96),  # taming's 8 x 12
+        ("mnist_dcgan", 2, 64, 128),  # no global batch: data.batch_size is per process
+    ],
+)
+def test_the_global_batch_is_split_over_the_processes(
+    preset: str, world: int, per_process: int, global_batch: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    info_main([f"experiment={preset}", "--world-size", str(world), "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert (info["batch_per_process"], info["global_batch"], info["world_size"]) == (
+        per_process,
+        global_batch,
+        world,
+    )
+
+
+def test_a_global_batch_that_does_not_split_is_one_line() -> None:
+    from bigtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        info_main(["experiment=imagenet128_biggan", "--world-size=3"])
+    assert str(err.value) == (
+        "data.global_batch_size=2048 does not divide over 3 process(es) x 8 accumulation(s) = 24; "
+        "choose a multiple of 24, or another process count or trainer.accumulation"
+    )
+    with pytest.raises(
+        ConfigError, match="data.batch_size=64 per process disagrees with data.global_batch_size=2048"
+    ):
+        info_main(["experiment=imagenet128_biggan", "--world-size", "8", "data.batch_size=64"])
 
 
 RECORDED = json.loads((Path(__file__).resolve().parents[1] / "data" / "recorded_results.json").read_text())
@@ -89,7 +129,12 @@ def test_every_preset_has_the_recorded_parameter_counts() -> None:
     """Parameter counts and images per step of every preset as recorded before issue 12's refactor
     (tests/data/recorded_results.json): reshaping the configs changed no preset's networks."""
     assert sorted(RECORDED["presets"]) == PRESETS  # a new preset: record it (bigtrain info --json)
+    # these presets now state the reference's 8-GPU global batch (issue 14); the batch recorded
+    # per process was that global batch's share on 8 processes
+    world = {"imagenet256_gpt_b": 8, "imagenet256_vqgan_f16": 8}
     for name, rec in RECORDED["presets"].items():
-        info = describe(compose(f"experiment={name}"))
+        info = describe(
+            compose_config([f"experiment={name}"], world_size=world.get(name)), world.get(name, 1)
+        )
         assert info["params"] == rec["params"], name
         assert info["images_per_step_per_process"] == rec["images_per_step_per_process"], name
