@@ -143,11 +143,14 @@ class EvalConfig:
     ref_split: str = "train"
     ref_max_images: int = 50000
     seed: int = 1234  # fixed z for FID, separate from training randomness
-    # registered metrics (bigtrain.eval.registry): fid, is, pr, psnr, ssim, codebook; empty = the
+    # registered metrics (bigtrain.eval.registry): fid, is, pr, kid, psnr, ssim, codebook; empty = the
     # task's defaults (GAN, prior: fid, is, pr; tokenizer: fid, pr, psnr, ssim, codebook)
     metrics: list[str] | None = None
     # precision/recall's feature network: "" = eval.feature's; "vgg16" = Kynkaanniemi et al.'s choice
     pr_feature: str = ""
+    # a user's precomputed FID reference (an .npz with mu, sigma of eval.feature's features, e.g. an
+    # ADM evaluator reference batch) instead of statistics of the dataset's shards; "" = the shards'
+    ref_stats: str = ""
     enabled: bool = True
 
 

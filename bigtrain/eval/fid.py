@@ -241,6 +241,33 @@ def reference_stats_path(key: str, extractor_name: str, cache_root: Path | None 
     return root / "fid_stats" / f"{_safe_name(key)}__{_safe_name(extractor_name)}.npz"
 
 
+def user_reference_stats(path: str | Path, extractor: FeatureExtractor) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, sigma)`` from a user's ``.npz`` (``eval.ref_stats``: keys ``mu`` [dim] and ``sigma``
+    [dim, dim], as clean-fid, pytorch-fid and the ADM evaluator's reference batches store them),
+    checked against the feature network's dimension; any problem is one :class:`ConfigError` line."""
+    from bigtrain.errors import ConfigError
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(
+            f"eval.ref_stats: {p} not found (an .npz with arrays mu [dim] and sigma [dim, dim])"
+        )
+    try:
+        with np.load(p) as data:
+            if "mu" not in data or "sigma" not in data:
+                raise ConfigError(f"eval.ref_stats: {p} has arrays {sorted(data.files)}, needs mu and sigma")
+            mu, sigma = np.asarray(data["mu"], dtype=np.float64), np.asarray(data["sigma"], dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"eval.ref_stats: {p} is not a readable .npz ({exc})") from None
+    if mu.shape != (extractor.dim,) or sigma.shape != (extractor.dim, extractor.dim):
+        raise ConfigError(
+            f"eval.ref_stats: {p} holds mu {tuple(mu.shape)} and sigma {tuple(sigma.shape)}, but feature "
+            f"network {extractor.name} gives {extractor.dim}-d features (mu ({extractor.dim},), sigma "
+            f"({extractor.dim}, {extractor.dim})): statistics of another network"
+        )
+    return mu, sigma
+
+
 def reference_stats(
     key: str,
     make_batches: Callable[[], Iterable[ImageBatch]],

@@ -91,7 +91,7 @@ class Reference:
         feature: str | None = None,
     ):
         from bigtrain.eval.features import build_feature_extractor
-        from bigtrain.eval.fid import reference_features, reference_stats
+        from bigtrain.eval.fid import reference_features, reference_stats, user_reference_stats
 
         c = eval_cfg
         resized = None if resolution == manifest.resolution else resolution
@@ -99,6 +99,12 @@ class Reference:
             self.feature = feature or str(c.feature)
             self.extractor = build_feature_extractor(self.feature, device)
             key = reference_key(manifest, c.ref_split, c.ref_max_images, resized, downsample)
+            self.user_stats = bool(c.get("ref_stats")) and resized is None and self.feature == str(c.feature)
+            if self.user_stats:  # the user's statistics at the dataset's resolution: no real features
+                self.stats = user_reference_stats(str(c.ref_stats), self.extractor)
+                self.features = None
+                log.info("reference statistics from %s (eval.ref_stats)", c.ref_stats)
+                return
             self.stats = reference_stats(
                 key,
                 lambda: iter_images(

@@ -169,3 +169,48 @@ def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel() -> None:
     # the same distribution: unbiased, so near zero (and it can be negative)
     same = kernel_distance(real, rng.normal(size=(200, 16)), subsets=100, subset_size=100)
     assert abs(same) < 0.1 * kid
+
+
+def test_a_users_reference_statistics_replace_the_shards(mnist_shards: Path, tmp_path: Path) -> None:
+    """``eval.ref_stats``: FID against a user's (mu, sigma) .npz (the statistics the shards give,
+    saved by hand here, give the same FID); a file of another network's dimension, or none, is one line."""
+    from bigtrain.data.manifest import DatasetManifest
+    from bigtrain.errors import ConfigError
+    from bigtrain.eval.registry import Evaluator
+    from bigtrain.eval.source import EvalSource, Judged
+
+    torch.manual_seed(1)
+    proj = torch.randn(3 * 8 * 8, 12)
+    register_feature_extractor(
+        "tiny-refstats",
+        lambda device: FeatureExtractor("tiny-refstats", 8, 12, lambda x: (x / 255.0).flatten(1) @ proj),
+    )
+    manifest = DatasetManifest.load(mnist_shards)
+
+    def noise(n: int, g: torch.Generator) -> torch.Tensor:
+        return torch.rand(n, 1, 32, 32, generator=g) * 2 - 1
+
+    def evaluate(**keys: str) -> dict[str, float]:
+        cfg = OmegaConf.structured(
+            EvalConfig(feature="tiny-refstats", num_samples=200, batch_size=100, ref_max_images=400, **keys)
+        )
+        return Evaluator(cfg, ["fid", "kid"], torch.device("cpu"))(
+            EvalSource(Judged.samples, noise, manifest, 32)
+        )
+
+    shards = evaluate()
+    cfg = OmegaConf.structured(EvalConfig(feature="tiny-refstats", batch_size=100, ref_max_images=400))
+    mu, sigma = Evaluator(cfg, ["fid"], torch.device("cpu")).reference(manifest, 32).stats
+    np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma)
+    users = evaluate(ref_stats=str(tmp_path / "ref.npz"))
+    assert users["fid/tiny-refstats"] == pytest.approx(shards["fid/tiny-refstats"], rel=1e-9)
+    assert "kid/tiny-refstats" in shards and "kid/tiny-refstats" not in users  # KID needs real features
+    np.savez(tmp_path / "inception.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(ConfigError) as err:
+        evaluate(ref_stats=str(tmp_path / "inception.npz"))
+    assert str(err.value) == (
+        f"eval.ref_stats: {tmp_path / 'inception.npz'} holds mu (2048,) and sigma (2048, 2048), but feature "
+        "network tiny-refstats gives 12-d features (mu (12,), sigma (12, 12)): statistics of another network"
+    )
+    with pytest.raises(ConfigError, match="eval.ref_stats: .*absent.npz not found"):
+        evaluate(ref_stats=str(tmp_path / "absent.npz"))
