@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import torch
 
 from bigtrain import distributed as bdist
+from bigtrain.checkpoint.best import protected_names
 from bigtrain.checkpoint.digest import digest
 from bigtrain.errors import CheckpointError
 
@@ -244,6 +245,12 @@ def save_checkpoint(
     return final
 
 
+def prune(run_dir: str | Path, keep_last: int) -> None:
+    """Main process: remove checkpoints beyond the last ``keep_last`` that are not among the best
+    (after ``checkpoints/best.json`` changed)."""
+    _prune(run_dir, keep_last)
+
+
 def _prune(run_dir: str | Path, keep_last: int) -> None:
     # Half-written folders left by a process killed mid-save (kill -9, node failure): only rank 0
     # writes them and it has just finished its own, so any that remain are dead.
@@ -252,6 +259,9 @@ def _prune(run_dir: str | Path, keep_last: int) -> None:
         log.warning("removed half-written checkpoint folder %s", stale)
     if keep_last <= 0:
         return
+    best = protected_names(run_dir)  # trainer.keep_best's checkpoints stay
     for old in list_checkpoints(run_dir)[:-keep_last]:
+        if old.name in best:
+            continue
         shutil.rmtree(old, ignore_errors=True)
         log.info("removed old checkpoint %s (keep_last=%d)", old, keep_last)

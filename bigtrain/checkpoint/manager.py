@@ -10,8 +10,8 @@ files at once (``G``, ``D``, ``opt_G``, ...); an engine with its own files (Deep
   once, so the end of a run or a preemption right after a periodic save writes nothing new;
 * keep-last-k (``trainer.keep_last``), through :func:`~bigtrain.checkpoint.io.save_checkpoint`,
   which writes atomically with content digests (the folder layout ``bigtrain inspect`` reads);
-* the resume policy (``resume=auto|never|PATH``): the newest checkpoint that verifies, none, or
-  exactly the one named; components load in the order they were registered.
+* the resume policy (``resume=auto|never|best|PATH``): the newest checkpoint that verifies, none,
+  the best by ``trainer.keep_best``, or exactly the one named; components load in registration order.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bigtrain import distributed as bdist
+from bigtrain.checkpoint.best import best_checkpoint
 from bigtrain.checkpoint.io import Checkpoint, NativeState, latest_valid, open_checkpoint, save_checkpoint
 from bigtrain.errors import CheckpointError
 
@@ -123,6 +124,16 @@ class CheckpointManager:
             return None
         if self.policy == "auto":
             return latest_valid(self.run_dir)
+        if self.policy == "best":
+            best = best_checkpoint(self.run_dir)
+            if best is None:
+                raise CheckpointError(
+                    f"resume=best: {self.run_dir}/checkpoints has no best checkpoint "
+                    "(trainer.keep_best.count > 0 and an evaluation make one)"
+                )
+            ck = open_checkpoint(best)
+            ck.verify()
+            return ck
         ck = open_checkpoint(self.policy)
         ck.verify()
         return ck

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
+from bigtrain.checkpoint.best import read_best
 from bigtrain.checkpoint.digest import digest
 from bigtrain.checkpoint.io import CheckpointError, open_checkpoint
 
@@ -30,6 +32,18 @@ def main(argv: list[str]) -> int:
         raise CheckpointError(
             f"{ck.path}: components {', '.join(bad)} differ from the digests recorded at save time"
         )
+    folder = ck.path.resolve()  # checkpoints/best is a link to the folder
+    best = read_best(folder.parent.parent)
+    rank = next((i for i, e in enumerate(best["best"]) if Path(e["path"]).name == folder.name), None)
+    best_info = None
+    if rank is not None:
+        metric = best["metric"] or "the headline metric"
+        best_info = {
+            "rank": rank + 1,
+            "of": len(best["best"]),
+            "metric": metric,
+            "value": best["best"][rank]["value"],
+        }
     fingerprint = ck.meta.get("config_fingerprint")  # absent in checkpoints written before issue 14
     history = ck.meta.get("config_changes", [])
     if a.json:
@@ -40,11 +54,16 @@ def main(argv: list[str]) -> int:
                     "digests": digests,
                     "config_fingerprint": fingerprint,
                     "config_changes": history,
+                    "best": best_info,
                 }
             )
         )
     else:
         print(f"{ck.path}  step {ck.step}  config {fingerprint or '(not recorded)'}")
+        if best_info is not None:
+            print(
+                f"  best checkpoint {best_info['rank']} of {best_info['of']} by {best_info['metric']}: {best_info['value']:.4f}"
+            )
         width = max(map(len, digests), default=0)
         for name, d in digests.items():
             print(f"  {name.ljust(width)}  {d}")

@@ -28,6 +28,7 @@ MAY_CHANGE: tuple[str, ...] = (
     "trainer.sample_every",
     "trainer.ckpt_every",
     "trainer.keep_last",
+    "trainer.keep_best.*",
     "trainer.progress",
     "trainer.max_nonfinite_skips",
     "trainer.requeue_signals",

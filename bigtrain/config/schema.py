@@ -114,6 +114,15 @@ class OptimConfig:
 
 
 @dataclass
+class KeepBestConfig:
+    """The best checkpoints by an evaluated metric, kept outside keep_last (bigtrain.checkpoint.best)."""
+
+    count: int = 0  # how many to keep; 0 = off
+    metric: str = ""  # an evaluated key (fid/inception, is/digits, kid/...); "" = the headline (FID)
+    mode: str = "min"  # min (FID, KID) or max (IS, precision, recall)
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 2000  # generator steps
     precision: Precision = Precision.auto
@@ -121,6 +130,7 @@ class TrainerConfig:
     sample_every: int = 500
     ckpt_every: int = 500
     keep_last: int = 3
+    keep_best: KeepBestConfig = field(default_factory=KeepBestConfig)
     channels_last: bool = False  # NHWC memory format for G, D and the images (faster convs on GPUs)
     compile: bool = False  # torch.compile G and D in place (state_dict keys unchanged)
     accumulation: int = 1  # micro-batches of data.batch_size per optimizer step (BigGAN: 8)
@@ -197,7 +207,7 @@ class StagesConfig:
 class TrainConfig:
     seed: int = 0
     task: str = "gan"  # the config group task=gan|tokenizer|prior (bigtrain.train.tasks) sets it
-    resume: str = "auto"  # auto | never | PATH to a checkpoint folder
+    resume: str = "auto"  # auto | never | best (trainer.keep_best's best) | PATH to a checkpoint folder
     # keys (or fnmatch patterns) whose change since the checkpoint is accepted on resume; any other
     # change stops the run (bigtrain.config.fingerprint; the keys that may always change are there)
     allow_changes: list[str] = field(default_factory=list)

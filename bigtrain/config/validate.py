@@ -39,6 +39,11 @@ def common_problems(cfg: Any) -> list[str]:
         problems.append("optim.schedule: warmup_steps >= 0 and 0 <= min_lr_ratio <= 1 are required")
     if cfg.eval.enabled and cfg.eval.num_samples < 2:
         problems.append("eval.num_samples must be >= 2")
+    kb = cfg.trainer.keep_best
+    if kb.count < 0 or kb.mode not in ("min", "max"):
+        problems.append(
+            f"trainer.keep_best: count >= 0 and mode min or max are required (got {kb.count}, {kb.mode})"
+        )
     return problems
 
 

@@ -29,7 +29,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from bigtrain import distributed as bdist
+from bigtrain.checkpoint.best import BestCheckpoints
 from bigtrain.checkpoint.digest import digest
+from bigtrain.checkpoint.io import prune
 from bigtrain.checkpoint.manager import CheckpointManager
 from bigtrain.config.validate import missing_values, raise_problems
 from bigtrain.data.manifest import DatasetManifest
@@ -206,6 +208,13 @@ class Trainer:
             resume=str(cfg.resume),
             config_yaml=self.config_yaml,
         )
+        kb = cfg.trainer.keep_best
+        self.best = (
+            BestCheckpoints(self.run_dir, int(kb.count), str(kb.metric), str(kb.mode))
+            if kb.count > 0
+            else None
+        )
+        self._best_value: float | None = None
         self.checkpoints.add_group(self.task)
         native = self.task.native_state()
         if native is not None:
@@ -305,6 +314,7 @@ class Trainer:
             results = self.evaluator(self.task.eval_source())
             headline = self.evaluator.headline(results)
             value = results[headline]
+            self._best_value = results.get(self.best.metric or headline) if self.best is not None else None
             self.counters.history[self.step] = value
             self.tracker.log_metrics(results, self.step)
             self.tracker.set_tags({"fid_last": f"{value:.4f}"})
@@ -318,7 +328,35 @@ class Trainer:
             )
         self.evaluated_step = self.step
         bdist.barrier()
+        self._keep_if_best()
         return value
+
+    def _keep_if_best(self) -> None:
+        """Collective: when this evaluation is among ``trainer.keep_best``'s best, save this step (if
+        not saved yet) and record it in ``checkpoints/best.json``, safe from keep_last pruning."""
+        if self.best is None:
+            return
+        score, self._best_value = self._best_value, None
+        if self.main and score is None:
+            log.warning(
+                "trainer.keep_best.metric %s was not evaluated at step %d", self.best.metric, self.step
+            )
+        # the main process keeps the list; its verdict decides, since saving is collective
+        keep = bdist.all_gather_objects(
+            self.main and score is not None and self.best.qualifies(float(score))
+        )[0]
+        if not keep:
+            return
+        path = self.save()
+        if not self.main:
+            return
+        is_best = self.best.record(self.step, float(score), path)
+        prune(self.run_dir, int(self.cfg.trainer.keep_last))  # a checkpoint that left the best may go now
+        if is_best:
+            log.info(
+                "step %d: best %s so far (%.4f): %s", self.step, self.best.metric or "headline", score, path
+            )
+            self.tracker.set_tags({"best_checkpoint": str(path.resolve()), "best_value": f"{score:.4f}"})
 
     # -- the loop -----------------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict[str, Any]]:

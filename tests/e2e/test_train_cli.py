@@ -416,3 +416,36 @@ def test_resuming_with_a_changed_config_stops_unless_allowed(mnist_shards: Path,
     assert tags["config_change.step-00000004"] == "loss.name: 'non_saturating' -> 'hinge'"
     artifacts = {f.path for f in client.list_artifacts(meta["mlflow_run_id"])}
     assert "config.until-step-00000004.yaml" in artifacts
+
+
+def test_keep_best_keeps_the_best_checkpoints_outside_keep_last(mnist_shards: Path, tmp_path: Path) -> None:
+    """``trainer.keep_best``: the best evaluations' checkpoints survive keep_last pruning, listed in
+    best.json with a ``best`` link; ``resume=best`` and ``bigtrain inspect`` know them."""
+    run, db = tmp_path / "r", tmp_path / "m.db"
+    keep = ("eval.every=2", "trainer.ckpt_every=100", "trainer.keep_last=1", "trainer.keep_best.count=2",
+            "trainer.keep_best.metric=fid/digits", "trainer.keep_best.mode=max")  # fmt: skip
+    _train(mnist_shards, run, db, "trainer.max_steps=8", *keep)
+    meta = json.loads((run / "checkpoints" / "step-00000008" / "meta.json").read_text())
+    history = MlflowClient(f"sqlite:///{db}").get_metric_history(meta["mlflow_run_id"], "fid/digits")
+    fid = {m.step: m.value for m in history}
+    assert sorted(fid) == [2, 4, 6, 8]
+    expected = sorted(fid, key=lambda s: (-fid[s], s))[:2]  # mode=max: the two highest
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert [e["step"] for e in best["best"]] == expected and best["metric"] == "fid/digits"
+    folders = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert folders == sorted(f"step-{s:08d}" for s in {*expected, 8})  # the best ones, and the last
+    assert (run / "checkpoints" / "best").resolve().name == f"step-{expected[0]:08d}"
+    info = _inspect(run / "checkpoints" / "best")
+    assert info["step"] == expected[0] and info["best"]["rank"] == 1 and info["best"]["of"] == 2
+    resumed = _train(mnist_shards, run, db, f"trainer.max_steps={expected[0]}", "resume=best", *keep)
+    assert f"resumed from {run}/checkpoints/step-{expected[0]:08d}" in resumed.stderr
+    none = _train(
+        mnist_shards,
+        tmp_path / "other",
+        db,
+        "trainer.max_steps=1",
+        "eval.enabled=false",
+        "resume=best",
+        check=False,
+    )
+    assert "resume=best: " in _one_line_error(none) and "has no best checkpoint" in none.stderr
