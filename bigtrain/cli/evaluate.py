@@ -2,6 +2,7 @@
 from the same samples; a tokenizer's rFID, PSNR, SSIM and codebook usage) of a checkpoint with N
 samples, printed as one JSON line and logged to the run's MLflow run at its step. Sample-count
 dependent keys get ``/n<N>`` (``fid/<feature>/n<N>``), so they never mix with training's curve.
+Under ``torchrun`` every process samples and extracts features for its share of the batches.
 ``eval.KEY=VALUE`` overrides change how the checkpoint is sampled and judged (``eval.g_bn=standing``);
 metrics computed under overrides are printed, not logged, since the run's curve was not."""
 
@@ -55,7 +56,11 @@ def main(argv: list[str]) -> int:
     raise_problems(check_metrics(names, type(snap.task).eval_provides, str(snap.cfg.task)))
     evaluator = Evaluator(ecfg, names, snap.device)
     snap.task.before_sampling()
-    raw = evaluator(snap.task.eval_source())
+    raw = evaluator(snap.task.eval_source())  # under torchrun: every rank samples its share
+    from bigtrain import distributed as bdist
+
+    if not bdist.is_main():
+        return 0
     scaled = evaluator.sample_count_keys()
     results = {(f"{k}/n{ecfg.num_samples}" if k in scaled else k): v for k, v in raw.items()}
     headline = evaluator.headline(raw)

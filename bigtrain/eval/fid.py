@@ -129,6 +129,12 @@ def quantize_images(x: Tensor) -> Tensor:
     return ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of evaluation batch ``index``: each batch has its own generator, so a sample does not
+    depend on which process draws it, and the sample set is the same for any number of processes."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def generator_features(
     sample_fn: SampleFn,
     num: int,
@@ -139,23 +145,28 @@ def generator_features(
     *,
     progress: bool = True,
     probs_out: list[np.ndarray] | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> np.ndarray:
     """Features ``[num, dim]`` of ``num`` generator samples, quantised like saved PNGs first.
 
-    Randomness comes only from a private :class:`torch.Generator` (on ``device``) seeded with ``seed``
-    and handed to ``sample_fn``: the global RNG is never consumed, so evaluating mid-training does not
-    perturb the training stream and exact resume keeps working, and the same seed gives the same
-    samples. Sampling runs under ``torch.no_grad``.
+    The samples come in batches of ``batch_size``; batch ``k`` draws from a private
+    :class:`torch.Generator` (on ``device``) seeded with :func:`batch_seed` ``(seed, k)``, so the global
+    RNG is never consumed (evaluating mid-training does not perturb training; exact resume keeps
+    working) and the same seed gives the same samples. With ``world > 1`` (collective: every rank
+    calls it) rank ``r`` draws batches ``r, r + world, ...`` and the features are gathered in batch
+    order, identical to one process's. Sampling runs under ``torch.no_grad``.
     """
     if num < 1 or batch_size < 1:
         raise ValueError(f"num and batch_size must be positive, got num={num}, batch_size={batch_size}")
     device = torch.device(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    sizes = [min(batch_size, num - start) for start in range(0, num, batch_size)]
+    mine = list(range(rank, len(sizes), world))
 
     def batches() -> Iterator[Tensor]:
-        remaining = num
-        while remaining > 0:
-            n = min(batch_size, remaining)
+        for k in mine:
+            n = sizes[k]
+            generator = torch.Generator(device=device).manual_seed(batch_seed(seed, k))
             with torch.no_grad():
                 x = sample_fn(n, generator)
             if x.ndim != 4 or x.shape[0] != n or x.shape[1] not in (1, 3):
@@ -163,17 +174,38 @@ def generator_features(
                     f"sample_fn({n}, generator) must return [{n}, C, H, W] with C in (1, 3), got {list(x.shape)}"
                 )
             yield quantize_images(x)
-            remaining -= n
 
-    return images_to_features(
-        batches(),
-        extractor,
-        device,
-        progress=progress,
-        total=num,
-        desc=f"FID {extractor.name} samples",
-        probs_out=probs_out,
-    )
+    probs: list[np.ndarray] | None = [] if probs_out is not None else None
+    if mine:
+        feats = images_to_features(
+            batches(),
+            extractor,
+            device,
+            progress=progress,
+            total=sum(sizes[k] for k in mine),
+            desc=f"FID {extractor.name} samples",
+            probs_out=probs,
+        )
+    else:  # more processes than batches
+        feats = np.zeros((0, extractor.dim), dtype=np.float32)
+    if world == 1:
+        if probs_out is not None and probs:
+            probs_out.extend(probs)
+        return feats
+    from bigtrain import distributed as bdist
+
+    cuts = np.cumsum([sizes[k] for k in mine])[:-1]
+    local = {
+        k: (f, probs[i] if probs else None)
+        for i, (k, f) in enumerate(zip(mine, np.split(feats, cuts), strict=True))
+    }
+    everything: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+    for part in bdist.all_gather_objects(local):
+        everything.update(part)
+    ordered = [everything[k] for k in range(len(sizes))]
+    if probs_out is not None and all(p is not None for _, p in ordered):
+        probs_out.extend(p for _, p in ordered)  # type: ignore[misc]
+    return np.concatenate([f for f, _ in ordered], axis=0)
 
 
 def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

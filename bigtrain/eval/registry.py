@@ -91,31 +91,48 @@ class Reference:
         feature: str | None = None,
     ):
         from bigtrain.eval.features import build_feature_extractor
-        from bigtrain.eval.fid import reference_features, reference_stats, user_reference_stats
 
         c = eval_cfg
-        resized = None if resolution == manifest.resolution else resolution
+        self.cfg, self.manifest, self.device, self.downsample = c, manifest, device, downsample
+        self.resized = None if resolution == manifest.resolution else resolution
         with preserve_rng():
             self.feature = feature or str(c.feature)
             self.extractor = build_feature_extractor(self.feature, device)
-            key = reference_key(manifest, c.ref_split, c.ref_max_images, resized, downsample)
-            self.user_stats = bool(c.get("ref_stats")) and resized is None and self.feature == str(c.feature)
-            if self.user_stats:  # the user's statistics at the dataset's resolution: no real features
-                self.stats = user_reference_stats(str(c.ref_stats), self.extractor)
-                self.features = None
-                log.info("reference statistics from %s (eval.ref_stats)", c.ref_stats)
-                return
-            self.stats = reference_stats(
-                key,
-                lambda: iter_images(
-                    manifest, c.ref_split, c.batch_size, c.ref_max_images, resized, downsample
-                ),
-                self.extractor,
-                device,
-            )
-            self.features = reference_features(key, self.extractor.cache_name)
+        self.key = reference_key(manifest, c.ref_split, c.ref_max_images, self.resized, downsample)
+        # the user's statistics at the dataset's resolution (eval.ref_stats): no real features then
+        self.user_stats = bool(c.get("ref_stats")) and self.resized is None and self.feature == str(c.feature)
         if self.extractor.weights_digest:  # trained on this machine: say which network measures
             log.info("feature network %s: weights sha256 %s", self.feature, self.extractor.weights_digest)
+
+    # The statistics are computed (or loaded) on first use: only the process that computes the
+    # metrics needs them; the others of a distributed evaluation only run the feature network.
+    @cached_property
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        from bigtrain.eval.fid import reference_stats, user_reference_stats
+
+        c = self.cfg
+        if self.user_stats:
+            log.info("reference statistics from %s (eval.ref_stats)", c.ref_stats)
+            return user_reference_stats(str(c.ref_stats), self.extractor)
+        with preserve_rng():
+            return reference_stats(
+                self.key,
+                lambda: iter_images(
+                    self.manifest, c.ref_split, c.batch_size, c.ref_max_images, self.resized, self.downsample
+                ),
+                self.extractor,
+                self.device,
+            )
+
+    @cached_property
+    def features(self) -> np.ndarray | None:
+        """Up to 10,000 real features cached beside the statistics (None with eval.ref_stats)."""
+        from bigtrain.eval.fid import reference_features
+
+        if self.user_stats:
+            return None
+        _ = self.stats  # computed together
+        return reference_features(self.key, self.extractor.cache_name)
 
 
 class EvalRun:
@@ -136,6 +153,8 @@ class EvalRun:
         )
         self._references = references  # the reference under another feature network, by name
         self._other_features: dict[str, np.ndarray] = {}
+        # a distributed evaluation: this process draws every world-th batch (bigtrain.eval.fid)
+        self.rank, self.world = 0, 1
 
     def key(self, metric: str, feature: str | None = None) -> str:
         """``fid/<net>`` for samples, ``rfid/<net>`` for reconstructions."""
@@ -165,6 +184,8 @@ class EvalRun:
                     self.reference_for(feature).extractor,
                     self.device,
                     self.cfg.seed,
+                    rank=self.rank,
+                    world=self.world,
                 )
         return self._other_features[feature]
 
@@ -187,6 +208,8 @@ class EvalRun:
                 self.device,
                 self.cfg.seed,
                 probs_out=probs if self.wants_probs else None,
+                rank=self.rank,
+                world=self.world,
             )
         return feats, (np.concatenate(probs) if probs else None)
 
@@ -336,16 +359,32 @@ class Evaluator:
             )
         return self._references[key]
 
-    def prepare(self, source: EvalSource) -> None:
-        """Build what the metrics need (feature networks, reference statistics) now, not mid-run."""
+    def prepare(self, source: EvalSource, stats: bool = True) -> None:
+        """Build what the metrics need now, not mid-run: the feature networks (absent weights fail
+        at start-up) and, with ``stats`` (the main process), the reference statistics."""
+        refs = []
         if self.uses_features:
-            self.reference(source.reference, source.resolution, source.downsample)
+            refs.append(self.reference(source.reference, source.resolution, source.downsample))
         pr_feature = str(self.cfg.get("pr_feature") or "")
         if pr_feature and any(m.name == "pr" for m in self.metrics):
-            self.reference(source.reference, source.resolution, source.downsample, pr_feature)
+            refs.append(self.reference(source.reference, source.resolution, source.downsample, pr_feature))
+        for ref in refs if stats else ():
+            _ = ref.stats
 
     def __call__(self, source: EvalSource) -> dict[str, float]:
-        """Every metric's values, in the order of ``eval.metrics``, plus ``eval/resolution``."""
+        """Every metric's values, in the order of ``eval.metrics``, plus ``eval/resolution``.
+
+        Collective in a process group: every rank calls it. A source that can be split
+        (``source.splittable``) is sampled and run through the feature networks by all ranks, each
+        taking every world-th batch, and the features are gathered; the metrics are computed on the
+        main process, which alone gets them (the others get ``{}``). Other sources are evaluated by
+        the main process alone."""
+        from bigtrain import distributed as bdist
+
+        main = bdist.is_main()
+        split = source.splittable and bdist.world_size() > 1
+        if not main and not split:
+            return {}
         ref = (
             self.reference(source.reference, source.resolution, source.downsample)
             if self.uses_features
@@ -359,6 +398,21 @@ class Evaluator:
             wants_probs=any(m.name == "is" for m in self.metrics),
             references=lambda f: self.reference(source.reference, source.resolution, source.downsample, f),
         )
+        if split:
+            run.rank, run.world = bdist.rank(), bdist.world_size()
+            # every rank draws its share in the same order: the main feature network's, then
+            # precision/recall's own network when it has one; the metrics below read the cache
+            if self.uses_features:
+                _ = run.features
+            pr_feature = str(self.cfg.get("pr_feature") or "")
+            if (
+                pr_feature
+                and pr_feature != str(self.cfg.feature)
+                and any(m.name == "pr" for m in self.metrics)
+            ):
+                run.features_for(pr_feature)
+            if not main:
+                return {}
         out: dict[str, float] = {}
         for m in self.metrics:
             values = m.compute(run)

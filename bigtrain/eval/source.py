@@ -51,6 +51,9 @@ class EvalSource:
     codebook: Callable[[], dict[str, float]] | None = None
     # how the reference images are shrunk to ``resolution`` (a ProGAN stage's reals: "box")
     downsample: str = "lanczos"
+    # whether every process can draw any batch (``images(n, generator)`` depends only on its
+    # arguments): then a distributed evaluation splits the batches over the ranks
+    splittable: bool = True
 
 
 __all__ = ["EvalSource", "Judged", "Need", "Sampler"]

@@ -231,8 +231,9 @@ class Trainer:
         if cfg.eval.enabled:
             self.evaluator = Evaluator(cfg.eval, eval_metrics(cfg), self.device)
             source = self.task.eval_source()  # every rank: a missing reference fails everywhere
-            if self.main:
-                self.evaluator.prepare(source)  # absent weights fail now, not after an hour of training
+            # absent weights fail now on every rank, not after an hour of training; the main process
+            # also computes the reference statistics (the others only run feature networks)
+            self.evaluator.prepare(source, stats=self.main)
         self.tracker = _build_tracker(cfg, run_id)
         if self.main:
             previous = self.guard.keep_previous(self.run_dir)
@@ -309,9 +310,10 @@ class Trainer:
         """Collective: the metrics of ``eval.metrics`` on the main process, logged at this step."""
         value = None
         self.task.before_sampling()
+        t = time.time()
+        # collective: the ranks share the sampling when the source allows; the main process gets the metrics
+        results = self.evaluator(self.task.eval_source()) if self.evaluator is not None else {}
         if self.main and self.evaluator is not None:
-            t = time.time()
-            results = self.evaluator(self.task.eval_source())
             headline = self.evaluator.headline(results)
             value = results[headline]
             self._best_value = results.get(self.best.metric or headline) if self.best is not None else None

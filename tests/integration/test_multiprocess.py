@@ -197,3 +197,28 @@ def test_global_batch_splits_over_torchrun_processes(mnist_shards: Path, tmp_pat
     assert "batch_size: 8\n" in config and "global_batch_size: 32\n" in config
     for rank in (0, 1):
         assert len((run / "data-keys" / f"rank-{rank}.txt").read_text().split()) == 2 * 2 * 8
+
+
+def test_evaluation_on_two_ranks_equals_one(mnist_shards: Path, tmp_path: Path) -> None:
+    """``bigtrain evaluate`` under torchrun: each rank samples every other batch (each batch has its
+    own seed) and the features are gathered, so FID, IS, precision/recall and KID equal one
+    process's; 3 batches of 100, 100, 50 split unevenly over the 2 ranks."""
+    run = tmp_path / "run"
+    run_cli("train", "experiment=mnist_dcgan", f"data.path={mnist_shards}", f"run.dir={run}", "tracking.enabled=false",
+            *TINY, "trainer.max_steps=3", "eval.enabled=false")  # fmt: skip
+    ckpt = run / "checkpoints" / "step-00000003"
+    args = ["evaluate", str(ckpt), "--num-samples", "250", "--no-log", "--device", "cpu",
+            "--metric", "fid", "--metric", "is", "--metric", "pr", "--metric", "kid"]  # fmt: skip
+    one = json.loads(run_cli(*args, env={"OMP_NUM_THREADS": "1"}).stdout.strip().splitlines()[-1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "bigtrain", *args]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+    assert len(lines) == 1  # the main process prints
+    two = json.loads(lines[0])
+    assert set(two["metrics"]) == set(one["metrics"]) and len(one["metrics"]) == 6
+    for key, value in one["metrics"].items():
+        assert two["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

@@ -347,7 +347,14 @@ class PriorTask(Task):
     def eval_source(self) -> EvalSource:
         """Decoded samples against the token dataset's source images."""
         reference = self.source_manifest()
-        return EvalSource(Judged.samples, lambda n, g: self.sample(n, g), reference, reference.resolution)
+        # ZeRO-3 gathers a full copy for the main process only: it samples alone then
+        return EvalSource(
+            Judged.samples,
+            lambda n, g: self.sample(n, g),
+            reference,
+            reference.resolution,
+            splittable=not getattr(self.engine, "sharded", False),
+        )
 
 
 def _seed(generator: torch.Generator) -> int:

@@ -351,4 +351,5 @@ class TokenizerTask(StagedTask):
             pairs=self._pairs,
             codebook=lambda: self.vq.quantize.usage(reset=True),
             downsample=str(self.cfg.stages.downsample),
+            splittable=False,  # the evaluation images are read in order: the main process alone
         )
