@@ -1,6 +1,6 @@
 """``bigtrain sample CKPT --out grid.png``: a grid from a checkpoint's generator (a GAN's EMA G, a
 prior's decoded codes), one row per class with ``--per-class``, or with ``--interpolate`` straight-line
-walks in z between random points (Radford et al. 2016, sec. 6.1), one row each. ``--num N --npz
+walks in z between random points (Radford et al. 2016, sec. 6.1), one row each. ``--num-samples N --npz
 out.npz`` / ``--png-dir DIR`` write N samples for other evaluators (``bigtrain.train.export``). Sampling options
 (``--truncation`` for GANs; ``--temperature``, ``--top-k``, ``--top-p``, ``--cfg-scale`` for priors)
 are passed to the task, which refuses the ones it does not take; ``eval.KEY=VALUE`` overrides set the
@@ -35,7 +35,9 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--out", default=None, help="PNG path of the grid")
     export = p.add_argument_group("samples for other evaluators (the ADM evaluator, torch-fidelity)")
-    export.add_argument("--num", type=int, default=None, help="how many samples --npz / --png-dir write")
+    export.add_argument(
+        "--num-samples", type=int, default=None, help="how many samples --npz / --png-dir write"
+    )
     export.add_argument(
         "--npz", default=None, help="an .npz: arr_0 uint8 [N, H, W, 3], arr_1 labels when conditional"
     )
@@ -90,16 +92,21 @@ def main(argv: list[str]) -> int:
     _check_classes(a, task.num_classes)
     g = torch.Generator().manual_seed(a.seed)
     if a.npz or a.png_dir:
-        if not a.num or a.num < 1:
-            raise ConfigError("--npz / --png-dir need --num N (how many samples to write)")
+        if not a.num_samples or a.num_samples < 1:
+            raise ConfigError("--npz / --png-dir need --num-samples N (how many samples to write)")
+        from bigtrain import distributed as bdist
         from bigtrain.train.export import export_samples
 
         batch = a.batch_size or int(snap.cfg.eval.batch_size)
-        out = export_samples(task, a.num, g, batch, npz=a.npz, png_dir=a.png_dir, classes=a.classes, **given)
-        print(json.dumps({**out, "step": snap.checkpoint.step, "seed": a.seed}))
+        task.before_sampling()
+        out = export_samples(
+            task, a.num_samples, a.seed, batch, npz=a.npz, png_dir=a.png_dir, classes=a.classes, **given
+        )
+        if bdist.is_main():
+            print(json.dumps({**out, "step": snap.checkpoint.step, "seed": a.seed}))
         return 0
     if a.out is None:
-        raise ConfigError("give --out grid.png (a grid), or --num N with --npz / --png-dir (samples)")
+        raise ConfigError("give --out grid.png (a grid), or --num-samples N with --npz / --png-dir (samples)")
     if a.interpolate:
         images, nrow = task.interpolate(a.rows, a.steps, g, **given), a.steps
     elif a.per_class:

@@ -299,7 +299,7 @@ def test_conditional_biggan_samples_by_class_with_truncation(mnist_shards: Path,
     assert bad.returncode == 2 and "out of range" in bad.stderr
     # samples for the ADM evaluator / torch-fidelity: uint8 NHWC with labels, and one PNG each
     npz, pngs = tmp_path / "samples.npz", tmp_path / "pngs"
-    cmd = ("sample", str(ckpt), "--num", "25", "--batch-size", "10", "--class", "3", "--class", "7")
+    cmd = ("sample", str(ckpt), "--num-samples", "25", "--batch-size", "10", "--class", "3", "--class", "7")
     out = json.loads(run_cli(*cmd, "--npz", str(npz), "--png-dir", str(pngs)).stdout.strip().splitlines()[-1])
     assert out["shape"] == [25, 32, 32, 3] and out["labels"] and out["step"] == 3
     with np.load(npz) as data:
@@ -316,7 +316,8 @@ def test_conditional_biggan_samples_by_class_with_truncation(mnist_shards: Path,
         assert np.array_equal(data["arr_0"], images) and np.array_equal(data["arr_1"], labels)
     bad = run_cli("sample", str(ckpt), "--npz", str(npz), check=False)
     assert (
-        _one_line_error(bad) == "bigtrain: error: --npz / --png-dir need --num N (how many samples to write)"
+        _one_line_error(bad)
+        == "bigtrain: error: --npz / --png-dir need --num-samples N (how many samples to write)"
     )
 
 

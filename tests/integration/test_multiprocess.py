@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import TINY, free_port, run_cli
@@ -222,3 +223,36 @@ def test_evaluation_on_two_ranks_equals_one(mnist_shards: Path, tmp_path: Path) 
     assert set(two["metrics"]) == set(one["metrics"]) and len(one["metrics"]) == 6
     for key, value in one["metrics"].items():
         assert two["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def test_sample_export_on_two_ranks_equals_one(mnist_shards: Path, tmp_path: Path) -> None:
+    """``bigtrain sample --npz --png-dir`` under torchrun: the ranks split the batches and the files
+    are byte-identical to one process's (each batch has its own seed)."""
+    run = tmp_path / "run"
+    run_cli("train", "experiment=mnist_cdcgan", f"data.path={mnist_shards}", f"run.dir={run}", "tracking.enabled=false",
+            *TINY, "trainer.max_steps=2", "eval.enabled=false")  # fmt: skip
+    ckpt = run / "checkpoints" / "step-00000002"
+
+    def sample(out: Path, *launcher: str) -> None:
+        cmd = [*launcher, "-m", "bigtrain", "sample", str(ckpt), "--num-samples", "25", "--batch-size", "10", "--device", "cpu",
+               "--npz", str(out / "s.npz"), "--png-dir", str(out / "png")]  # fmt: skip
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+
+    sample(tmp_path / "one", sys.executable)
+    sample(tmp_path / "two", sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()))  # fmt: skip
+    a, b = (np.load(tmp_path / d / "s.npz") for d in ("one", "two"))
+    assert a["arr_0"].shape == (25, 32, 32, 3) and np.array_equal(a["arr_0"], b["arr_0"])
+    assert np.array_equal(a["arr_1"], b["arr_1"])
+    names = sorted(p.name for p in (tmp_path / "two" / "png").iterdir())
+    assert (
+        names == sorted(p.name for p in (tmp_path / "one" / "png").iterdir()) and len(names) == 26
+    )  # + labels.txt
+    for name in names:
+        assert (tmp_path / "one" / "png" / name).read_bytes() == (
+            tmp_path / "two" / "png" / name
+        ).read_bytes()
+    assert not list(tmp_path.glob("*/*.part.npz"))  # the ranks' parts are gone
