@@ -86,3 +86,31 @@ def test_damaged_component_falls_back_to_previous(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="G.pt"):
         open_checkpoint(newest).verify()
     assert latest_valid(tmp_path).step == 1  # type: ignore[union-attr]
+
+
+def test_a_state_that_does_not_fit_is_one_line_naming_the_component() -> None:
+    """Resuming into other networks or optimizers: one CheckpointError line per case, not a
+    load_state_dict traceback (the e2e test covers a wider G and a D without BatchNorm)."""
+    import torch
+
+    from bigtrain.checkpoint.manager import load_component
+    from bigtrain.errors import CheckpointError
+
+    net = torch.nn.Linear(4, 2)
+    with pytest.raises(
+        CheckpointError,
+        match="the checkpoint has no 'G' component; likely cause: it was written by a run of another task",
+    ):
+        load_component("G", net, {"D": net.state_dict()})
+    with pytest.raises(CheckpointError) as err:
+        load_component("G", net, {"G": torch.nn.Linear(4, 3).state_dict()})
+    assert str(err.value).startswith(
+        "checkpoint component 'G' does not fit this run: size mismatch for weight"
+    )
+    assert "(and 1 more)" in str(err.value) and "\n" not in str(err.value)
+    opt = torch.optim.Adam(net.parameters())
+    other = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    with pytest.raises(
+        CheckpointError, match="checkpoint component 'opt_G' does not fit this run: loaded state dict"
+    ):
+        load_component("opt_G", opt, {"opt_G": other.state_dict()})

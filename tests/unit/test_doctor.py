@@ -87,3 +87,15 @@ def test_text_report(mnist_shards: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert doctor_main(["experiment=mnist_dcgan", "data.path=/nonexistent", "--quick"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  dataset" in out and out.rstrip().endswith("1 problem(s): dataset")
+
+
+def test_the_batch_split_for_this_launch(
+    mnist_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a launch of 8 processes the doctor says what each one holds of a global batch."""
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    _, checks = _doctor(capsys, "experiment=imagenet128_biggan", f"data.path={mnist_shards}",
+                        f"run.dir={tmp_path / 'run'}", "tracking.enabled=false", "--quick")  # fmt: skip
+    assert checks["batch"]["detail"] == (
+        "2048 global = 32 per process x 8 process(es) x 8 accumulation(s) (from data.global_batch_size)"
+    )
