@@ -223,6 +223,7 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(mnist_shards: Path, t
         "eval.enabled=false",
         "optim.d.lr=1e30",
         "optim.g.lr=1e30",
+        "allow_changes=[optim.d.lr,optim.g.lr]",  # the same run, continued with another recipe on purpose
         "trainer.ckpt_every=1000",
         check=False,
     )
