@@ -237,7 +237,7 @@ def save_checkpoint(
             where = f"; previous checkpoint intact: {prev[-1]}" if prev else ""
             errors = [f"could not write checkpoint {final}: {type(exc).__name__}: {exc}{where}"]
         else:
-            _prune(run_dir, keep_last)
+            prune(run_dir, keep_last)
     # rank 0's verdict decides for everyone, so all ranks raise (or go on) together
     verdict = bdist.all_gather_objects(errors[0] if rank == 0 and errors else None)[0]
     if verdict:
@@ -246,12 +246,8 @@ def save_checkpoint(
 
 
 def prune(run_dir: str | Path, keep_last: int) -> None:
-    """Main process: remove checkpoints beyond the last ``keep_last`` that are not among the best
-    (after ``checkpoints/best.json`` changed)."""
-    _prune(run_dir, keep_last)
-
-
-def _prune(run_dir: str | Path, keep_last: int) -> None:
+    """Main process: remove half-written folders, and checkpoints beyond the last ``keep_last``
+    that are not among ``trainer.keep_best``'s (after each save, and when ``best.json`` changed)."""
     # Half-written folders left by a process killed mid-save (kill -9, node failure): only rank 0
     # writes them and it has just finished its own, so any that remain are dead.
     for stale in checkpoint_root(run_dir).glob(".tmp-step-*"):

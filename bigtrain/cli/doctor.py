@@ -262,7 +262,7 @@ def check_slurm() -> Check:
 
 def check_batch(cfg: DictConfig) -> Check:
     """The batch this launch trains with: global, and per process (what each GPU must hold)."""
-    from bigtrain.config.launcher import launcher_world_size
+    from bigtrain.config.launcher import batch_over, launcher_world_size
 
     world, acc = launcher_world_size(), int(cfg.trainer.accumulation)
     per = int(cfg.data.batch_size)
@@ -270,7 +270,7 @@ def check_batch(cfg: DictConfig) -> Check:
     return Check(
         "batch",
         "info",
-        f"{per * world * acc} global = {per} per process x {world} process(es) x {acc} accumulation(s) (from {stated})",
+        f"{batch_over(cfg, world)} global = {per} per process x {world} process(es) x {acc} accumulation(s) (from {stated})",
     )
 
 

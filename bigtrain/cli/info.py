@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from bigtrain.config.launcher import launcher_world_size
+from bigtrain.config.launcher import batch_over, launcher_world_size
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.distributed import LocalAccelerator
 from bigtrain.errors import ConfigError
@@ -61,7 +61,7 @@ def describe(cfg: DictConfig, world_size: int = 1) -> dict[str, Any]:
             "from": source,
         },
         "world_size": world_size,
-        "global_batch": cfg.data.batch_size * world_size * cfg.trainer.accumulation,
+        "global_batch": batch_over(cfg, world_size),
         "global_batch_size": cfg.data.global_batch_size,  # the config's (0: stated per process)
         "batch_per_process": cfg.data.batch_size,
         "accumulation": cfg.trainer.accumulation,

@@ -86,6 +86,11 @@ def resolve_batch(batch: int, global_batch: int, world: int, accumulation: int) 
     return per
 
 
+def batch_over(cfg: DictConfig, world: int) -> int:
+    """The global batch a resolved config trains with on ``world`` processes."""
+    return int(cfg.data.batch_size) * world * int(cfg.trainer.accumulation)
+
+
 def apply_launcher(
     cfg: DictConfig, env: Mapping[str, str] | None = None, world_size: int | None = None
 ) -> None:
@@ -104,6 +109,7 @@ def apply_launcher(
 __all__ = [
     "ENV",
     "apply_launcher",
+    "batch_over",
     "launcher_precision",
     "launcher_world_size",
     "resolve_batch",

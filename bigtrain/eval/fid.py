@@ -135,6 +135,13 @@ def batch_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def rank_batches(num: int, batch_size: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
+    """``(index, size)`` of the batches of ``num`` samples that process ``rank`` of ``world`` draws:
+    batches of ``batch_size`` (the last may be short), every world-th from ``rank``."""
+    sizes = [min(batch_size, num - start) for start in range(0, num, batch_size)]
+    return [(k, sizes[k]) for k in range(rank, len(sizes), world)]
+
+
 def generator_features(
     sample_fn: SampleFn,
     num: int,
@@ -160,12 +167,10 @@ def generator_features(
     if num < 1 or batch_size < 1:
         raise ValueError(f"num and batch_size must be positive, got num={num}, batch_size={batch_size}")
     device = torch.device(device)
-    sizes = [min(batch_size, num - start) for start in range(0, num, batch_size)]
-    mine = list(range(rank, len(sizes), world))
+    mine = rank_batches(num, batch_size, rank, world)
 
     def batches() -> Iterator[Tensor]:
-        for k in mine:
-            n = sizes[k]
+        for k, n in mine:
             generator = torch.Generator(device=device).manual_seed(batch_seed(seed, k))
             with torch.no_grad():
                 x = sample_fn(n, generator)
@@ -182,7 +187,7 @@ def generator_features(
             extractor,
             device,
             progress=progress,
-            total=sum(sizes[k] for k in mine),
+            total=sum(n for _, n in mine),
             desc=f"FID {extractor.name} samples",
             probs_out=probs,
         )
@@ -194,15 +199,15 @@ def generator_features(
         return feats
     from bigtrain import distributed as bdist
 
-    cuts = np.cumsum([sizes[k] for k in mine])[:-1]
+    cuts = np.cumsum([n for _, n in mine])[:-1]
     local = {
         k: (f, probs[i] if probs else None)
-        for i, (k, f) in enumerate(zip(mine, np.split(feats, cuts), strict=True))
+        for i, ((k, _), f) in enumerate(zip(mine, np.split(feats, cuts), strict=True))
     }
     everything: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     for part in bdist.all_gather_objects(local):
         everything.update(part)
-    ordered = [everything[k] for k in range(len(sizes))]
+    ordered = [everything[k] for k in sorted(everything)]
     if probs_out is not None and all(p is not None for _, p in ordered):
         probs_out.extend(p for _, p in ordered)  # type: ignore[misc]
     return np.concatenate([f for f, _ in ordered], axis=0)

@@ -20,31 +20,28 @@ import torch
 from PIL import Image
 
 from bigtrain import distributed as bdist
-from bigtrain.eval.fid import batch_seed, quantize_images
+from bigtrain.eval.fid import batch_seed, quantize_images, rank_batches
 from bigtrain.train.task import Task
 
 
 def draw(
     task: Task,
-    n: int,
+    batches: list[tuple[int, int]],
     seed: int,
-    batch: int,
     classes: list[int] | None = None,
-    rank: int = 0,
-    world: int = 1,
     **options: Any,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """``(batch index, uint8 [B, H, W, C] images, labels or None)`` for this rank's batches."""
-    sizes = [min(batch, n - start) for start in range(0, n, batch)]
-    for k in range(rank, len(sizes), world) if world > 0 else ():  # world 0: this rank draws nothing
+    """``(batch index, uint8 [B, H, W, C] images, labels or None)`` for each ``(index, size)`` of
+    ``batches`` (this rank's: :func:`~bigtrain.eval.fid.rank_batches`)."""
+    for k, size in batches:
         generator = torch.Generator().manual_seed(batch_seed(seed, k))
         labels = None
         if task.num_classes:
             pool = torch.tensor(classes if classes else range(task.num_classes))
-            labels = pool[torch.randint(0, len(pool), (sizes[k],), generator=generator)]
+            labels = pool[torch.randint(0, len(pool), (size,), generator=generator)]
             images = task.sample_labels(labels, generator, **options)
         else:
-            images = task.sample(sizes[k], generator, **options)
+            images = task.sample(size, generator, **options)
         x = quantize_images(images).permute(0, 2, 3, 1).contiguous().numpy()
         yield k, x, None if labels is None else labels.numpy().astype(np.int64)
 
@@ -63,14 +60,15 @@ def export_samples(
     """Collective under a process group. Write ``n`` samples to ``npz`` (ADM layout; grayscale
     repeated to 3 channels) and/or one PNG each in ``png_dir`` (``000000.png`` ..., with
     ``labels.txt`` when conditional). Returns a summary (on the main process)."""
-    rank, world = bdist.rank(), bdist.world_size()
+    plan = rank_batches(n, batch, bdist.rank(), bdist.world_size())
     if not task.eval_source().splittable:  # e.g. a ZeRO-3 prior: only the main process holds weights
-        rank, world = (0, 1) if bdist.is_main() else (0, 0)
+        plan = rank_batches(n, batch) if bdist.is_main() else []
+    rank = bdist.rank()
     if png_dir is not None:
         Path(png_dir).mkdir(parents=True, exist_ok=True)
     mine: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     labels: dict[int, np.ndarray] = {}
-    for k, x, y in draw(task, n, seed, batch, classes, rank, world, **options):
+    for k, x, y in draw(task, plan, seed, classes, **options):
         if png_dir is not None:
             for j, img in enumerate(x):
                 Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(

@@ -33,6 +33,7 @@ from bigtrain.checkpoint.best import BestCheckpoints
 from bigtrain.checkpoint.digest import digest
 from bigtrain.checkpoint.io import prune
 from bigtrain.checkpoint.manager import CheckpointManager
+from bigtrain.config.launcher import batch_over
 from bigtrain.config.validate import missing_values, raise_problems
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.stream import DataStream, StreamSpec
@@ -87,7 +88,7 @@ def check_global_batch(cfg: DictConfig, world: int) -> None:
     """The per-process batch was derived from the launcher's environment; the process group that
     actually formed must agree, or the global batch is not the recipe's."""
     global_batch = int(cfg.data.global_batch_size)
-    actual = int(cfg.data.batch_size) * world * int(cfg.trainer.accumulation)
+    actual = batch_over(cfg, world)
     if global_batch and actual != global_batch:
         raise ConfigError(
             f"data.global_batch_size={global_batch} was split for another process count: "
@@ -214,7 +215,6 @@ class Trainer:
             if kb.count > 0
             else None
         )
-        self._best_value: float | None = None
         self.checkpoints.add_group(self.task)
         native = self.task.native_state()
         if native is not None:
@@ -308,7 +308,7 @@ class Trainer:
 
     def evaluate(self) -> float | None:
         """Collective: the metrics of ``eval.metrics`` on the main process, logged at this step."""
-        value = None
+        value = score = None
         self.task.before_sampling()
         t = time.time()
         # collective: the ranks share the sampling when the source allows; the main process gets the metrics
@@ -316,7 +316,7 @@ class Trainer:
         if self.main and self.evaluator is not None:
             headline = self.evaluator.headline(results)
             value = results[headline]
-            self._best_value = results.get(self.best.metric or headline) if self.best is not None else None
+            score = results.get(self.best.metric or headline) if self.best is not None else None
             self.counters.history[self.step] = value
             self.tracker.log_metrics(results, self.step)
             self.tracker.set_tags({"fid_last": f"{value:.4f}"})
@@ -330,15 +330,15 @@ class Trainer:
             )
         self.evaluated_step = self.step
         bdist.barrier()
-        self._keep_if_best()
+        self._keep_if_best(score)
         return value
 
-    def _keep_if_best(self) -> None:
-        """Collective: when this evaluation is among ``trainer.keep_best``'s best, save this step (if
-        not saved yet) and record it in ``checkpoints/best.json``, safe from keep_last pruning."""
+    def _keep_if_best(self, score: float | None) -> None:
+        """Collective: when this evaluation (``score``: the main process's value of
+        ``trainer.keep_best.metric``) is among the best, save this step (if not saved yet) and record
+        it in ``checkpoints/best.json``, safe from keep_last pruning."""
         if self.best is None:
             return
-        score, self._best_value = self._best_value, None
         if self.main and score is None:
             log.warning(
                 "trainer.keep_best.metric %s was not evaluated at step %d", self.best.metric, self.step
