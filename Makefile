@@ -50,6 +50,7 @@ test-fast: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/stream.py
+	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/gan_step.py
 	$(BIN)/python benchmarks/biggan_step.py batch=50 iters=5 warmup=2
 	$(BIN)/python benchmarks/tokenizer_step.py batch=32 iters=10 warmup=2

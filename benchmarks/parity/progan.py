@@ -5,7 +5,7 @@ transcribe are checked to be in the checkout (``train.py``'s ``process_reals`` a
 ``reset_opt_for_new_lod`` rule, ``dataset_tool.py``'s ``add_image``), so an edit there is noticed:
 
 * lower levels of detail (``dataset_tool.py``): float 2x2 means of the previous level, each level
-  rounded to uint8, against ``bigtrain.data.prepare.box_downsample`` on the 5,000 built-in digits
+  rounded to uint8, against ``bigtrain.data.images.box_downsample`` on the 5,000 built-in digits
   (32 -> 16, 8, 4 px) and on random RGB images;
 * the fade of the reals (``process_reals``, FadeLOD) at several fade weights, against
   ``bigtrain.train.stages.fade_reals``;
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigtrain.data.prepare import box_downsample
+from bigtrain.data.images import box_downsample
 from bigtrain.models import build_gan
 from bigtrain.train.compose import compose_config
 from bigtrain.train.stages import StageDriver, StageSchedule, fade_reals

@@ -25,9 +25,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from bigtrain.data import urls
+from bigtrain.data.urls import is_url
 from bigtrain.train.compose import compose_config
 from bigtrain.utils.console import bar_disable
 
@@ -146,9 +148,9 @@ def check_weights(cfg: DictConfig) -> list[Check]:
     return out
 
 
-def _sha256(path: Path, bar: tqdm) -> str:
+def _sha256(loc: str, bar: tqdm, storage: dict[str, Any]) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with urls.open_stream(loc, storage) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
             bar.update(len(block))
@@ -171,13 +173,25 @@ def check_dataset(cfg: DictConfig, verify_checksums: bool) -> list[Check]:
     info = f"{manifest.root}: {manifest.count(split) if shards else 0} '{split}' images in {len(shards)} shards, {manifest.resolution}px x{manifest.channels}, {manifest.num_classes} classes"
     if not shards:
         return [Check("dataset", "fail", f"{manifest.root} has no '{split}' shards")]
-    missing = [s.file for s in shards if not (manifest.root / s.file).exists()]
+    locs = [manifest.location(s) for s in shards]
+    missing = [loc for loc in locs if not is_url(loc) and not Path(loc).exists()]
     if missing:
         return [Check("dataset", "fail", f"{info}; missing shard(s): {', '.join(missing[:5])}")]
+    remote = [loc for loc in locs if is_url(loc)]
+    if remote:
+        # one request, not thousands: the first remote shard answers, or the run would fail at once
+        storage = OmegaConf.to_container(cfg.data.storage_options)
+        try:
+            size = urls.size(remote[0], storage)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - whatever the network says, shown to the user
+            return [Check("dataset", "fail", f"{info}; {remote[0]} unreachable: {type(exc).__name__}: {exc}")]
+        info += f"; {len(remote)} remote, the first answers ({size if size is not None else '?'} bytes)"
     out = [Check("dataset", "ok", info)]
     if verify_checksums:
-        total = sum((manifest.root / s.file).stat().st_size for s in shards)
+        storage = OmegaConf.to_container(cfg.data.storage_options)
+        total = sum(s.bytes or 0 for s in shards) or None
         bad = []
+        unchecked = 0
         with tqdm(
             total=total,
             unit="B",
@@ -187,14 +201,19 @@ def check_dataset(cfg: DictConfig, verify_checksums: bool) -> list[Check]:
             leave=False,
             disable=bar_disable(True),
         ) as bar:
-            for s in shards:
-                if _sha256(manifest.root / s.file, bar) != s.sha256:
+            for s, loc in zip(shards, locs, strict=True):
+                if not s.sha256:
+                    unchecked += 1  # a remote shard indexed without --digests
+                    continue
+                if _sha256(loc, bar, storage) != s.sha256:  # type: ignore[arg-type]
                     bad.append(s.file)
         status, detail = (
-            ("ok", f"{len(shards)} shards match dataset.json")
+            ("ok", f"{len(shards) - unchecked} shards match dataset.json")
             if not bad
             else ("fail", f"SHA-256 differs from dataset.json: {', '.join(bad[:5])}")
         )
+        if unchecked:
+            detail += f" ({unchecked} without a recorded digest: bigtrain index --digests yes records them)"
         out.append(Check("checksums", status, detail))
     return out
 

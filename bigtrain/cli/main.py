@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 COMMANDS = {
     "prepare": "write WebDataset shards from an image folder or builtin:mnist5k",
+    "index": "describe WebDataset shards where they are (folder, brace pattern, http(s)/s3/pipe URLs) for training",
     "train": "train (a Hydra app: bigtrain train experiment=mnist_dcgan data.path=...)",
     "tokenize": "encode image shards into token shards with a trained tokenizer (stage 2's data)",
     "info": "build a preset's networks without training: parameter counts, batch, precision",

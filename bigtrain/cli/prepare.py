@@ -1,19 +1,37 @@
-"""``bigtrain prepare SRC OUT``: image folder (one sub-folder per class) or builtin:mnist5k -> shards."""
+"""``bigtrain prepare SRC OUT``: an image folder (one sub-folder per class, or flat for an unlabelled
+set) or builtin:mnist5k -> WebDataset shards. ``--shard-range i/n`` writes one part of a SLURM
+array's output; ``bigtrain prepare --merge OUT`` joins the parts. The shards are byte-identical for
+any --workers and any split into parts."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from bigtrain.data.prepare import PrepareOptions, prepare
+from bigtrain.data.prepare import RESIZE_CHOICES, PrepareOptions, merge, prepare
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bigtrain prepare", description=__doc__)
-    p.add_argument("src", help="an image folder with one sub-folder per class, or builtin:mnist5k")
-    p.add_argument("out", help="output folder for train-*.tar, val-*.tar and dataset.json")
+def _shard_range(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    try:
+        value = (int(i), int(n))
+    except ValueError:
+        value = (-1, 0)
+    if not sep or not 0 <= value[0] < value[1]:
+        raise argparse.ArgumentTypeError(f"expected i/n with 0 <= i < n (e.g. 0/4), got '{text}'")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bigtrain prepare",
+        usage="bigtrain prepare SRC OUT [options] | bigtrain prepare --merge OUT",
+        description=__doc__,
+    )
+    p.add_argument("src", nargs="?", help="an image folder (SRC/<class>/... or flat), or builtin:mnist5k")
+    p.add_argument("out", nargs="?", help="output folder for train-*.tar, val-*.tar and dataset.json")
     p.add_argument(
-        "--resolution", type=int, default=None, help="square side in pixels (required for folders)"
+        "--resolution", type=int, default=None, help="target side in pixels (required for folders)"
     )
     p.add_argument(
         "--val-fraction", type=float, default=0.1, help="share of images held out as 'val' (default 0.1)"
@@ -21,16 +39,76 @@ def main(argv: list[str]) -> int:
     p.add_argument("--samples-per-shard", type=int, default=1000, help="images per tar shard (default 1000)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 = grayscale, 3 = RGB")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes (default 1; 0 = one per CPU); output is the same"
+    )
+    p.add_argument(
+        "--format", choices=("png", "jpg", "webp"), default="png", help="image format (default png)"
+    )
+    p.add_argument("--quality", type=int, default=95, help="jpg/webp quality 1..100 (default 95)")
+    p.add_argument(
+        "--resize",
+        choices=RESIZE_CHOICES,
+        default="center",
+        help="center: shorter side to R, centre crop (default); pad: longer side to R, black bars; "
+        "shorter: shorter side to R only (the training stream crops)",
+    )
+    p.add_argument(
+        "--captions",
+        default=None,
+        help="captions instead of sidecar .txt files: a folder mirroring SRC, or a .jsonl "
+        '({"file": REL, "caption": TEXT} per line), .csv or .tsv (REL, TEXT) file',
+    )
+    p.add_argument(
+        "--shard-range",
+        type=_shard_range,
+        default=None,
+        metavar="i/n",
+        help="write only shard jobs j with j %% n == i, and OUT/dataset.part-i-of-n.json "
+        "(one task of a SLURM array)",
+    )
+    p.add_argument("--merge", metavar="OUT", default=None, help="join OUT's parts into OUT/dataset.json")
     p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    p = _parser()
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    m = prepare(
-        a.src,
-        a.out,
-        PrepareOptions(
-            a.resolution, a.val_fraction, a.samples_per_shard, a.channels, a.seed, not a.no_progress
-        ),
+    if a.merge is not None:
+        if a.src is not None:
+            p.error("--merge OUT takes no SRC/OUT arguments")
+        m = merge(a.merge)
+        counts = ", ".join(f"{k}: {m.count(k)} images in {len(v)} shards" for k, v in m.splits.items())
+        print(f"merged {m.root / 'dataset.json'} ({counts})")
+        return 0
+    if a.src is None or a.out is None:
+        p.error("SRC and OUT are required (or --merge OUT)")
+    opts = PrepareOptions(
+        resolution=a.resolution,
+        val_fraction=a.val_fraction,
+        samples_per_shard=a.samples_per_shard,
+        channels=a.channels,
+        seed=a.seed,
+        progress=not a.no_progress,
+        workers=a.workers,
+        format=a.format,
+        quality=a.quality,
+        resize=a.resize,
+        shard_range=a.shard_range,
+        captions=a.captions,
     )
+    try:
+        m = prepare(a.src, a.out, opts)
+    except ValueError as exc:  # a bad option value (resolution, quality, an unknown built-in, ...)
+        p.error(str(exc))
     counts = ", ".join(f"{k}: {m.count(k)} images in {len(v)} shards" for k, v in m.splits.items())
-    print(f"wrote {m.root} ({m.resolution}px, {m.channels} channel(s), {m.num_classes} classes; {counts})")
+    shape = f"{m.resolution}px, {m.channels} channel(s), {m.num_classes} classes"
+    if a.shard_range is not None:
+        i, n = a.shard_range
+        print(f"wrote part {i}/{n} of {m.root} ({shape}; {counts}); when all {n} are done: "
+              f"bigtrain prepare --merge {m.root}")  # fmt: skip
+    else:
+        print(f"wrote {m.root} ({shape}; {counts})")
     return 0

@@ -44,9 +44,23 @@ class RunConfig:
     dir: str = "runs/${run.name}"
 
 
+class ResizePolicy(StrEnum):
+    """How the stream makes a square image of the training resolution (bigtrain.data.images.fit)."""
+
+    center = "center"
+    random = "random"
+    pad = "pad"
+
+
+class ResampleFilter(StrEnum):
+    lanczos = "lanczos"
+    bicubic = "bicubic"
+    bilinear = "bilinear"
+
+
 @dataclass
 class DataConfig:
-    path: str = MISSING  # a folder written by `bigtrain prepare` (its dataset.json gives the shape)
+    path: str = MISSING  # a folder with a dataset.json (`bigtrain prepare` or `bigtrain index`)
     split: str = "train"
     batch_size: int = 64  # per process; 0 = derived from global_batch_size
     # the recipe's batch over all processes and accumulations (0 = unset): per process it is
@@ -56,6 +70,23 @@ class DataConfig:
     shuffle_buffer: int = 1000
     flip: bool = False
     record_keys: bool = False  # audit: write every consumed sample key to run.dir/data-keys/rank-R.txt
+    # how an image that is not resolution x resolution becomes one (shards from `bigtrain index`, or
+    # `prepare --resize shorter`): center (shorter side + centre crop), random (+ a crop at a seeded
+    # offset, drawn per sample), pad (longer side + black bars)
+    resize: ResizePolicy = ResizePolicy.center
+    # the filter of those resizes: lanczos (sharpest, as `bigtrain prepare`), bicubic (ADM's
+    # ImageNet rule), bilinear (torchvision's Resize); stages.downsample=box overrides it for the
+    # lower stages of a progressive run. The FID references are made with the same filter.
+    resample: ResampleFilter = ResampleFilter.lanczos
+    # remote shards (http, s3, pipe): each read is retried `retries` times with backoff
+    # (retry_backoff_s, doubling), then counted and skipped; more than max_shard_errors skipped shards in
+    # one epoch of one data slot stop the run, naming the last
+    retries: int = 3
+    retry_backoff_s: float = 1.0
+    max_shard_errors: int = 10
+    # passed to fsspec for URLs (e.g. {endpoint_url: http://minio:9000, anon: true} for s3://); S3
+    # credentials and endpoint also come from the usual AWS_* environment variables
+    storage_options: dict[str, Any] = field(default_factory=dict)
     # The data shape a preset expects, used by `bigtrain info` and benchmarks when no dataset.json
     # is at data.path; when it is, dataset.json wins (a preset trains on any prepared shards).
     resolution: int = 32

@@ -1,4 +1,5 @@
-"""``dataset.json``: what ``bigtrain prepare`` wrote, read back and checked before training starts.
+"""``dataset.json``: what ``bigtrain prepare`` wrote (or ``bigtrain index`` found), read back and
+checked before training starts.
 
 The manifest is the contract between preparing data and training on it: resolution, channels and
 classes come from here, so a preset trains on a user's own shards with no other change, and every
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bigtrain.data.urls import is_url
 from bigtrain.errors import DatasetError
 
 MANIFEST_NAME = "dataset.json"
@@ -21,9 +23,15 @@ MANIFEST_VERSION = 1
 
 @dataclass
 class ShardInfo:
+    """One shard: ``file`` is relative to the manifest's folder (shards ``prepare`` wrote) or a
+    location as ``bigtrain index`` was given it (an absolute path, ``http(s)://``, ``s3://`` or
+    ``pipe:`` URL; see :mod:`bigtrain.data.urls`)."""
+
     file: str
     count: int
-    sha256: str
+    sha256: str  # "" when not computed (remote shards indexed without --digests)
+    bytes: int = 0  # 0: not recorded (manifests written before the field existed)
+    ext: str = ""  # the image key its samples use (png, jpg, jpeg, webp); "" for token shards
 
 
 @dataclass
@@ -42,6 +50,30 @@ class DatasetManifest:
         return str(self.extra.get("kind", "images"))
 
     @property
+    def label_key(self) -> str | None:
+        """Where a sample's class is: ``cls`` (its ``.cls`` text), ``json:FIELD`` (a field of its
+        ``.json``) or None (unlabelled: every sample is class 0)."""
+        value = self.extra.get("label_key", "cls" if self.classes else None)
+        return str(value) if value else None
+
+    @property
+    def has_text(self) -> bool:
+        """Samples carry ``.txt`` captions (``batch["text"]``)."""
+        return bool(self.extra.get("captions", False))
+
+    @property
+    def has_meta(self) -> bool:
+        """Samples carry ``.json`` metadata (``batch["meta"]``)."""
+        return bool(self.extra.get("metadata", False))
+
+    @property
+    def resized_on_read(self) -> bool:
+        """Its images are not all stored at ``resolution``: shards found by ``bigtrain index``, or
+        prepared with ``--resize shorter``. The stream resizes them, so how (``data.resample``,
+        ``data.resize``) changes the images, and the FID references with them."""
+        return bool(self.extra.get("indexed")) or self.extra.get("resize") == "shorter"
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
@@ -54,21 +86,31 @@ class DatasetManifest:
         h = hashlib.sha256()
         for split in sorted(self.splits):
             for s in self.splits[split]:
-                h.update(f"{split}/{s.file}/{s.sha256}".encode())
+                # a remote shard indexed without digests is known by its location, size and count
+                digest = s.sha256 or f"{s.bytes}:{s.count}"
+                h.update(f"{split}/{s.file}/{digest}".encode())
         return h.hexdigest()[:16]
 
+    def location(self, shard: ShardInfo) -> str:
+        """Where ``shard`` is read from: a URL as indexed, or a path (relative ones from the root)."""
+        if is_url(shard.file) or Path(shard.file).is_absolute():
+            return shard.file
+        return str(self.root / shard.file)
+
     def shard_paths(self, split: str) -> list[str]:
-        """Absolute shard paths of ``split``; raises DatasetError if the split is empty or a file is gone."""
+        """Shard locations of ``split``; raises DatasetError if the split is empty or a local file is
+        gone (remote shards are checked as they are read: a start-up check of thousands of URLs
+        would cost minutes)."""
         if split not in self.splits or not self.splits[split]:
             raise DatasetError(
                 f"dataset {self.root} has no '{split}' shards (splits: {', '.join(self.splits)})"
             )
         paths = []
         for s in self.splits[split]:
-            p = self.root / s.file
-            if not p.is_file():
-                raise DatasetError(f"shard missing: {p} (listed in {self.root / MANIFEST_NAME})")
-            paths.append(str(p))
+            loc = self.location(s)
+            if not is_url(loc) and not Path(loc).is_file():
+                raise DatasetError(f"shard missing: {loc} (listed in {self.root / MANIFEST_NAME})")
+            paths.append(loc)
         return paths
 
     def to_json(self) -> dict[str, Any]:

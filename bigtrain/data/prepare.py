@@ -1,33 +1,53 @@
 """Images -> WebDataset shards: ``OUT/train-000000.tar``, ``OUT/val-000000.tar``, ``OUT/dataset.json``.
 
-Each sample is ``<key>.png`` (the image at the prepared resolution) plus ``<key>.cls`` (the class
-index as text): plain tars that ``tar -tf`` lists and stock ``webdataset`` reads. Resizing happens
-once here (shorter side to the resolution with an antialiasing filter, then a centre crop), so the
-training stream only decodes. The split is a seeded permutation, so preparing twice gives the same
-shards byte for byte (tar mtimes are fixed).
+Each sample is ``<key>.<png|jpg|webp>`` (the image at the prepared resolution), ``<key>.cls`` (the
+class index as text, when the source has class folders), and ``<key>.txt`` / ``<key>.json`` when
+the image has a caption or metadata: plain tars that ``tar -tf`` lists and stock ``webdataset``
+reads. Resizing happens once here with the same decoder the training stream uses for foreign
+shards (:func:`bigtrain.data.images.decode`), so an image looks the same either way.
+
+Why it is planned before anything is decoded: the item list, the seeded train/val permutation and
+the samples of every shard are fixed first, so each shard is an independent job. That is what
+makes the output byte-identical for any number of worker processes, and lets a SLURM array split
+one folder across nodes (``--shard-range i/n``, then ``--merge``) with the same result as a single
+run. An unreadable image only makes its own shard one smaller (tar mtimes are fixed too).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
+import json
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
 import numpy as np
-import webdataset as wds
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from bigtrain.data.builtin import load_builtin
-from bigtrain.data.manifest import DatasetError, DatasetManifest, ShardInfo
+from bigtrain.data.images import FORMATS, IMAGE_SUFFIXES, Resize, decode, encode, fit, to_pil
+from bigtrain.data.manifest import MANIFEST_NAME, DatasetError, DatasetManifest, ShardInfo
 from bigtrain.utils.console import bar_disable
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val")  # job order, and so the order of dataset.json's splits
+RESIZE_CHOICES = (Resize.center.value, Resize.pad.value, Resize.shorter.value)
+# what an unreadable image raises (UnidentifiedImageError and truncated files are OSErrors; a bad
+# caption's UnicodeDecodeError and bad metadata's JSONDecodeError are ValueErrors)
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+_PART_RE = re.compile(r"dataset\.part-(\d+)-of-(\d+)\.json")
+_SHARD_RE = re.compile(r"(train|val)-(\d+)\.tar")
 
 
 @dataclass
@@ -38,213 +58,578 @@ class PrepareOptions:
     channels: int | None = None  # None: 1 for grayscale built-ins, 3 for folders
     seed: int = 0
     progress: bool = True
+    workers: int = 1  # processes; 0: one per CPU this process may use. The output does not depend on it
+    format: str = "png"  # png | jpg | webp
+    quality: int = 95  # jpg and webp
+    resize: str = "center"  # center | pad | shorter (see bigtrain.data.images.Resize)
+    shard_range: tuple[int, int] | None = None  # (i, n): write only shard jobs j with j % n == i
+    captions: str | None = None  # a folder mirroring SRC with .txt files, or a .jsonl/.csv/.tsv file
 
 
-def to_pil(image: np.ndarray | Image.Image, channels: int) -> Image.Image:
-    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    return img.convert("L" if channels == 1 else "RGB")
+@dataclass(frozen=True, slots=True)  # slots: a million of them for an ImageNet-sized folder
+class Sample:
+    """One planned sample: everything needed to write it, decided before any image is decoded."""
+
+    key: str
+    name: str  # for logs: the path relative to SRC, or ``#i`` for a built-in
+    image: str | np.ndarray  # a file path, or a built-in's pixels
+    label: int | None  # None: unlabelled source
+    caption: str | None = None  # from --captions FILE
+    caption_file: str | None = None  # a sidecar .txt or a --captions folder's file (read by the job)
+    meta_file: str | None = None  # a sidecar .json (read by the job)
+
+    @property
+    def has_caption(self) -> bool:
+        return self.caption is not None or self.caption_file is not None
 
 
-def resize_square(img: Image.Image, resolution: int) -> Image.Image:
-    """Shorter side to ``resolution`` (Lanczos when shrinking, bicubic when growing), then centre crop."""
-    w, h = img.size
-    if (w, h) == (resolution, resolution):
-        return img
-    scale = resolution / min(w, h)
-    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-    resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
-    img = img.resize((nw, nh), resample=resample)
-    left, top = (nw - resolution) // 2, (nh - resolution) // 2
-    return img.crop((left, top, left + resolution, top + resolution))
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to write: its place in the plan and its samples, in order."""
+
+    index: int  # global job number: train shards first, then val
+    split: str
+    file: str
+    samples: tuple[Sample, ...]
 
 
-def box_downsample(arr: np.ndarray, resolution: int) -> np.ndarray:
-    """A square uint8 ``[H, W, C]`` image shrunk to ``resolution`` by repeated 2x2 means in float32,
-    rounded to uint8 at the end: ProGAN's ``dataset_tool.py`` (``add_image``), which makes each lower
-    level of detail this way (it rounds each level for storage and computes the next from the
-    unrounded floats, so the stored level equals this). The side must be ``resolution * 2^k``."""
-    side = arr.shape[0]
-    if arr.shape[1] != side or side % resolution or (side // resolution) & (side // resolution - 1):
-        raise ValueError(
-            f"box downsampling needs a square image whose side is resolution x 2^k, got "
-            f"{arr.shape[1]}x{side} for {resolution}"
+@dataclass(frozen=True)
+class Encoding:
+    """How every image of a run is turned into sample bytes (the same for every job)."""
+
+    resolution: int
+    channels: int
+    resize: str
+    format: str
+    quality: int
+
+
+@dataclass
+class ShardResult:
+    index: int
+    split: str
+    shard: ShardInfo | None  # None: every image of the shard was unreadable (no file is left)
+    skipped: list[str] = field(default_factory=list)  # "name (Error: message)"
+
+
+@dataclass
+class Source:
+    """The listed input: the samples in key order and the dataset's shape."""
+
+    name: str
+    classes: list[str]
+    samples: list[Sample]
+    resolution: int
+    channels: int
+
+
+# ---------------------------------------------------------------------------------------- listing
+
+
+def _is_hidden(rel: Path) -> bool:
+    # ".DS_Store", macOS "._photo.jpg" resource forks, ".git": never images of the dataset
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _list_files(root: Path) -> list[Path]:
+    """Every visible file under ``root``, relative to it, sorted by path components."""
+    return sorted(
+        p.relative_to(root) for p in root.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(root))
+    )
+
+
+CaptionLookup = Callable[[str], tuple[str | None, str | None]]  # rel path -> (caption, caption file)
+
+
+def _caption_table(path: Path) -> dict[str, str]:
+    """A .jsonl ({"file", "caption"} per line) or .csv/.tsv (path, caption) file as {rel path: caption}."""
+    table: dict[str, str] = {}
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                table[_norm_rel(str(row["file"]))] = str(row["caption"]).strip()
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DatasetError(
+                    f'{path}:{n}: expected {{"file": ..., "caption": ...}} ({type(exc).__name__}: {exc})'
+                ) from exc
+        return table
+    if suffix not in (".csv", ".tsv"):
+        raise DatasetError(f"--captions {path}: expected a folder, a .jsonl, .csv or .tsv file")
+    with path.open(newline="", encoding="utf-8") as f:
+        for n, row in enumerate(csv.reader(f, delimiter="\t" if suffix == ".tsv" else ","), 1):
+            if not row or (n == 1 and row[0].strip().lower() in ("file", "path", "filename", "image")):
+                continue  # blank lines, and a header row
+            if len(row) != 2:
+                raise DatasetError(f"{path}:{n}: expected 2 columns (path, caption), got {len(row)}")
+            table[_norm_rel(row[0])] = row[1].strip()
+    return table
+
+
+def _norm_rel(rel: str) -> str:
+    return PurePosixPath(rel.strip().replace("\\", "/")).as_posix().removeprefix("./")
+
+
+def _caption_lookup(spec: str, rels: list[str]) -> CaptionLookup:
+    """``--captions``: a folder mirroring SRC (``a/b.jpg`` -> ``CAPTIONS/a/b.txt``) or a table."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return lambda rel: (None, _existing(path / PurePosixPath(rel).with_suffix(".txt")))
+    if not path.is_file():
+        raise DatasetError(f"--captions {path}: no such folder or file")
+    table = _caption_table(path)
+    unknown = sorted(set(table) - set(rels))
+    if unknown:
+        log.warning("%d captions in %s name no image of the source (e.g. %s)", len(unknown), path, unknown[0])
+    return lambda rel: (table.get(rel), None)
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
+
+
+def _folder_source(src: str, opts: PrepareOptions) -> Source:
+    """SRC/<class>/**/<image> (labelled), or images directly in SRC (unlabelled)."""
+    root = Path(src).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"source folder not found: {root}")
+    if opts.resolution is None:
+        raise ValueError("--resolution is required when preparing an image folder")
+    files = _list_files(root)
+    present = set(files)
+    classes = sorted({f.parts[0] for f in files if len(f.parts) > 1})
+    index = {c: i for i, c in enumerate(classes)}
+    # with class folders, images are theirs (loose top-level files are ignored, as before); without, the
+    # top level is one unlabelled set
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES and (len(f.parts) > 1) == bool(classes)]
+    if not images:
+        raise DatasetError(f"no image files under {root}")
+    rels = [f.as_posix() for f in images]
+    captions = _caption_lookup(opts.captions, rels) if opts.captions else None
+    samples = []
+    for i, (f, rel) in enumerate(zip(images, rels, strict=True)):
+        if captions is not None:
+            caption, caption_file = captions(rel)
+        else:
+            caption, caption_file = None, _sidecar(root, f, ".txt", present)
+        samples.append(
+            Sample(
+                key=f"{i:08d}",
+                name=rel,
+                image=str(root / f),
+                label=index[f.parts[0]] if classes else None,
+                caption=caption,
+                caption_file=caption_file,
+                meta_file=_sidecar(root, f, ".json", present),
+            )
         )
-    img = arr.astype(np.float32)
-    while img.shape[0] > resolution:
-        img = (img[0::2, 0::2] + img[0::2, 1::2] + img[1::2, 0::2] + img[1::2, 1::2]) * 0.25
-    return np.rint(img).clip(0, 255).astype(np.uint8)
+    missing = sum(not s.has_caption for s in samples)
+    if captions is not None and missing:
+        log.warning("%d of %d images have no caption in %s", missing, len(samples), opts.captions)
+    return Source(root.name, classes, samples, opts.resolution, opts.channels or 3)
 
 
-def downsample(img: Image.Image, resolution: int, method: str = "lanczos") -> np.ndarray:
-    """``img`` at ``resolution`` as uint8 ``[H, W]`` or ``[H, W, C]``: ``lanczos`` as
-    :func:`resize_square` (what ``bigtrain prepare`` does) or ``box`` (:func:`box_downsample`)."""
-    if method == "box" and img.size != (resolution, resolution):
-        arr = np.asarray(img, dtype=np.uint8)
-        squeeze = arr.ndim == 2
-        out = box_downsample(arr[..., None] if squeeze else arr, resolution)
-        return out[..., 0] if squeeze else out
-    return np.asarray(resize_square(img, resolution), dtype=np.uint8)
+def _sidecar(root: Path, image: Path, suffix: str, present: set[Path]) -> str | None:
+    side = image.with_suffix(suffix)
+    return str(root / side) if side in present else None
 
 
-def encode_png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+def _builtin_source(src: str, opts: PrepareOptions) -> Source:
+    if opts.captions:
+        raise DatasetError("--captions needs an image folder as SRC, not a built-in dataset")
+    name = src.split(":", 1)[1]
+    ds = load_builtin(name)
+    samples = [
+        Sample(key=f"{i:08d}", name=f"#{i}", image=ds.images[i], label=int(ds.labels[i]))
+        for i in range(len(ds))
+    ]
+    channels = opts.channels or (1 if ds.images.ndim == 3 else 3)
+    return Source(name, list(ds.classes), samples, opts.resolution or int(ds.images.shape[1]), channels)
 
 
-def _folder_items(src: Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DatasetError(f"no class sub-folders in {src} (expected SRC/<class>/<image files>)")
-    items = []
-    for idx, name in enumerate(classes):
-        for f in sorted((src / name).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                items.append((f, idx))
-    if not items:
-        raise DatasetError(f"no image files under {src}")
-    return items, classes
+def list_source(src: str, opts: PrepareOptions) -> Source:
+    """The samples of ``src`` (a folder or ``builtin:NAME``) in key order."""
+    return _builtin_source(src, opts) if src.startswith("builtin:") else _folder_source(src, opts)
 
 
-class _ShardSink:
-    """Writes numbered shards of one split and records their counts and checksums."""
-
-    def __init__(self, out: Path, split: str, per_shard: int):
-        self.out, self.split, self.per_shard = out, split, per_shard
-        self.shards: list[ShardInfo] = []
-        self._writer: wds.TarWriter | None = None
-        self._count = 0
-        self._path: Path | None = None
-
-    def add(self, key: str, png: bytes, label: int) -> None:
-        if self._writer is None:
-            self._path = self.out / f"{self.split}-{len(self.shards):06d}.tar"
-            # mtime fixed so the same input gives the same shard bytes (and checksums); an int, because
-            # a float mtime makes tarfile add a PAX header to every member (twice the parsing work)
-            self._writer = wds.TarWriter(str(self._path), mtime=0)
-        self._writer.write({"__key__": key, "png": png, "cls": str(label).encode()})
-        self._count += 1
-        if self._count >= self.per_shard:
-            self._close()
-
-    def _close(self) -> None:
-        if self._writer is None or self._path is None:
-            return
-        self._writer.close()
-        digest = hashlib.sha256(self._path.read_bytes()).hexdigest()
-        self.shards.append(ShardInfo(self._path.name, self._count, digest))
-        self._writer, self._count = None, 0
-
-    def close(self) -> list[ShardInfo]:
-        self._close()
-        return self.shards
+# --------------------------------------------------------------------------------------- planning
 
 
-def prepare(src: str, out: str | Path, opts: PrepareOptions) -> DatasetManifest:
-    """Write shards for ``src`` (an image folder or ``builtin:NAME``) into ``out``; returns the manifest."""
-    out = Path(out).expanduser()
+def plan_shards(samples: list[Sample], opts: PrepareOptions) -> list[ShardJob]:
+    """Every shard of the run: a seeded permutation, the first ``round(n * val_fraction)`` of it is
+    'val', and each split is cut in that order into consecutive chunks of ``samples_per_shard``."""
+    n = len(samples)
+    order = np.random.default_rng(opts.seed).permutation(n).tolist()
+    n_val = int(round(n * opts.val_fraction))
+    by_split = {"train": order[n_val:], "val": order[:n_val]}
+    per = opts.samples_per_shard
+    jobs: list[ShardJob] = []
+    for split in SPLITS:
+        idx = by_split[split]
+        for c, start in enumerate(range(0, len(idx), per)):
+            chunk = tuple(samples[i] for i in idx[start : start + per])
+            jobs.append(ShardJob(len(jobs), split, f"{split}-{c:06d}.tar", chunk))
+    return jobs
+
+
+def plan_digest(jobs: list[ShardJob]) -> str:
+    """A digest of the plan (which source file goes where, with which label and caption): parts of
+    one SLURM array must agree on it, or the source changed between their runs."""
+    h = hashlib.sha256()
+    for job in jobs:
+        h.update(job.file.encode())
+        for s in job.samples:
+            row = [s.key, s.name, s.label, s.caption, s.caption_file is not None, s.meta_file is not None]
+            h.update(json.dumps(row).encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+
+class _HashingFile:
+    """A write-only file that hashes and counts the bytes through it: the shard's checksum and size
+    come from the single write, without reading the shard back."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._f.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def _add_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> None:
+    """``key.ext`` members in sorted extension order, with the header fields webdataset's TarWriter
+    uses (mode 0444, owner bigdata, mtime 0), so shards stay byte-identical to earlier ones; an int
+    mtime, because a float one makes tarfile add a PAX header to every member."""
+    for ext in sorted(members):
+        data = members[ext]
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode = len(data), 0, 0o444
+        info.uname = info.gname = "bigdata"
+        tar.addfile(info, io.BytesIO(data))
+
+
+def _image(s: Sample, enc: Encoding) -> Image.Image:
+    if isinstance(s.image, np.ndarray):
+        return fit(to_pil(s.image, enc.channels), enc.resolution, enc.resize)
+    arr = decode(Path(s.image).read_bytes(), enc.channels, enc.resolution, enc.resize)
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+
+
+def _members(s: Sample, enc: Encoding) -> dict[str, bytes]:
+    """The sample's tar members; raises one of ``_UNREADABLE`` if its image, caption or metadata is bad."""
+    members = {enc.format: encode(_image(s, enc), enc.format, enc.quality)}
+    if s.label is not None:
+        members["cls"] = str(s.label).encode()
+    if s.caption is not None:
+        members["txt"] = s.caption.encode("utf-8")
+    elif s.caption_file is not None:
+        # decoded to check it is text; a text file's final newline is not part of the caption
+        members["txt"] = Path(s.caption_file).read_bytes().decode("utf-8").strip().encode("utf-8")
+    if s.meta_file is not None:
+        raw = Path(s.meta_file).read_bytes()
+        json.loads(raw)  # a sample with broken metadata would fail later, at train time
+        members["json"] = raw
+    return members
+
+
+def write_shard(
+    job: ShardJob, enc: Encoding, out: str, tick: Callable[[], object] | None = None
+) -> ShardResult:
+    """Write one shard (to a temporary name, renamed when complete, so an interrupted run never
+    leaves a truncated shard under a final name). Runs in a worker process."""
+    path = Path(out) / job.file
+    tmp = path.with_name(path.name + ".tmp")
+    skipped, count = [], 0
+    with tmp.open("wb") as f:
+        sink = _HashingFile(f)
+        with tarfile.open(fileobj=sink, mode="w|") as tar:  # type: ignore[call-overload]
+            for s in job.samples:
+                try:
+                    members = _members(s, enc)
+                except _UNREADABLE as exc:
+                    skipped.append(f"{s.name} ({type(exc).__name__}: {exc})")
+                else:
+                    _add_sample(tar, s.key, members)
+                    count += 1
+                if tick is not None:
+                    tick()
+    if count == 0:
+        tmp.unlink()
+        path.unlink(missing_ok=True)
+        return ShardResult(job.index, job.split, None, skipped)
+    tmp.replace(path)
+    return ShardResult(
+        job.index,
+        job.split,
+        ShardInfo(job.file, count, sink.sha256.hexdigest(), sink.size, enc.format),
+        skipped,
+    )
+
+
+def _worker_count(workers: int) -> int:
+    # sched_getaffinity: the CPUs this process may use (a SLURM allocation), not all of the node's
+    return workers if workers > 0 else len(os.sched_getaffinity(0))
+
+
+def run_jobs(
+    jobs: list[ShardJob], enc: Encoding, out: Path, workers: int, progress: bool, desc: str
+) -> list[ShardResult]:
+    """Write ``jobs`` in this process (``workers`` 1) or in a pool; results in job order."""
+    total = sum(len(j.samples) for j in jobs)
+    with tqdm(total=total, desc=desc, unit="img", disable=bar_disable(progress)) as bar:
+        if workers <= 1 or len(jobs) <= 1:
+            return [write_shard(j, enc, str(out), lambda: bar.update(1)) for j in jobs]
+        # spawn, not fork: the parent may hold threads (a test process with torch loaded, tqdm's
+        # monitor), and a worker only needs this module (numpy and PIL, no torch)
+        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"))
+        try:
+            futures: dict[Future[ShardResult], ShardJob] = {
+                pool.submit(write_shard, j, enc, str(out)): j for j in jobs
+            }
+            results = []
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                bar.update(len(futures[fut].samples))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # stop at once, not after every queued shard
+            raise
+        pool.shutdown()
+    return sorted(results, key=lambda r: r.index)
+
+
+# -------------------------------------------------------------------------------------- manifests
+
+
+def _part_name(i: int, n: int) -> str:
+    return f"dataset.part-{i}-of-{n}.json"
+
+
+def _splits(results: Iterable[ShardResult]) -> dict[str, list[ShardInfo]]:
+    splits: dict[str, list[ShardInfo]] = {}
+    for r in results:
+        if r.shard is not None:
+            splits.setdefault(r.split, []).append(r.shard)
+    return splits
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """As :meth:`DatasetManifest.write` formats it, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _check_options(opts: PrepareOptions) -> None:
     if not 0.0 <= opts.val_fraction < 1.0:
         raise ValueError(f"val fraction must be in [0, 1), got {opts.val_fraction}")
     if opts.samples_per_shard < 1:
         raise ValueError("samples per shard must be >= 1")
+    if opts.format not in FORMATS:
+        raise ValueError(f"unknown image format '{opts.format}' (choose {', '.join(FORMATS)})")
+    if not 1 <= opts.quality <= 100:
+        raise ValueError(f"quality must be in 1..100, got {opts.quality}")
+    if opts.resize not in RESIZE_CHOICES:
+        raise ValueError(f"unknown resize '{opts.resize}' (choose {', '.join(RESIZE_CHOICES)})")
+    if opts.workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: one per CPU), got {opts.workers}")
+    if opts.shard_range is not None and not 0 <= opts.shard_range[0] < opts.shard_range[1]:
+        raise ValueError(f"shard range must be i/n with 0 <= i < n, got {opts.shard_range}")
 
-    if src.startswith("builtin:"):
-        ds = load_builtin(src.split(":", 1)[1])
-        classes = list(ds.classes)
-        channels = opts.channels or (1 if ds.images.ndim == 3 else 3)
-        resolution = opts.resolution or int(ds.images.shape[1])
-        n = len(ds)
 
-        def load(i: int) -> Image.Image:
-            return to_pil(ds.images[i], channels)
-
-        labels = [int(v) for v in ds.labels]
-        name = src.split(":", 1)[1]
+def _clear_stale(out: Path, shard_range: tuple[int, int] | None) -> None:
+    """A whole run replaces every shard and part file; a part run only drops dataset.json (it will
+    be stale until the merge) and part files of an array of another size."""
+    if shard_range is None:
+        stale = [*out.glob("train-*.tar"), *out.glob("val-*.tar"), *out.glob("dataset.part-*-of-*.json")]
     else:
-        root = Path(src).expanduser()
-        if not root.is_dir():
-            raise DatasetError(f"source folder not found: {root}")
-        if opts.resolution is None:
-            raise ValueError("--resolution is required when preparing an image folder")
-        items, classes = _folder_items(root)
-        channels = opts.channels or 3
-        resolution = opts.resolution
-        n = len(items)
+        stale = [out / MANIFEST_NAME]
+        for p in out.glob("dataset.part-*-of-*.json"):
+            m = _PART_RE.fullmatch(p.name)
+            if m and int(m.group(2)) != shard_range[1]:
+                log.info("removing %s: a part of an array of another size", p.name)
+                stale.append(p)
+    for p in stale:
+        p.unlink(missing_ok=True)
 
-        def load(i: int) -> Image.Image:
-            with Image.open(items[i][0]) as im:
-                im.load()
-                return to_pil(im, channels)
 
-        labels = [lbl for _, lbl in items]
-        name = root.name
-
+def prepare(src: str, out: str | Path, opts: PrepareOptions) -> DatasetManifest:
+    """Write shards for ``src`` (an image folder or ``builtin:NAME``) into ``out``; returns the manifest
+    (with ``opts.shard_range``: the manifest of this part, written as ``dataset.part-i-of-n.json``)."""
+    out = Path(out).expanduser()
+    _check_options(opts)
+    source = list_source(src, opts)
+    jobs = plan_shards(source.samples, opts)
+    enc = Encoding(source.resolution, source.channels, opts.resize, opts.format, opts.quality)
+    desc = f"prepare {source.name}"
+    if opts.shard_range is not None:
+        i, n = opts.shard_range
+        desc += f" {i}/{n}"
+        mine = [j for j in jobs if j.index % n == i]
+    else:
+        mine = jobs
     out.mkdir(parents=True, exist_ok=True)
-    for stale in list(out.glob("train-*.tar")) + list(out.glob("val-*.tar")):
-        stale.unlink()
-    order = np.random.default_rng(opts.seed).permutation(n)
-    n_val = int(round(n * opts.val_fraction))
-    val_set = set(order[:n_val].tolist())
-    sinks = {
-        "train": _ShardSink(out, "train", opts.samples_per_shard),
-        "val": _ShardSink(out, "val", opts.samples_per_shard),
+    _clear_stale(out, opts.shard_range)
+    results = run_jobs(mine, enc, out, _worker_count(opts.workers), opts.progress, desc)
+    skipped = [name for r in results for name in r.skipped]
+    for name in skipped:
+        log.warning("skipped unreadable image %s", name)
+    extra: dict[str, Any] = {
+        "source": src,
+        "skipped": len(skipped),
+        "seed": opts.seed,
+        "val_fraction": opts.val_fraction,
+        "label_key": "cls" if source.classes else None,
+        "captions": any(s.has_caption for s in source.samples),
+        "metadata": any(s.meta_file is not None for s in source.samples),
+        "resize": opts.resize,
+        "format": opts.format,
+        "quality": opts.quality if opts.format != "png" else None,
+        "samples_per_shard": opts.samples_per_shard,
     }
-    skipped = 0
-    # train samples are written in permuted order so consecutive shards are class-mixed
-    for i in tqdm(order.tolist(), desc=f"prepare {name}", unit="img", disable=bar_disable(opts.progress)):
-        try:
-            img = resize_square(load(i), resolution)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            skipped += 1
-            log.warning("skipping unreadable image #%d (%s: %s)", i, type(exc).__name__, exc)
-            continue
-        split = "val" if i in val_set else "train"
-        sinks[split].add(f"{i:08d}", encode_png(img), labels[i])
-    splits = {k: v for k, v in ((k, s.close()) for k, s in sinks.items()) if v}
+    splits = _splits(results)
     manifest = DatasetManifest(
-        root=out,
-        name=name,
-        resolution=resolution,
-        channels=channels,
-        classes=classes,
-        splits=splits,
-        extra={"source": src, "skipped": skipped, "seed": opts.seed, "val_fraction": opts.val_fraction},
+        out, source.name, source.resolution, source.channels, source.classes, splits, extra
     )
-    manifest.write()
-    log.info("wrote %s: %s", out, {k: manifest.count(k) for k in splits})
+    if opts.shard_range is None:
+        manifest.write()
+        log.info("wrote %s: %s", out, {k: manifest.count(k) for k in splits})
+    else:
+        i, n = opts.shard_range
+        manifest.extra["shard_range"] = {"index": i, "count": n, "plan": plan_digest(jobs)}
+        _write_json(out / _part_name(i, n), manifest.to_json())
+        log.info("wrote part %d/%d of %s: %s", i, n, out, {k: manifest.count(k) for k in splits})
     return manifest
 
 
-def iter_images(
-    manifest: DatasetManifest,
-    split: str,
-    batch_size: int,
-    limit: int | None = None,
-    resolution: int | None = None,
-    method: str = "lanczos",
-) -> Iterator[np.ndarray]:
-    """Decoded uint8 images [B, H, W, C] of ``split`` in shard order (for FID reference statistics),
-    resized to ``resolution`` the way the training stream does (a resolution stage's references;
-    ``method`` as :func:`downsample`)."""
-    paths = manifest.shard_paths(split)
-    batch: list[np.ndarray] = []
-    seen = 0
-    for sample in wds.tarfile_samples([{"url": p} for p in paths]):
-        if limit is not None and seen >= limit:
-            break
+# ------------------------------------------------------------------------------------------ merge
+
+# what may differ between the parts of one array: their own shards, skips and index
+_PER_PART = ("splits", "skipped", "shard_range")
+# the manifest's own fields (the rest of a manifest's JSON is ``extra``)
+_KNOWN = {"version", "name", "resolution", "channels", "classes", "num_classes", "splits"}
+
+
+def _load_parts(out: Path) -> list[dict[str, Any]]:
+    """Every part file of ``out``, checked complete (0..n-1 of one n), in part order."""
+    found: dict[int, set[int]] = {}
+    for p in out.glob("dataset.part-*-of-*.json"):
+        m = _PART_RE.fullmatch(p.name)
+        if m:
+            found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    if not found:
+        raise DatasetError(
+            f"no dataset.part-*-of-*.json in {out} "
+            f"(write them with: bigtrain prepare SRC {out} --shard-range i/n)"
+        )
+    if len(found) > 1:
+        sizes = ", ".join(f"of {n}" for n in sorted(found))
+        raise DatasetError(f"{out} holds parts of arrays of different sizes ({sizes}); delete the stale ones")
+    n, have = next(iter(found.items()))
+    missing = sorted(set(range(n)) - have)
+    if missing:
+        names = ", ".join(f"{i}/{n}" for i in missing)
+        raise DatasetError(
+            f"missing part(s) {names} in {out} "
+            f"(run: bigtrain prepare SRC {out} --shard-range {missing[0]}/{n})"
+        )
+    parts = []
+    for i in range(n):
+        path = out / _part_name(i, n)
         try:
-            with Image.open(io.BytesIO(sample["png"])) as im:
-                img = to_pil(im, manifest.channels)
-                if resolution is not None and img.size != (resolution, resolution):
-                    arr = downsample(img, resolution, method)
-                else:
-                    arr = np.asarray(img)
-        except (OSError, UnidentifiedImageError, KeyError):
+            parts.append(json.loads(path.read_text()))
+        except ValueError as exc:
+            raise DatasetError(f"unreadable {path}: {exc}") from exc
+    return parts
+
+
+def _settings(part: dict[str, Any]) -> dict[str, Any]:
+    rng = {k: v for k, v in part.get("shard_range", {}).items() if k != "index"}
+    return {**{k: v for k, v in part.items() if k not in _PER_PART}, "shard_range": rng}
+
+
+def _check_same_settings(parts: list[dict[str, Any]], out: Path) -> None:
+    first = _settings(parts[0])
+    n = len(parts)
+    for i, part in enumerate(parts[1:], 1):
+        other = _settings(part)
+        diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if not diff:
             continue
-        batch.append(arr if arr.ndim == 3 else arr[..., None])
-        seen += 1
-        if len(batch) == batch_size:
-            yield np.stack(batch)
-            batch = []
-    if batch:
-        yield np.stack(batch)
+        if diff == ["shard_range"]:
+            what = "a different source listing (images added, removed or renamed between the runs?)"
+        else:
+            shown = [k for k in diff if k != "shard_range"]
+            what = "different settings: " + "; ".join(
+                f"{k} {_short(other.get(k))} vs {_short(first.get(k))} in part 0/{n}" for k in shown
+            )
+        raise DatasetError(f"part {i}/{n} in {out} was written with {what}")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shard_order(split: str, shard: ShardInfo) -> tuple[int, int]:
+    m = _SHARD_RE.fullmatch(shard.file)
+    return (SPLITS.index(split), int(m.group(2)) if m else 0)
+
+
+def _part_shards(parts: list[dict[str, Any]], out: Path) -> dict[str, list[ShardInfo]]:
+    """The parts' shards by split, in a single run's order; each must exist with its recorded size."""
+    shards: list[tuple[str, ShardInfo]] = []
+    for i, part in enumerate(parts):
+        for split, entry in part["splits"].items():
+            for s in entry["shards"]:
+                info = ShardInfo(**s)
+                path = out / info.file
+                if not path.is_file() or path.stat().st_size != info.bytes:
+                    raise DatasetError(
+                        f"shard {path} of part {i}/{len(parts)} is missing or has another size"
+                    )
+                shards.append((split, info))
+    splits: dict[str, list[ShardInfo]] = {}
+    for split, info in sorted(shards, key=lambda t: _shard_order(*t)):
+        splits.setdefault(split, []).append(info)
+    return splits
+
+
+def merge(out: str | Path) -> DatasetManifest:
+    """Join the parts of a ``--shard-range`` array into ``out/dataset.json`` (byte-identical to a
+    single run's), after checking all are present, agree on their settings and their shards exist;
+    then remove the part files, and shards no part lists (a larger earlier run's), as a single run
+    would have at its start."""
+    out = Path(out).expanduser()
+    if not out.is_dir():
+        raise DatasetError(f"dataset folder not found: {out}")
+    parts = _load_parts(out)
+    _check_same_settings(parts, out)
+    splits = _part_shards(parts, out)
+    first = parts[0]
+    extra = {k: v for k, v in first.items() if k not in _KNOWN and k != "shard_range"}
+    extra["skipped"] = sum(int(p.get("skipped", 0)) for p in parts)
+    manifest = DatasetManifest(
+        out, str(first["name"]), int(first["resolution"]), int(first["channels"]), list(first["classes"]),
+        splits, extra,
+    )  # fmt: skip
+    manifest.write()
+    listed = {s.file for v in splits.values() for s in v}
+    for p in [*out.glob("train-*.tar"), *out.glob("val-*.tar")]:
+        if p.name not in listed:
+            p.unlink()
+    for i in range(len(parts)):
+        (out / _part_name(i, len(parts))).unlink()
+    log.info(
+        "merged %d parts into %s: %s", len(parts), out / MANIFEST_NAME, {k: manifest.count(k) for k in splits}
+    )
+    return manifest

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import logging
 import random
 from collections.abc import Iterator
@@ -34,13 +35,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
-from webdataset.tariterators import tarfile_samples
 
+from bigtrain.data.images import decode, image_key, unit_hash
 from bigtrain.data.manifest import DatasetError
-from bigtrain.data.prepare import downsample, to_pil
+from bigtrain.data.read import ReadPolicy, ShardReadError, decode_text, label_index, read_shards
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,22 @@ class StreamSpec:
     # how images above ``resolution`` are shrunk: "lanczos" (as `bigtrain prepare`) or "box" (ProGAN's
     # 2x2 means, for the lower stages of a progressive run)
     downsample: str = "lanczos"
+    # how a non-square or other-sized image becomes resolution x resolution (bigtrain.data.images.Resize)
+    resize: str = "center"
+    # where labels are: "cls", "json:FIELD", or None (all 0); ``classes`` maps name labels to indices
+    label_key: str | None = "cls"
+    classes: tuple[str, ...] = ()
+    text: bool = False  # batch["text"]: the samples' .txt captions
+    meta: bool = False  # batch["meta"]: the samples' parsed .json
+    # remote shards: retries with backoff, then counted and skipped, up to max_shard_errors per slot
+    # and epoch; one more stops the run naming the shard
+    retries: int = 3
+    backoff_s: float = 1.0
+    max_shard_errors: int = 10
+    storage_options: tuple[tuple[str, Any], ...] = ()
+    # each shard's sample count from dataset.json, in ``shards`` order (empty: unknown): a shard
+    # that ends early is a failed read, not a silent end
+    shard_counts: tuple[int, ...] = ()
 
 
 @dataclass
@@ -83,47 +100,51 @@ class _ShardStream(IterableDataset):
         self.spec = spec
         self.positions = positions
         self.rotation = rotation
-        self.shard_errors = 0  # this slot's failed shard reads since its position was saved
+        self.shard_errors = 0  # this slot's failed shard reads, carried in its position
+        self.epoch_errors = 0  # ... in the current epoch (the limit applies to these)
+        self._class_index = {name: i for i, name in enumerate(spec.classes)}
 
     # -- the deterministic per-slot sample order -------------------------------------------------
     def _epoch_samples(self, epoch: int, slot: int, nslots: int) -> Iterator[dict[str, Any]]:
         s = self.spec
         shards = list(s.shards)
         random.Random(f"shards-{s.seed}-{epoch}").shuffle(shards)
+        policy = ReadPolicy(s.retries, s.backoff_s, dict(s.storage_options))
+        counts = dict(zip(s.shards, s.shard_counts, strict=True)) if s.shard_counts else None
+        self.epoch_errors = 0
         if len(shards) >= nslots:
-            mine = shards[slot::nslots]
-            raw: Iterator[dict[str, Any]] = tarfile_samples([{"url": p} for p in mine], handler=self._bad_tar)
+            raw: Iterator[dict[str, Any]] = read_shards(shards[slot::nslots], policy, self._bad_shard, counts)
         else:
-            every = tarfile_samples([{"url": p} for p in shards], handler=self._bad_tar)
-            raw = itertools.islice(every, slot, None, nslots)
+            raw = itertools.islice(read_shards(shards, policy, self._bad_shard, counts), slot, None, nslots)
         rng = random.Random(f"shuffle-{s.seed}-{epoch}-{slot}")
         buf = max(1, s.shuffle_buffer)
         return _shuffle(raw, bufsize=buf, initial=buf, rng=rng)
 
-    def _bad_tar(self, exn: Exception) -> bool:
-        """A shard that vanished, was truncated or is not a tar: log, count, go on to the next one."""
+    def _bad_shard(self, err: ShardReadError) -> None:
+        """A shard that vanished, was truncated, is not a tar or failed every retry: count it and go on
+        to the next, unless this epoch has had more than ``max_shard_errors`` such shards."""
         self.shard_errors += 1
-        log.warning("unreadable shard data skipped: %s: %s", type(exn).__name__, exn)
-        return True
+        self.epoch_errors += 1
+        if self.epoch_errors > self.spec.max_shard_errors:
+            raise DatasetError(
+                f"more than data.max_shard_errors={self.spec.max_shard_errors} unreadable shards in one "
+                f"epoch; the last: {err}"
+            )
+        log.warning("unreadable shard skipped: %s", err)
 
-    def _decode(self, raw: dict[str, Any], flip: bool) -> tuple[np.ndarray, int]:
-        """PNG bytes -> uint8 HxWxC (converted to [-1, 1] per batch, in one vectorised op); or a
-        token sample -> its codes, flattened in raster order."""
+    def _decode(self, raw: dict[str, Any], epoch: int, slot: int, cursor: int) -> tuple[np.ndarray, int]:
+        """An image sample -> uint8 HxWxC (converted to [-1, 1] per batch, in one vectorised op) and
+        its label; or a token sample -> its codes, flattened in raster order."""
         s = self.spec
         if s.kind == "tokens":
             codes = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False)
             return codes.reshape(-1).astype(np.int64), int(raw["cls"]) if "cls" in raw else 0
-        with Image.open(io.BytesIO(raw["png"])) as im:
-            img = im if im.mode == ("L" if s.channels == 1 else "RGB") else to_pil(im, s.channels)
-            if img.size != (s.resolution, s.resolution):
-                arr = downsample(img, s.resolution, s.downsample)
-            else:
-                arr = np.asarray(img, dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if flip:
+        # first: an unlabelled sample is skipped before any decoding
+        label = label_index(raw, s.label_key, self._class_index)
+        u = unit_hash(s.seed, epoch, slot, cursor, "crop") if s.resize == "random" else 0.5
+        arr = decode(raw[image_key(raw)], s.channels, s.resolution, s.resize, u, s.downsample)
+        if self._flip(epoch, slot, cursor):
             arr = arr[:, ::-1]
-        label = int(raw["cls"]) if "cls" in raw else 0
         return arr, label
 
     def _flip(self, epoch: int, slot: int, cursor: int) -> bool:
@@ -145,14 +166,17 @@ class _ShardStream(IterableDataset):
         images: list[np.ndarray] = []
         labels: list[int] = []
         keys: list[str] = []
+        texts: list[str] = []
+        metas: list[Any] = []
         while True:
             produced = 0
             for raw in itertools.islice(self._epoch_samples(epoch, slot, nslots), cursor, None):
                 cursor += 1
                 produced += 1
                 try:
-                    x, y = self._decode(raw, self._flip(epoch, slot, cursor))
-                except (OSError, UnidentifiedImageError, KeyError, ValueError, SyntaxError) as exc:
+                    x, y = self._decode(raw, epoch, slot, cursor)
+                    meta = json.loads(raw["json"]) if s.meta and "json" in raw else None
+                except (OSError, UnidentifiedImageError, KeyError, ValueError, SyntaxError, TypeError) as exc:
                     skipped += 1
                     log.warning(
                         "skipped corrupt sample %s (%s: %s)", raw.get("__key__"), type(exc).__name__, exc
@@ -161,15 +185,24 @@ class _ShardStream(IterableDataset):
                 images.append(x)
                 labels.append(y)
                 keys.append(f"{raw.get('__url__', '?').rsplit('/', 1)[-1]}:{raw.get('__key__')}")
+                if s.text:
+                    texts.append(decode_text(raw))
+                if s.meta:
+                    metas.append(meta)
                 if len(images) == s.batch_size:
-                    yield {
+                    batch = {
                         **self._collate(images),
                         "label": torch.tensor(labels, dtype=torch.long),
                         "keys": keys,
                         "worker": logical,
                         "position": (epoch, cursor, skipped, self.shard_errors),
                     }
-                    images, labels, keys = [], [], []
+                    if s.text:
+                        batch["text"] = texts
+                    if s.meta:
+                        batch["meta"] = metas
+                    yield batch
+                    images, labels, keys, texts, metas = [], [], [], [], []
             if produced == 0 and cursor == 0:
                 raise DatasetError(
                     f"data slot {slot} (rank {s.rank}) read no samples in epoch {epoch}: its shards are "
@@ -180,12 +213,13 @@ class _ShardStream(IterableDataset):
     def _collate(self, items: list[np.ndarray]) -> dict[str, torch.Tensor]:
         if self.spec.kind == "tokens":
             return {"tokens": torch.from_numpy(np.stack(items))}
-        return {"image": _to_unit_range(np.stack(items))}
+        # uint8 across the process boundary (a quarter of float32's bytes); DataStream makes floats
+        return {"image": torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2).contiguous()}
 
 
-def _to_unit_range(batch: np.ndarray) -> torch.Tensor:
-    """uint8 [B, H, W, C] -> float32 [B, C, H, W] in [-1, 1]."""
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float32 [B, C, H, W] in [-1, 1], contiguous."""
+    return images.float().div_(127.5).sub_(1.0).contiguous()
 
 
 @dataclass
@@ -220,10 +254,13 @@ class StreamState:
 class DataStream:
     """An infinite iterator of batches whose position is checkpointed with ``state_dict``."""
 
-    def __init__(self, spec: StreamSpec):
+    def __init__(self, spec: StreamSpec, device: torch.device | None = None):
         self.spec = spec
         self.state = StreamState()
         self._iter: Iterator[dict[str, Any]] | None = None
+        # where batches go: a CUDA device gets uint8 images through pinned memory and turns them into
+        # floats itself (4x fewer bytes over PCIe); otherwise floats are made on the CPU
+        self.device = device
 
     def reshape(self, resolution: int, batch_size: int) -> bool:
         """Deliver ``resolution`` px batches of ``batch_size`` from the next batch on (a resolution
@@ -272,6 +309,8 @@ class DataStream:
                 num_workers=self.spec.num_workers,
                 prefetch_factor=2,
                 persistent_workers=False,
+                # the loader's own thread pins batches for the copy to the GPU
+                pin_memory=self.device is not None and self.device.type == "cuda",
                 # a private generator: creating the loader must not draw from the global torch RNG
                 generator=torch.Generator().manual_seed(self.spec.seed),
             )
@@ -286,6 +325,13 @@ class DataStream:
         batch = next(self._iter)
         self.state.positions[int(batch["worker"])] = SlotPosition(*(int(v) for v in batch["position"]))
         self.state.batches += 1
+        if "image" in batch:
+            images = batch["image"]
+            if self.device is not None and self.device.type == "cuda":
+                # from pinned memory, asynchronously; the conversion runs on the GPU
+                images = images if images.is_pinned() else images.pin_memory()
+                images = images.to(self.device, non_blocking=True)
+            batch["image"] = to_unit_range(images)
         return batch
 
     def close(self) -> None:

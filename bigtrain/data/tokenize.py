@@ -25,11 +25,13 @@ import numpy as np
 import torch
 import webdataset as wds
 from omegaconf import OmegaConf
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
+from bigtrain.data.images import decode, image_key
 from bigtrain.data.manifest import DatasetManifest, ShardInfo
-from bigtrain.data.prepare import to_pil
+from bigtrain.data.read import label_index, shard_samples
+from bigtrain.data.urls import is_url
 from bigtrain.utils.console import bar_disable
 
 _WORKER: dict[str, Any] = {}
@@ -53,13 +55,25 @@ def _encode(vq: Any, images: list[np.ndarray], device: torch.device) -> np.ndarr
     return vq.quantize.encode_indices(z).cpu().numpy()
 
 
-def tokenize_shard(src: str, dst: str, channels: int, batch_size: int) -> tuple[str, int, str, int]:
-    """Encode one image shard into ``dst``; returns (file name, samples, sha256, skipped)."""
+def tokenize_shard(
+    src: str,
+    dst: str,
+    channels: int,
+    batch_size: int,
+    resolution: int | None = None,
+    label_key: str | None = "cls",
+    classes: tuple[str, ...] = (),
+) -> tuple[str, int, str, int]:
+    """Encode one image shard (a path or URL) into ``dst``; returns (file name, samples, sha256,
+    skipped). Images not at ``resolution`` are centre-cropped to it, as the FID references are;
+    ``.txt`` captions and ``.json`` metadata travel with the tokens (a text-conditioned prior's data),
+    and the label, wherever the source kept it, becomes the token sample's ``.cls``."""
     vq = _WORKER["vq"]
     device = next(vq.parameters()).device
     dtype = np.uint16 if vq.num_codes <= 2**16 else np.int32
     count = skipped = 0
-    pending: list[tuple[str, np.ndarray, bytes]] = []
+    pending: list[tuple[dict[str, Any], np.ndarray]] = []
+    class_index = {name: i for i, name in enumerate(classes)}
     with wds.TarWriter(dst, mtime=0) as sink:
 
         def flush() -> None:
@@ -67,28 +81,34 @@ def tokenize_shard(src: str, dst: str, channels: int, batch_size: int) -> tuple[
             if not pending:
                 return
             codes = _encode(vq, [p[1] for p in pending], device)
-            for (key, _, cls), tokens in zip(pending, codes, strict=True):
+            for (extra, _), tokens in zip(pending, codes, strict=True):
                 buf = io.BytesIO()
                 np.save(buf, tokens.astype(dtype), allow_pickle=False)
-                sink.write({"__key__": key, "tokens.npy": buf.getvalue(), "cls": cls})
+                sink.write({**extra, "tokens.npy": buf.getvalue()})
                 count += 1
             pending.clear()
 
-        for sample in wds.tarfile_samples([{"url": src}]):
+        for sample in shard_samples(src):
             try:
-                with Image.open(io.BytesIO(sample["png"])) as im:
-                    arr = np.asarray(to_pil(im, channels))
-            except (OSError, UnidentifiedImageError, KeyError):
+                label = label_index(sample, label_key, class_index)
+                arr = decode(sample[image_key(sample)], channels, resolution)
+            except (OSError, UnidentifiedImageError, KeyError, ValueError):
                 skipped += 1
                 continue
-            pending.append(
-                (sample["__key__"], arr if arr.ndim == 3 else arr[..., None], sample.get("cls", b"0"))
-            )
+            extra = {k: sample[k] for k in ("__key__", "txt", "json") if k in sample}
+            extra["cls"] = str(label).encode()
+            pending.append((extra, arr))
             if len(pending) == batch_size:
                 flush()
         flush()
     digest = hashlib.sha256(Path(dst).read_bytes()).hexdigest()
     return Path(dst).name, count, digest, skipped
+
+
+def _token_shard_name(split: str, i: int, shard: ShardInfo) -> str:
+    """A prepared shard keeps its name; an indexed one (a URL or a path elsewhere) is numbered."""
+    plain = "/" not in shard.file and not is_url(shard.file) and shard.file.endswith(".tar")
+    return shard.file if plain else f"{split}-{i:06d}.tar"
 
 
 def tokenize_dataset(
@@ -108,7 +128,11 @@ def tokenize_dataset(
     vq, ck = load(ckpt, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(split, s) for split, shards in manifest.splits.items() for s in shards]
+    jobs = [
+        (split, s, _token_shard_name(split, i, s))
+        for split, shards in manifest.splits.items()
+        for i, s in enumerate(shards)
+    ]
     threads = max(1, torch.get_num_threads() // max(1, workers))
     results: dict[str, tuple[str, int, str, int]] = {}
     bar = tqdm(total=len(jobs), unit="shard", desc="tokenize", disable=bar_disable(progress))
@@ -117,10 +141,17 @@ def tokenize_dataset(
         max(1, workers), mp_context=ctx, initializer=_init_worker, initargs=(load, ckpt, device, threads)
     ) as pool:
         futures = {
-            s.file: pool.submit(
-                tokenize_shard, str(manifest.root / s.file), str(out / s.file), manifest.channels, batch_size
+            name: pool.submit(
+                tokenize_shard,
+                manifest.location(s),
+                str(out / name),
+                manifest.channels,
+                batch_size,
+                manifest.resolution,
+                manifest.label_key,
+                tuple(manifest.classes),
             )
-            for _, s in jobs
+            for _, s, name in jobs
         }
         for name, fut in futures.items():
             results[name] = fut.result()
@@ -128,9 +159,9 @@ def tokenize_dataset(
             if on_shard is not None:
                 on_shard(name)
     bar.close()
-    splits = {
-        split: [ShardInfo(*results[s.file][:3]) for s in shards] for split, shards in manifest.splits.items()
-    }
+    splits: dict[str, list[ShardInfo]] = {}
+    for split, _, name in jobs:
+        splits.setdefault(split, []).append(ShardInfo(*results[name][:3]))
     grid = vq.token_grid
     tokens_manifest = DatasetManifest(
         root=out,
@@ -141,6 +172,9 @@ def tokenize_dataset(
         splits=splits,
         extra={
             "kind": "tokens",
+            "label_key": "cls" if manifest.label_key else None,
+            "captions": manifest.has_text,
+            "metadata": manifest.has_meta,
             "tokens": {
                 "grid": [grid, grid],
                 "vocab": vq.num_codes,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bigtrain.data.manifest import DatasetManifest
-from bigtrain.data.prepare import iter_images
+from bigtrain.data.read import iter_images
 from bigtrain.eval.metrics import inception_score, kernel_distance, precision_recall
 from bigtrain.eval.source import EvalSource, Judged, Need
 from bigtrain.utils.rng import preserve_rng
@@ -70,10 +70,12 @@ def reference_key(
     downsample: str = "lanczos",
 ) -> str:
     """Reference statistics depend on (dataset content, split, resolution, how many images, and how
-    images were shrunk to a lower resolution when not the default Lanczos)."""
+    images were resized when it was not the default Lanczos centre crop: to a lower stage's
+    resolution, or from the varied sizes of indexed shards)."""
     n = min(max_images, manifest.count(split))
     key = f"{manifest.name}-{manifest.dataset_id}-{split}-{resolution or manifest.resolution}px-n{n}"
-    return key if resolution is None or downsample == "lanczos" else f"{key}-{downsample}"
+    resized = resolution is not None or manifest.resized_on_read
+    return key if not resized or downsample == "lanczos" else f"{key}-{downsample.replace(':', '-')}"
 
 
 class Reference:

@@ -35,6 +35,7 @@ from bigtrain.checkpoint.io import prune
 from bigtrain.checkpoint.manager import CheckpointManager
 from bigtrain.config.launcher import batch_over
 from bigtrain.config.validate import missing_values, raise_problems
+from bigtrain.data.images import stream_method
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.stream import DataStream, StreamSpec
 from bigtrain.distributed import slurm
@@ -196,8 +197,19 @@ class Trainer:
                 shuffle_buffer=cfg.data.shuffle_buffer,
                 flip=cfg.data.flip,
                 kind=self.manifest.kind,
-                downsample=str(cfg.stages.downsample),
-            )
+                downsample=stream_method(str(cfg.stages.downsample), str(cfg.data.resample)),
+                resize=str(cfg.data.resize),
+                label_key=self.manifest.label_key,
+                classes=tuple(self.manifest.classes),
+                text=self.manifest.has_text,
+                meta=self.manifest.has_meta,
+                retries=int(cfg.data.retries),
+                backoff_s=float(cfg.data.retry_backoff_s),
+                max_shard_errors=int(cfg.data.max_shard_errors),
+                storage_options=tuple(sorted(OmegaConf.to_container(cfg.data.storage_options).items())),
+                shard_counts=tuple(s.count for s in self.manifest.splits[cfg.data.split]),
+            ),
+            device=self.device,
         )
         self.counters = Counters()
         self.evaluated_step = -1

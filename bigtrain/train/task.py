@@ -36,6 +36,7 @@ from torch import nn
 from bigtrain.checkpoint.io import NativeState
 from bigtrain.config.schema import TrainConfig
 from bigtrain.config.validate import common_problems, raise_problems
+from bigtrain.data.images import recipe, stream_method
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.errors import ConfigError
 from bigtrain.eval.registry import check_metrics
@@ -280,3 +281,10 @@ __all__ = [
     "register_task",
     "task_class",
 ]
+
+
+def eval_recipe(cfg: Any) -> str:
+    """How this run's evaluation images are made from the shards (the stream's filter, and ``:pad``
+    when it pads; see :func:`bigtrain.data.images.recipe`): FID compares like with like."""
+    method = stream_method(str(cfg.stages.downsample), str(cfg.data.resample))
+    return recipe(method, str(cfg.data.resize))

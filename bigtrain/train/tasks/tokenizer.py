@@ -36,7 +36,7 @@ from bigtrain import distributed as bdist
 from bigtrain.checkpoint.manager import load_component
 from bigtrain.config.schema import ModelConfig, OptimConfig, OptimizerConfig, TrainConfig
 from bigtrain.data.manifest import DatasetManifest
-from bigtrain.data.prepare import iter_images
+from bigtrain.data.read import iter_images
 from bigtrain.eval.source import EvalSource, Judged, Need
 from bigtrain.models import build_model
 from bigtrain.models.patchgan import PatchDiscriminator
@@ -44,7 +44,7 @@ from bigtrain.models.vqgan import VQModel
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.stages import StagedTask, build_driver
 from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
-from bigtrain.train.task import Batches, register_task
+from bigtrain.train.task import Batches, eval_recipe, register_task
 
 
 def _to_unit(batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -299,7 +299,7 @@ class TokenizerTask(StagedTask):
     def _eval_images(self, n: int) -> Iterator[torch.Tensor]:
         split = self.cfg.eval.ref_split
         res = self.current_resolution()
-        method = str(self.cfg.stages.downsample)
+        method = eval_recipe(self.cfg)
         for batch in iter_images(
             self.manifest, split, self.cfg.eval.batch_size, n, resolution=res, method=method
         ):
@@ -350,6 +350,6 @@ class TokenizerTask(StagedTask):
             self.current_resolution(),
             pairs=self._pairs,
             codebook=lambda: self.vq.quantize.usage(reset=True),
-            downsample=str(self.cfg.stages.downsample),
+            downsample=eval_recipe(self.cfg),
             splittable=False,  # the evaluation images are read in order: the main process alone
         )

@@ -1,0 +1,198 @@
+"""Reading shards: samples out of tar streams, with retries for remote shards, and the decoded
+images of a split in shard order (FID reference sets).
+
+A remote read can fail half-way (a reset connection, a 503). The shard is then opened again after a
+backoff (1 s, 2 s, 4 s, ...) and the samples it already gave are passed over, so the caller sees
+each sample once, in the same order as an undisturbed read: the stream's position (and so an exact
+resume) does not depend on network luck. A local file is not retried: a missing or truncated file
+does not heal. A shard that still fails is reported to the caller, which counts and skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import UnidentifiedImageError
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from bigtrain.data import urls
+from bigtrain.data.images import decode, image_key, parse_recipe
+from bigtrain.data.manifest import DatasetManifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReadPolicy:
+    """How hard to try a remote shard before reporting it failed."""
+
+    retries: int = 3
+    backoff_s: float = 1.0
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ShardReadError(Exception):
+    """A shard that could not be read to its end after every retry."""
+
+    def __init__(self, url: str, cause: BaseException, samples: int):
+        # webdataset appends the stream and URL to an exception's args: keep the first, the reason
+        reason = cause.args[0] if len(cause.args) > 1 and cause.args[-1] == url else cause
+        super().__init__(f"{url}: {type(cause).__name__}: {reason} (after {samples} samples)")
+        self.url, self.cause, self.samples = url, cause, samples
+
+
+def _raise(exn: Exception) -> bool:
+    raise exn
+
+
+class ShortShard(EOFError):
+    """A shard that ended cleanly but early: a file cut at a member boundary, or a connection
+    closed before the end (tar itself cannot tell either from a real end)."""
+
+
+def shard_samples(
+    url: str, policy: ReadPolicy = ReadPolicy(), expected: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """The samples of one shard, as WebDataset groups them (``{"__key__", "__url__", ext: bytes}``).
+    With ``expected`` (the manifest's count), fewer samples is a failed read too. Raises
+    ShardReadError once the retries are spent."""
+    given = 0
+    attempt = 0
+    while True:
+        try:
+            seen = 0
+            with urls.open_stream(url, policy.storage_options) as stream:
+                files = tar_file_expander([{"url": url, "stream": stream}], handler=_raise)
+                for sample in group_by_keys(files, handler=_raise):
+                    seen += 1
+                    if seen <= given:
+                        continue  # given before a retry
+                    given += 1
+                    yield sample
+            if expected is not None and seen < expected:
+                raise ShortShard(f"ended after {seen} of its {expected} samples")
+            return
+        except Exception as exc:  # noqa: BLE001 - network and tar errors come in many types
+            attempt += 1
+            if not urls.is_url(url) or attempt > policy.retries:
+                raise ShardReadError(url, exc, given) from exc
+            delay = policy.backoff_s * 2 ** (attempt - 1)
+            log.warning(
+                "reading %s failed (%s: %s); retry %d of %d in %.1f s",
+                url,
+                type(exc).__name__,
+                exc,
+                attempt,
+                policy.retries,
+                delay,
+            )
+            time.sleep(delay)
+
+
+def read_shards(
+    shard_urls: Iterable[str],
+    policy: ReadPolicy = ReadPolicy(),
+    on_error: Callable[[ShardReadError], None] | None = None,
+    counts: Mapping[str, int] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The samples of every shard in turn; a shard that fails (or, with ``counts``, ends short)
+    goes to ``on_error`` (which may raise to stop) and the next shard follows. Without
+    ``on_error`` the failure is raised."""
+    for url in shard_urls:
+        try:
+            yield from shard_samples(url, policy, counts.get(url) if counts else None)
+        except ShardReadError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+
+
+def iter_images(
+    manifest: DatasetManifest,
+    split: str,
+    batch_size: int,
+    limit: int | None = None,
+    resolution: int | None = None,
+    method: str = "lanczos",
+    policy: ReadPolicy = ReadPolicy(),
+) -> Iterator[np.ndarray]:
+    """Decoded uint8 images [B, H, W, C] of ``split`` in shard order (for FID reference statistics),
+    at ``resolution`` (default: the manifest's) the way the training stream makes them: ``method``
+    is a filter (or ``box``) with an optional ``:pad`` (:func:`bigtrain.data.images.recipe`)."""
+    res = resolution if resolution is not None else manifest.resolution
+    method, fit_policy = parse_recipe(method)
+    batch: list[np.ndarray] = []
+    seen = 0
+
+    def skip(err: ShardReadError) -> None:
+        log.warning("reference images: skipped unreadable shard %s", err)
+
+    counts = dict(zip(manifest.shard_paths(split), (x.count for x in manifest.splits[split]), strict=True))
+    for sample in read_shards(counts, policy, on_error=skip, counts=counts):
+        if limit is not None and seen >= limit:
+            break
+        try:
+            arr = decode(sample[image_key(sample)], manifest.channels, res, fit_policy, method=method)
+        except (OSError, UnidentifiedImageError, KeyError, ValueError):
+            continue
+        batch.append(arr)
+        seen += 1
+        if len(batch) == batch_size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def raw_label(sample: Mapping[str, Any], key: str) -> str | None:
+    """The sample's label as written, or None: ``cls`` reads the ``.cls`` text, ``json:FIELD`` a field
+    of the ``.json`` (dotted for nested fields, as in ``json:meta.class``)."""
+    if key == "cls":
+        raw = sample.get("cls")
+        return raw.decode().strip() if isinstance(raw, bytes) else None
+    if not key.startswith("json:"):
+        raise ValueError(f"unknown label key '{key}' (use cls, json:FIELD or none)")
+    raw = sample.get("json")
+    if not isinstance(raw, bytes):
+        return None
+    value: Any = json.loads(raw)
+    for part in key[len("json:") :].split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return None if value is None else str(value)
+
+
+def label_index(sample: Mapping[str, Any], key: str | None, classes: Mapping[str, int]) -> int:
+    """The sample's class index: its label's position in ``classes`` (names), else the label as an
+    integer; 0 for unlabelled data (``key`` None). KeyError when a labelled sample has none."""
+    if key is None:
+        return 0
+    value = raw_label(sample, key)
+    if value is None:
+        raise KeyError(f"no label under '{key}'")
+    return classes[value] if value in classes else int(value)
+
+
+def decode_text(sample: Mapping[str, Any]) -> str:
+    """The sample's ``.txt`` caption ("" when it has none)."""
+    raw = sample.get("txt")
+    return raw.decode("utf-8", errors="replace").strip() if isinstance(raw, bytes) else ""
+
+
+__all__ = [
+    "ReadPolicy",
+    "ShardReadError",
+    "decode_text",
+    "iter_images",
+    "label_index",
+    "raw_label",
+    "read_shards",
+    "shard_samples",
+]
