@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 import webdataset as wds
 from _common import emit, parse_args
 from PIL import Image
@@ -94,6 +95,16 @@ def forever(loader: DataLoader) -> Iterator[object]:
         yield from loader
 
 
+def on_device(batches: Iterator[object], device: torch.device) -> Iterator[object]:
+    """Each batch's images on ``device`` as floats, the copy finished: what a training step gets."""
+    for b in batches:
+        x = b["image"] if isinstance(b, dict) else b[0]  # type: ignore[index]
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        yield x
+
+
 def main() -> None:
     a = parse_args(
         {
@@ -103,9 +114,13 @@ def main() -> None:
             "batch": 64,
             "workers": "1,2",
             "batches": 60,
-            "resample": "lanczos,bicubic",
+            "resample": "lanczos,bicubic,bilinear",
+            "decode": "cpu",  # "cpu,gpu": also time data.decode=gpu (bilinear/bicubic only)
+            "device": "cpu",  # cuda: batches end on the GPU (pinned uint8 copies, or GPU decoding)
+            "baselines": True,  # also time ImageFolder and plain webdataset
         }
     )
+    device = torch.device(a["device"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -129,24 +144,38 @@ def main() -> None:
         )
         for workers in [int(w) for w in str(a["workers"]).split(",")]:
             ours = {}
-            for flt in str(a["resample"]).split(","):
-                spec = StreamSpec(
-                    tuple(m.shard_paths("train")),
-                    a["batch"],
-                    res,
-                    m.channels,
-                    num_workers=workers,
-                    shuffle_buffer=1000,
-                    downsample=flt,
+            for dec in str(a["decode"]).split(","):
+                for flt in str(a["resample"]).split(","):
+                    if dec == "gpu" and flt == "lanczos":
+                        continue  # torch has no Lanczos filter
+                    spec = StreamSpec(
+                        tuple(m.shard_paths("train")),
+                        a["batch"],
+                        res,
+                        m.channels,
+                        num_workers=workers,
+                        shuffle_buffer=1000,
+                        downsample=flt,
+                        decode=dec,
+                    )
+                    name = flt if dec == "cpu" else f"gpu_{flt}"
+                    ours[name] = time_batches(
+                        on_device(DataStream(spec, device), device), a["batches"], a["batch"]
+                    )
+            if not a["baselines"]:
+                rows.append(
+                    {"workers": workers, **{f"bigtrain_{k}_img_per_s": round(v, 1) for k, v in ours.items()}}
                 )
-                ours[flt] = time_batches(iter(DataStream(spec)), a["batches"], a["batch"])
+                print(json.dumps(rows[-1]), flush=True)
+                continue
             folder = datasets.ImageFolder(
                 str(root / "folder"), transform=tf, loader=lambda p: Image.open(p).convert(mode)
             )
             kw = dict(
                 batch_size=a["batch"], num_workers=workers, persistent_workers=workers > 0, drop_last=True
             )
-            theirs = time_batches(forever(DataLoader(folder, shuffle=True, **kw)), a["batches"], a["batch"])
+            loader = DataLoader(folder, shuffle=True, pin_memory=device.type == "cuda", **kw)
+            theirs = time_batches(on_device(forever(loader), device), a["batches"], a["batch"])
             key = "png" if a["source"] == "png32" else "jpg"
             plain = (
                 wds.WebDataset(m.shard_paths("train"), shardshuffle=False, empty_check=False)
@@ -155,7 +184,8 @@ def main() -> None:
                 .to_tuple(key, "cls")
                 .map_tuple(lambda im: tf(im.convert(mode)), int)
             )
-            wds_rate = time_batches(forever(DataLoader(plain, **kw)), a["batches"], a["batch"])
+            loader = DataLoader(plain, pin_memory=device.type == "cuda", **kw)
+            wds_rate = time_batches(on_device(forever(loader), device), a["batches"], a["batch"])
             row: dict[str, object] = {"workers": workers}
             for flt, rate in ours.items():
                 row[f"bigtrain_{flt}_img_per_s"] = round(rate, 1)

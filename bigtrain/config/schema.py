@@ -52,6 +52,11 @@ class ResizePolicy(StrEnum):
     pad = "pad"
 
 
+class DecodeOn(StrEnum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
 class ResampleFilter(StrEnum):
     lanczos = "lanczos"
     bicubic = "bicubic"
@@ -78,6 +83,10 @@ class DataConfig:
     # ImageNet rule), bilinear (torchvision's Resize); stages.downsample=box overrides it for the
     # lower stages of a progressive run. The FID references are made with the same filter.
     resample: ResampleFilter = ResampleFilter.lanczos
+    # where JPEGs are decoded and resized: cpu (PIL in the loader's workers) or gpu (torchvision's
+    # decode_jpeg on the training device, nvJPEG on CUDA, then torch's antialiased resize; needs
+    # data.resample bilinear or bicubic). bigtrain.data.device_decode says what differs.
+    decode: DecodeOn = DecodeOn.cpu
     # remote shards (http, s3, pipe): each read is retried `retries` times with backoff
     # (retry_backoff_s, doubling), then counted and skipped; more than max_shard_errors skipped shards in
     # one epoch of one data slot stop the run, naming the last

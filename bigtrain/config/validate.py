@@ -34,6 +34,13 @@ def common_problems(cfg: Any) -> list[str]:
         problems.append(
             f"stages.downsample must be one of {', '.join(DOWNSAMPLE)} (got '{cfg.stages.downsample}')"
         )
+    if str(cfg.data.get("decode", "cpu")) == "gpu" and (
+        str(cfg.data.resample) == "lanczos" or str(cfg.stages.downsample) == "box"
+    ):
+        problems.append(
+            "data.decode=gpu resizes with torch's filters: set data.resample=bilinear or bicubic "
+            f"(got {cfg.data.resample}) and keep stages.downsample=lanczos (got {cfg.stages.downsample})"
+        )
     sched = cfg.optim.schedule
     if sched.warmup_steps < 0 or not 0.0 <= sched.min_lr_ratio <= 1.0:
         problems.append("optim.schedule: warmup_steps >= 0 and 0 <= min_lr_ratio <= 1 are required")

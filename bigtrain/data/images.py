@@ -56,6 +56,8 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
 
 
 def _has_orientation(img: Image.Image) -> bool:
+    if "exif" not in img.info and img.format != "TIFF":
+        return False  # no EXIF block read with the header (JPEG, WebP, PNG): no rotation, no parsing
     try:
         return img.getexif().get(0x0112, 1) != 1
     except Exception:  # a malformed EXIF block: take the pixels as stored

@@ -39,6 +39,7 @@ from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 
+from bigtrain.data.device_decode import JPEG_KEYS, decode_batch
 from bigtrain.data.images import decode, image_key, unit_hash
 from bigtrain.data.manifest import DatasetError
 from bigtrain.data.read import ReadPolicy, ShardReadError, decode_text, label_index, read_shards
@@ -82,6 +83,20 @@ class StreamSpec:
     # each shard's sample count from dataset.json, in ``shards`` order (empty: unknown): a shard
     # that ends early is a failed read, not a silent end
     shard_counts: tuple[int, ...] = ()
+    # "cpu": workers decode; "gpu": workers pass JPEG bytes, DataStream decodes them on its device
+    # (bigtrain.data.device_decode)
+    decode: str = "cpu"
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """An image left for the training device to decode (``data.decode=gpu``): JPEG bytes, or other
+    formats' pixels at their stored size, with the sample's crop offset and flip."""
+
+    data: np.ndarray
+    jpeg: bool
+    u: float
+    flip: bool
 
 
 @dataclass
@@ -95,9 +110,12 @@ class SlotPosition:
 class _ShardStream(IterableDataset):
     """Yields dict batches; see the module docstring for the position protocol."""
 
-    def __init__(self, spec: StreamSpec, positions: dict[int, SlotPosition], rotation: int):
+    def __init__(
+        self, spec: StreamSpec, positions: dict[int, SlotPosition], rotation: int, uint8: bool = False
+    ):
         super().__init__()
         self.spec = spec
+        self.uint8 = uint8  # images stay uint8 (the GPU makes floats); else floats are made here
         self.positions = positions
         self.rotation = rotation
         self.shard_errors = 0  # this slot's failed shard reads, carried in its position
@@ -142,7 +160,16 @@ class _ShardStream(IterableDataset):
         # first: an unlabelled sample is skipped before any decoding
         label = label_index(raw, s.label_key, self._class_index)
         u = unit_hash(s.seed, epoch, slot, cursor, "crop") if s.resize == "random" else 0.5
-        arr = decode(raw[image_key(raw)], s.channels, s.resolution, s.resize, u, s.downsample)
+        key = image_key(raw)
+        if s.decode == "gpu":
+            # JPEG bytes as they are; other formats decoded at their stored size (device_decode)
+            flip = self._flip(epoch, slot, cursor)
+            if key in JPEG_KEYS:
+                data, jpeg = np.frombuffer(raw[key], np.uint8).copy(), True
+            else:
+                data, jpeg = decode(raw[key], s.channels), False
+            return _Deferred(data, jpeg, u, flip), label  # type: ignore[return-value]
+        arr = decode(raw[key], s.channels, s.resolution, s.resize, u, s.downsample)
         if self._flip(epoch, slot, cursor):
             arr = arr[:, ::-1]
         return arr, label
@@ -210,11 +237,30 @@ class _ShardStream(IterableDataset):
                 )
             epoch, cursor = epoch + 1, 0
 
-    def _collate(self, items: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    def _collate(self, items: list[Any]) -> dict[str, Any]:
         if self.spec.kind == "tokens":
             return {"tokens": torch.from_numpy(np.stack(items))}
-        # uint8 across the process boundary (a quarter of float32's bytes); DataStream makes floats
-        return {"image": torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2).contiguous()}
+        if self.spec.decode == "gpu":
+            return {
+                "encoded": [d.data for d in items],
+                "is_jpeg": [d.jpeg for d in items],
+                "crop_u": [d.u for d in items],
+                "flip": [d.flip for d in items],
+            }
+        images = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
+        # for a GPU, uint8 across the process boundary and PCIe (a quarter of float32's bytes), made
+        # float there; for the CPU, floats made here, in the loader's worker, not the training process
+        if self.uint8:
+            return {"image": images.contiguous()}
+        # the strides the conversion has always given (a 1-channel batch keeps the permuted ones):
+        # convolution kernels pick their path by strides, and training must stay bit-identical
+        layout = torch.preserve_format if images.shape[1] == 1 else torch.contiguous_format
+        out = torch.empty_like(images, dtype=torch.float32, memory_format=layout)
+        if get_worker_info() is not None:
+            # made in shared memory, so handing it to the training process costs no copy (a 256 px
+            # batch of 64 is 50 MB: 30% of a worker's time went into that copy)
+            out.share_memory_()
+        return {"image": out.copy_(images).div_(127.5).sub_(1.0)}
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -299,7 +345,9 @@ class DataStream:
 
     def _loader(self) -> Iterator[dict[str, Any]]:
         nworkers = max(1, self.spec.num_workers)
-        ds = _ShardStream(self.spec, dict(self.state.positions), self.state.batches % nworkers)
+        ds = _ShardStream(
+            self.spec, dict(self.state.positions), self.state.batches % nworkers, uint8=self._on_gpu
+        )
         if self.spec.num_workers == 0:
             return iter(ds)
         return iter(
@@ -310,7 +358,7 @@ class DataStream:
                 prefetch_factor=2,
                 persistent_workers=False,
                 # the loader's own thread pins batches for the copy to the GPU
-                pin_memory=self.device is not None and self.device.type == "cuda",
+                pin_memory=self._on_gpu,
                 # a private generator: creating the loader must not draw from the global torch RNG
                 generator=torch.Generator().manual_seed(self.spec.seed),
             )
@@ -325,14 +373,30 @@ class DataStream:
         batch = next(self._iter)
         self.state.positions[int(batch["worker"])] = SlotPosition(*(int(v) for v in batch["position"]))
         self.state.batches += 1
-        if "image" in batch:
-            images = batch["image"]
-            if self.device is not None and self.device.type == "cuda":
-                # from pinned memory, asynchronously; the conversion runs on the GPU
-                images = images if images.is_pinned() else images.pin_memory()
-                images = images.to(self.device, non_blocking=True)
+        if "encoded" in batch:
+            s = self.spec
+            images = decode_batch(
+                batch.pop("encoded"),
+                batch.pop("is_jpeg"),
+                s.channels,
+                s.resolution,
+                s.resize,
+                batch.pop("crop_u"),
+                batch.pop("flip"),
+                s.downsample,
+                self.device or torch.device("cpu"),
+            )
             batch["image"] = to_unit_range(images)
+        elif self._on_gpu and "image" in batch:
+            # from pinned memory, asynchronously; the conversion to floats runs on the GPU
+            images = batch["image"]
+            images = images if images.is_pinned() else images.pin_memory()
+            batch["image"] = to_unit_range(images.to(self.device, non_blocking=True))
         return batch
+
+    @property
+    def _on_gpu(self) -> bool:
+        return self.device is not None and self.device.type == "cuda"
 
     def close(self) -> None:
         self._iter = None

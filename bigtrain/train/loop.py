@@ -208,6 +208,7 @@ class Trainer:
                 max_shard_errors=int(cfg.data.max_shard_errors),
                 storage_options=tuple(sorted(OmegaConf.to_container(cfg.data.storage_options).items())),
                 shard_counts=tuple(s.count for s in self.manifest.splits[cfg.data.split]),
+                decode=str(cfg.data.decode),
             ),
             device=self.device,
         )

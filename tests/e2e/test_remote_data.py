@@ -104,4 +104,6 @@ def test_s3_shards_through_a_loopback_s3_api_train_and_resume_exactly(foreign: P
         local = foreign / "train" / "00000.tar"
         assert first["file"] == "s3://shards/in/train/00000.tar" and first["bytes"] == local.stat().st_size
         assert first["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
-        _straight_and_resumed(tmp_path / "ds", tmp_path, env, "eval.enabled=false")
+        # and decoded by torch in the training process (data.decode=gpu runs on the CPU here)
+        extra = ("eval.enabled=false", "data.decode=gpu", "data.resample=bilinear")
+        _straight_and_resumed(tmp_path / "ds", tmp_path, env, *extra)
