@@ -18,14 +18,17 @@ decode the same way.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from bigtrain.data.images import Resize
+from bigtrain.data.images import Resize, decode, has_orientation
+from bigtrain.errors import DatasetError
 
 JPEG_KEYS = ("jpg", "jpeg")
 DEVICE_FILTERS = ("bilinear", "bicubic")
@@ -49,24 +52,60 @@ def decode_batch(
     images: list[torch.Tensor | None] = [None] * len(items)
     jpeg_at = [i for i, j in enumerate(is_jpeg) if j]
     if jpeg_at:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
         # arrays, or tensors when a loader worker sent them (its default_convert makes tensors)
         data = [torch.as_tensor(items[i]) for i in jpeg_at]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torchvision 0.29's notice that TorchCodec will take over
-            decoded = decode_jpeg(data, mode=mode, device=device)
-        for i, img in zip(jpeg_at, decoded, strict=True):
+        for i, img in zip(jpeg_at, _decode_jpegs(data, channels, device), strict=True):
             images[i] = img
     for i, item in enumerate(items):
         if images[i] is None:
-            images[i] = torch.as_tensor(item).permute(2, 0, 1).to(device)
+            # a tensor from a loader worker, or a (read-only) array decoded in this process
+            pixels = item if isinstance(item, torch.Tensor) else torch.from_numpy(np.array(item))
+            images[i] = pixels.permute(2, 0, 1).to(device)
     out = [
         _fit(img, resolution, policy, u, resample, flip)
         for img, u, flip in zip(images, crop_u, flips, strict=True)  # type: ignore[arg-type]
     ]
     return torch.stack(out)
+
+
+def device_ready(data: bytes) -> bool:
+    """A JPEG the device decoder takes as it is: L or RGB (not CMYK), upright (nvJPEG ignores EXIF
+    orientation) and complete (ends with its EOI marker). The worker reads only the header; any
+    other image is decoded on the CPU, where a bad one is skipped and counted."""
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.format == "JPEG" and im.mode in ("L", "RGB") and not has_orientation(im)
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def _decode_jpegs(data: list[torch.Tensor], channels: int, device: torch.device) -> list[torch.Tensor]:
+    """One batched call; if it fails, one image at a time, and PIL for an image the device refuses
+    (a JPEG feature nvJPEG lacks). An image neither can decode stops the run in one line."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29's notice that TorchCodec will take over
+        try:
+            return list(decode_jpeg(data, mode=mode, device=device))
+        except RuntimeError:
+            out = []
+            for d in data:
+                try:
+                    out.append(decode_jpeg(d, mode=mode, device=device))
+                except RuntimeError:
+                    try:
+                        arr = decode(d.numpy().tobytes(), channels)
+                    except (OSError, ValueError, SyntaxError) as exc:
+                        raise DatasetError(
+                            f"a JPEG that passed the header check does not decode ({exc}); train with "
+                            f"data.decode=cpu, which skips and counts such samples"
+                        ) from exc
+                    out.append(torch.from_numpy(arr).permute(2, 0, 1).to(device))
+            return out
 
 
 def _fit(

@@ -37,7 +37,7 @@ class Resize(StrEnum):
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
     """``img`` as ``L`` (1 channel) or ``RGB`` (3), upright, with 16-bit values scaled (not clipped)
     and transparent pixels over white."""
-    img = ImageOps.exif_transpose(img) if _has_orientation(img) else img
+    img = ImageOps.exif_transpose(img) if has_orientation(img) else img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         # 16-bit PNGs open as I or I;16: scale 0..65535 to 0..255; float images are taken as 0..1
@@ -55,7 +55,7 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == want else img.convert(want)
 
 
-def _has_orientation(img: Image.Image) -> bool:
+def has_orientation(img: Image.Image) -> bool:
     if "exif" not in img.info and img.format != "TIFF":
         return False  # no EXIF block read with the header (JPEG, WebP, PNG): no rotation, no parsing
     try:

@@ -139,36 +139,26 @@ def _scan_sample(scan: ShardScan, sample: Mapping[str, Any], label_key: str | No
     if label_key is not None:
         try:
             label = raw_label(sample, label_key)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{scan.url}: sample {sample.get('__key__')}: bad label ({exc})") from exc
+        except ValueError:  # a .json that does not parse (or a .cls that is not text): training skips it
+            label = None
         if label is None:
             scan.unlabelled += 1
         else:
             scan.labels[label] += 1
 
 
+def _integers(labels: Counter[str]) -> bool:
+    return all(v.lstrip("-").isdigit() for v in labels)
+
+
 def _classes(labels: Counter[str]) -> list[str]:
     """Integer labels give classes 0..max (names are the numbers); other labels are names, sorted."""
-    if all(v.lstrip("-").isdigit() for v in labels):
+    if _integers(labels):
         top = max((int(v) for v in labels), default=-1)
         if min((int(v) for v in labels), default=0) < 0:
             raise DatasetError(f"negative class labels in the shards: {sorted(labels)[:5]}")
         return [str(i) for i in range(top + 1)]
     return sorted(labels)
-
-
-def _probe_label_key(first: str, opts: IndexOptions) -> str | None:
-    """The label source: as asked, else ``cls`` when the first shard's first sample has one."""
-    if opts.label_key is not None:
-        return None if opts.label_key == "none" else opts.label_key
-    try:
-        with urls.open_stream(first, opts.storage_options) as stream:
-            files = tar_file_expander([{"url": first, "stream": stream}], handler=_reraise)
-            for sample in group_by_keys(files, handler=_reraise):
-                return "cls" if "cls" in sample else None
-    except Exception as exc:  # noqa: BLE001 - the scan that follows retries and names the error
-        log.warning("could not look at %s for labels: %s", first, exc)
-    return None
 
 
 def index(shards: str, out: str | Path, opts: IndexOptions) -> DatasetManifest:
@@ -185,7 +175,10 @@ def index(shards: str, out: str | Path, opts: IndexOptions) -> DatasetManifest:
         held = set(random.Random(opts.seed).sample(range(len(train)), k))
         val = [u for i, u in enumerate(train) if i in held]
         train = [u for i, u in enumerate(train) if i not in held]
-    label_key = _probe_label_key(train[0], opts)
+    # auto: scan for .cls labels; the samples decide afterwards whether there are any
+    label_key = None if opts.label_key == "none" else (opts.label_key or "cls")
+    if label_key is not None and label_key != "cls" and not label_key.startswith("json:"):
+        raise DatasetError(f"--label-key {label_key}: use cls, json:FIELD (dotted for nested) or none")
     jobs = [("train", u) for u in train] + [("val", u) for u in val]
     scans: dict[str, ShardScan] = {}
     bar = tqdm(total=len(jobs), unit="shard", desc="index", disable=bar_disable(opts.progress))
@@ -200,6 +193,8 @@ def index(shards: str, out: str | Path, opts: IndexOptions) -> DatasetManifest:
             scans[url] = scan
             bar.update(1)
     bar.close()
+    if opts.label_key is None and not any(scan.labels for scan in scans.values()):
+        label_key = None  # no sample has a .cls: an unlabelled set
     manifest = _manifest(out, shards, jobs, scans, label_key, opts)
     out.mkdir(parents=True, exist_ok=True)
     manifest.write()
@@ -223,6 +218,8 @@ def _manifest(
         raise DatasetError(f"no samples in the shards of '{source}'")
     if total.no_image == total.count:
         raise DatasetError(f"no images ({'/'.join(IMAGE_KEYS)}) in the shards of '{source}'")
+    if not total.sizes:
+        raise DatasetError(f"none of the {total.count} images in the shards of '{source}' could be read")
     resolution = opts.resolution or _native_resolution(total.sizes, source)
     channels = opts.channels or (1 if set(total.modes) <= {"L", "1", "I;16", "I"} else 3)
     classes = _classes(total.labels) if label_key is not None else []
@@ -247,6 +244,8 @@ def _manifest(
             "indexed": True,
             "source": source,
             "label_key": label_key,
+            # labels are names to look up in classes (not indices): see DatasetManifest.label_names
+            "label_names": bool(classes) and not _integers(total.labels),
             "captions": total.texts > 0,
             "metadata": total.metas > 0,
             "label_counts": {c: total.labels.get(c, 0) for c in classes} if classes else {},

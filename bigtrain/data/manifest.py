@@ -57,6 +57,13 @@ class DatasetManifest:
         return str(value) if value else None
 
     @property
+    def label_names(self) -> tuple[str, ...]:
+        """The class list to look labels up in, when samples carry class *names* (``bigtrain
+        index`` found non-integer labels); empty when they carry indices, as ``prepare``'s ``.cls``
+        do (its classes are folder names, which may themselves be numbers: "1", "2", ...)."""
+        return tuple(self.classes) if self.extra.get("label_names") else ()
+
+    @property
     def has_text(self) -> bool:
         """Samples carry ``.txt`` captions (``batch["text"]``)."""
         return bool(self.extra.get("captions", False))

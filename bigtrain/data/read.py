@@ -24,17 +24,31 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from bigtrain.data import urls
 from bigtrain.data.images import decode, image_key, parse_recipe
 from bigtrain.data.manifest import DatasetManifest
+from bigtrain.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ReadPolicy:
-    """How hard to try a remote shard before reporting it failed."""
+    """How hard to try a remote shard before reporting it failed, and fsspec's options."""
 
     retries: int = 3
     backoff_s: float = 1.0
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+_DEFAULT: list[ReadPolicy] = [ReadPolicy()]
+
+
+def configure(policy: ReadPolicy) -> None:
+    """This process's policy for reads that name none (FID reference images, tokenizing): the
+    trainer sets it from ``data.*`` so every read of a run uses the same endpoint and retries."""
+    _DEFAULT[0] = policy
+
+
+def default_policy() -> ReadPolicy:
+    return _DEFAULT[0]
 
 
 class ShardReadError(Exception):
@@ -57,13 +71,16 @@ class ShortShard(EOFError):
 
 
 def shard_samples(
-    url: str, policy: ReadPolicy = ReadPolicy(), expected: int | None = None
+    url: str, policy: ReadPolicy | None = None, expected: int | None = None, limit: int | None = None
 ) -> Iterator[dict[str, Any]]:
     """The samples of one shard, as WebDataset groups them (``{"__key__", "__url__", ext: bytes}``).
-    With ``expected`` (the manifest's count), fewer samples is a failed read too. Raises
-    ShardReadError once the retries are spent."""
+    With ``expected`` (the manifest's count), fewer samples is a failed read too; ``limit`` stops
+    after that many. Raises ShardReadError once the retries are spent."""
+    policy = policy or default_policy()
     given = 0
     attempt = 0
+    if limit is not None and limit <= 0:
+        return
     while True:
         try:
             seen = 0
@@ -75,6 +92,8 @@ def shard_samples(
                         continue  # given before a retry
                     given += 1
                     yield sample
+                    if limit is not None and given >= limit:
+                        return
             if expected is not None and seen < expected:
                 raise ShortShard(f"ended after {seen} of its {expected} samples")
             return
@@ -97,16 +116,19 @@ def shard_samples(
 
 def read_shards(
     shard_urls: Iterable[str],
-    policy: ReadPolicy = ReadPolicy(),
+    policy: ReadPolicy | None = None,
     on_error: Callable[[ShardReadError], None] | None = None,
     counts: Mapping[str, int] | None = None,
+    limits: Mapping[str, int] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The samples of every shard in turn; a shard that fails (or, with ``counts``, ends short)
     goes to ``on_error`` (which may raise to stop) and the next shard follows. Without
-    ``on_error`` the failure is raised."""
+    ``on_error`` the failure is raised. ``limits`` caps what a shard gives (a resumed stream
+    replaying a shard that failed after that many samples the first time)."""
     for url in shard_urls:
+        limit = limits.get(url) if limits else None
         try:
-            yield from shard_samples(url, policy, counts.get(url) if counts else None)
+            yield from shard_samples(url, policy, counts.get(url) if counts else None, limit)
         except ShardReadError as err:
             if on_error is None:
                 raise
@@ -120,7 +142,7 @@ def iter_images(
     limit: int | None = None,
     resolution: int | None = None,
     method: str = "lanczos",
-    policy: ReadPolicy = ReadPolicy(),
+    policy: ReadPolicy | None = None,
 ) -> Iterator[np.ndarray]:
     """Decoded uint8 images [B, H, W, C] of ``split`` in shard order (for FID reference statistics),
     at ``resolution`` (default: the manifest's) the way the training stream makes them: ``method``
@@ -130,11 +152,12 @@ def iter_images(
     batch: list[np.ndarray] = []
     seen = 0
 
-    def skip(err: ShardReadError) -> None:
-        log.warning("reference images: skipped unreadable shard %s", err)
+    def fail(err: ShardReadError) -> None:
+        # statistics of a partial set would be cached and compared against for the whole run
+        raise DatasetError(f"cannot read the {split} split's images for the FID reference: {err}")
 
     counts = dict(zip(manifest.shard_paths(split), (x.count for x in manifest.splits[split]), strict=True))
-    for sample in read_shards(counts, policy, on_error=skip, counts=counts):
+    for sample in read_shards(counts, policy, on_error=fail, counts=counts):
         if limit is not None and seen >= limit:
             break
         try:

@@ -39,7 +39,7 @@ from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 
-from bigtrain.data.device_decode import JPEG_KEYS, decode_batch
+from bigtrain.data.device_decode import JPEG_KEYS, decode_batch, device_ready
 from bigtrain.data.images import decode, image_key, unit_hash
 from bigtrain.data.manifest import DatasetError
 from bigtrain.data.read import ReadPolicy, ShardReadError, decode_text, label_index, read_shards
@@ -105,6 +105,10 @@ class SlotPosition:
     cursor: int = 0
     skipped: int = 0  # samples that did not decode
     shard_errors: int = 0  # shard reads that failed (missing, truncated, unreadable tar)
+    # this epoch's failed shards so far, as (index in StreamSpec.shards, samples it gave first): a
+    # resumed replay of the epoch reads each only that far, so the cursor lands on the same sample
+    # even if the shard reads fine (or fails elsewhere) now
+    failed: tuple[tuple[int, int], ...] = ()
 
 
 class _ShardStream(IterableDataset):
@@ -120,20 +124,31 @@ class _ShardStream(IterableDataset):
         self.rotation = rotation
         self.shard_errors = 0  # this slot's failed shard reads, carried in its position
         self.epoch_errors = 0  # ... in the current epoch (the limit applies to these)
+        self.epoch_failed: list[tuple[int, int]] = []  # ... as (shard index, samples given)
+        self._shard_index = {url: i for i, url in enumerate(spec.shards)}
         self._class_index = {name: i for i, name in enumerate(spec.classes)}
 
     # -- the deterministic per-slot sample order -------------------------------------------------
-    def _epoch_samples(self, epoch: int, slot: int, nslots: int) -> Iterator[dict[str, Any]]:
+    def _epoch_samples(
+        self, epoch: int, slot: int, nslots: int, replay: tuple[tuple[int, int], ...] = ()
+    ) -> Iterator[dict[str, Any]]:
         s = self.spec
         shards = list(s.shards)
         random.Random(f"shards-{s.seed}-{epoch}").shuffle(shards)
         policy = ReadPolicy(s.retries, s.backoff_s, dict(s.storage_options))
         counts = dict(zip(s.shards, s.shard_counts, strict=True)) if s.shard_counts else None
-        self.epoch_errors = 0
-        if len(shards) >= nslots:
-            raw: Iterator[dict[str, Any]] = read_shards(shards[slot::nslots], policy, self._bad_shard, counts)
-        else:
-            raw = itertools.islice(read_shards(shards, policy, self._bad_shard, counts), slot, None, nslots)
+        # a resumed epoch: shards that failed before the checkpoint give what they gave then
+        limits = {s.shards[i]: n for i, n in replay}
+        if counts and limits:
+            counts = {u: c for u, c in counts.items() if u not in limits}
+        self.epoch_failed = list(replay)
+        self.epoch_errors = len(replay)
+        read = read_shards(
+            shards[slot::nslots] if len(shards) >= nslots else shards, policy, self._bad_shard, counts, limits
+        )
+        raw: Iterator[dict[str, Any]] = (
+            read if len(shards) >= nslots else itertools.islice(read, slot, None, nslots)
+        )
         rng = random.Random(f"shuffle-{s.seed}-{epoch}-{slot}")
         buf = max(1, s.shuffle_buffer)
         return _shuffle(raw, bufsize=buf, initial=buf, rng=rng)
@@ -143,6 +158,7 @@ class _ShardStream(IterableDataset):
         to the next, unless this epoch has had more than ``max_shard_errors`` such shards."""
         self.shard_errors += 1
         self.epoch_errors += 1
+        self.epoch_failed.append((self._shard_index.get(err.url, -1), err.samples))
         if self.epoch_errors > self.spec.max_shard_errors:
             raise DatasetError(
                 f"more than data.max_shard_errors={self.spec.max_shard_errors} unreadable shards in one "
@@ -164,7 +180,7 @@ class _ShardStream(IterableDataset):
         if s.decode == "gpu":
             # JPEG bytes as they are; other formats decoded at their stored size (device_decode)
             flip = self._flip(epoch, slot, cursor)
-            if key in JPEG_KEYS:
+            if key in JPEG_KEYS and device_ready(raw[key]):
                 data, jpeg = np.frombuffer(raw[key], np.uint8).copy(), True
             else:
                 data, jpeg = decode(raw[key], s.channels), False
@@ -190,14 +206,15 @@ class _ShardStream(IterableDataset):
         pos = self.positions.get(logical, SlotPosition())
         epoch, cursor, skipped = pos.epoch, pos.cursor, pos.skipped
         self.shard_errors = pos.shard_errors
+        replay = pos.failed  # the resumed epoch's failed shards, read again only as far as then
         images: list[np.ndarray] = []
         labels: list[int] = []
         keys: list[str] = []
         texts: list[str] = []
         metas: list[Any] = []
         while True:
-            produced = 0
-            for raw in itertools.islice(self._epoch_samples(epoch, slot, nslots), cursor, None):
+            produced = decoded = 0
+            for raw in itertools.islice(self._epoch_samples(epoch, slot, nslots, replay), cursor, None):
                 cursor += 1
                 produced += 1
                 try:
@@ -209,6 +226,7 @@ class _ShardStream(IterableDataset):
                         "skipped corrupt sample %s (%s: %s)", raw.get("__key__"), type(exc).__name__, exc
                     )
                     continue
+                decoded += 1
                 images.append(x)
                 labels.append(y)
                 keys.append(f"{raw.get('__url__', '?').rsplit('/', 1)[-1]}:{raw.get('__key__')}")
@@ -222,7 +240,7 @@ class _ShardStream(IterableDataset):
                         "label": torch.tensor(labels, dtype=torch.long),
                         "keys": keys,
                         "worker": logical,
-                        "position": (epoch, cursor, skipped, self.shard_errors),
+                        "position": (epoch, cursor, skipped, self.shard_errors, tuple(self.epoch_failed)),
                     }
                     if s.text:
                         batch["text"] = texts
@@ -235,6 +253,12 @@ class _ShardStream(IterableDataset):
                     f"data slot {slot} (rank {s.rank}) read no samples in epoch {epoch}: its shards are "
                     f"missing or unreadable ({self.shard_errors} failed shard reads); check data.path"
                 )
+            if decoded == 0 and produced == cursor:  # a whole epoch read, not one sample usable
+                raise DatasetError(
+                    f"data slot {slot} (rank {s.rank}): none of the {produced} samples of epoch {epoch} "
+                    f"decoded (see the skipped-sample warnings: wrong image type, labels or channels?)"
+                )
+            replay = ()
             epoch, cursor = epoch + 1, 0
 
     def _collate(self, items: list[Any]) -> dict[str, Any]:
@@ -268,6 +292,12 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0).contiguous()
 
 
+def _position(v: Any) -> SlotPosition:
+    """A position from a batch's tuple or a checkpoint's list: four counts, then the failed shards."""
+    failed = tuple((int(i), int(n)) for i, n in v[4]) if len(v) > 4 else ()
+    return SlotPosition(int(v[0]), int(v[1]), int(v[2]), int(v[3]), failed)
+
+
 @dataclass
 class StreamState:
     """The main process's record of what training consumed; this is what a checkpoint stores."""
@@ -279,14 +309,16 @@ class StreamState:
         return {
             "batches": self.batches,
             "positions": {
+                # the failed shards only when there are some: the same bytes as before otherwise
                 int(k): [v.epoch, v.cursor, v.skipped, v.shard_errors]
+                + ([[list(f) for f in v.failed]] if v.failed else [])
                 for k, v in sorted(self.positions.items())
             },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batches = int(state["batches"])
-        self.positions = {int(k): SlotPosition(*map(int, v)) for k, v in state["positions"].items()}
+        self.positions = {int(k): _position(v) for k, v in state["positions"].items()}
 
     @property
     def skipped(self) -> int:
@@ -371,7 +403,7 @@ class DataStream:
         if self._iter is None:
             self._iter = self._loader()
         batch = next(self._iter)
-        self.state.positions[int(batch["worker"])] = SlotPosition(*(int(v) for v in batch["position"]))
+        self.state.positions[int(batch["worker"])] = _position(batch["position"])
         self.state.batches += 1
         if "encoded" in batch:
             s = self.spec

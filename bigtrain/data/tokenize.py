@@ -149,7 +149,7 @@ def tokenize_dataset(
                 batch_size,
                 manifest.resolution,
                 manifest.label_key,
-                tuple(manifest.classes),
+                manifest.label_names,
             )
             for _, s, name in jobs
         }

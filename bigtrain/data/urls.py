@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import glob
 import os
-import shlex
 import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -86,8 +86,11 @@ class _Pipe:
 
     def __init__(self, command: str):
         self.command = command
+        # stderr to a file, not a pipe: a chatty command (curl's progress meter) would fill a pipe
+        # that nobody reads until the end, and block
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(  # noqa: S602 - the user's own command, as in WebDataset
-            command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            command, shell=True, stdout=subprocess.PIPE, stderr=self.stderr
         )
         assert self.proc.stdout is not None
         self.stdout = self.proc.stdout
@@ -101,18 +104,17 @@ class _Pipe:
     def _check(self) -> None:
         code = self.proc.wait()
         if code != 0:
-            err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(errors="replace").strip()
-            raise OSError(
-                f"'{self.command}' exited with status {code}: {err.splitlines()[-1] if err else ''}"
-            )
+            self.stderr.seek(0)
+            err = self.stderr.read()[-4096:].decode(errors="replace").strip()
+            last = err.splitlines()[-1] if err else ""
+            raise OSError(f"'{self.command}' exited with status {code}: {last}")
 
     def close(self) -> None:
         self.stdout.close()
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        self.stderr.close()
 
     def __enter__(self) -> _Pipe:
         return self
@@ -146,8 +148,3 @@ def size(loc: str, options: Mapping[str, Any] | None = None) -> int | None:
     fs, path = _fs(loc, options)
     value = fs.size(path)
     return int(value) if value is not None else None
-
-
-def describe(loc: str) -> str:
-    """``loc`` for a log line: a pipe's command is quoted, nothing else changes."""
-    return f"pipe:{shlex.quote(loc[len(PIPE) :])}" if loc.startswith(PIPE) else loc

@@ -45,7 +45,7 @@ from bigtrain.eval.registry import Evaluator
 from bigtrain.tracking import NullTracker, Tracker
 from bigtrain.tracking.mlflow_tracker import absolute_uri
 from bigtrain.train.config_guard import ConfigGuard
-from bigtrain.train.task import build_task, check_config, eval_metrics
+from bigtrain.train.task import build_task, check_config, configure_reads, eval_metrics
 from bigtrain.utils.console import bar_disable
 from bigtrain.utils.images import grid_uint8
 from bigtrain.utils.rng import capture_rng, restore_rng, seed_everything
@@ -175,6 +175,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         bdist.barrier()
         setup_logging(self.run_dir, self.main)
+        configure_reads(cfg)
         self.manifest = DatasetManifest.load(cfg.data.path)
         shards = self.manifest.shard_paths(cfg.data.split)
         check_config(cfg, self.manifest)
@@ -200,7 +201,7 @@ class Trainer:
                 downsample=stream_method(str(cfg.stages.downsample), str(cfg.data.resample)),
                 resize=str(cfg.data.resize),
                 label_key=self.manifest.label_key,
-                classes=tuple(self.manifest.classes),
+                classes=self.manifest.label_names,
                 text=self.manifest.has_text,
                 meta=self.manifest.has_meta,
                 retries=int(cfg.data.retries),

@@ -20,7 +20,7 @@ from bigtrain.config.migrate import upgrade
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.distributed import build_accelerator
 from bigtrain.errors import CheckpointError, ConfigError
-from bigtrain.train.task import Task, build_task, check_config, task_class
+from bigtrain.train.task import Task, build_task, check_config, configure_reads, task_class
 
 # the sections a checkpoint's config may be overridden in when it is sampled or evaluated
 OVERRIDABLE = ("eval", "sample")
@@ -68,6 +68,7 @@ def load_snapshot(path: str | Path, device: str | None = None, overrides: Sequen
     ck = open_checkpoint(path)
     cfg = checkpoint_config(ck)
     apply_overrides(cfg, overrides)
+    configure_reads(cfg)
     meta = ck.meta.get("dataset")
     if meta is None:
         raise CheckpointError(f"checkpoint {ck.path} records no dataset shape (meta.json 'dataset')")

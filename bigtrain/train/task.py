@@ -38,6 +38,7 @@ from bigtrain.config.schema import TrainConfig
 from bigtrain.config.validate import common_problems, raise_problems
 from bigtrain.data.images import recipe, stream_method
 from bigtrain.data.manifest import DatasetManifest
+from bigtrain.data.read import ReadPolicy, configure
 from bigtrain.errors import ConfigError
 from bigtrain.eval.registry import check_metrics
 from bigtrain.eval.source import EvalSource, Need
@@ -288,3 +289,19 @@ def eval_recipe(cfg: Any) -> str:
     when it pads; see :func:`bigtrain.data.images.recipe`): FID compares like with like."""
     method = stream_method(str(cfg.stages.downsample), str(cfg.data.resample))
     return recipe(method, str(cfg.data.resize))
+
+
+def configure_reads(cfg: Any) -> None:
+    """Every shard read of this process without a policy of its own (FID reference images, the
+    stream's replay) retries and connects as ``data.*`` says: a MinIO endpoint in
+    ``data.storage_options`` must reach the references too."""
+    from omegaconf import OmegaConf
+
+    options = cfg.data.get("storage_options") or {}
+    configure(
+        ReadPolicy(
+            int(cfg.data.get("retries", 3)),
+            float(cfg.data.get("retry_backoff_s", 1.0)),
+            OmegaConf.to_container(options) if not isinstance(options, dict) else options,
+        )
+    )

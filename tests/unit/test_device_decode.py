@@ -33,7 +33,7 @@ def _spec(m: DatasetManifest, **kw: object) -> StreamSpec:
         channels=m.channels,
         shuffle_buffer=8,
         label_key=m.label_key,
-        classes=tuple(m.classes),
+        classes=m.label_names,
         flip=True,
         downsample="bilinear",
     )
@@ -81,3 +81,45 @@ def test_device_decoding_needs_a_torch_filter(tmp_path: Path) -> None:
         )
         if "decode" in p
     ]
+
+
+def test_jpegs_the_device_cannot_take_go_through_the_cpu(tmp_path: Path) -> None:
+    """EXIF-rotated and CMYK JPEGs are decoded on the CPU (nvJPEG ignores orientation, lacks CMYK);
+    a truncated one is skipped and counted there, as with data.decode=cpu, instead of failing a batch."""
+    import io
+
+    import numpy as np
+    import webdataset as wds
+    from PIL import Image
+
+    from bigtrain.data.device_decode import device_ready
+
+    rng = np.random.default_rng(0)
+    plain = Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8))
+
+    def jpeg(img: Image.Image, **kw: object) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=95, **kw)
+        return buf.getvalue()
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    samples = {
+        "a": jpeg(plain)[:300],
+        "b": jpeg(plain),
+        "c": jpeg(plain, exif=exif.tobytes()),
+        "d": jpeg(plain.convert("CMYK")),
+    }
+    assert [device_ready(v) for v in samples.values()] == [False, True, False, False]
+    shard = tmp_path / "x.tar"
+    with wds.TarWriter(str(shard), mtime=0) as sink:
+        for key, data in samples.items():
+            sink.write({"__key__": key, "jpg": data})
+    spec = StreamSpec(
+        (str(shard),), 3, 16, 3, shuffle_buffer=1, label_key=None, downsample="bilinear", decode="gpu"
+    )
+    stream = DataStream(spec, torch.device("cpu"))
+    batch = next(stream)
+    assert batch["keys"] == ["x.tar:b", "x.tar:c", "x.tar:d"] and stream.state.skipped == 1
+    cpu = next(DataStream(replace(spec, decode="cpu")))["image"]
+    assert ((batch["image"] - cpu).abs().mean(dim=(1, 2, 3)) * 127.5 < 6).all()  # c is upright in both

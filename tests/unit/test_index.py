@@ -33,7 +33,7 @@ def _spec(m: DatasetManifest, **kw: object) -> StreamSpec:
         channels=m.channels,
         shuffle_buffer=1,
         label_key=m.label_key,
-        classes=tuple(m.classes),
+        classes=m.label_names,
         text=m.has_text,
         meta=m.has_meta,
         backoff_s=0.01,
@@ -204,3 +204,30 @@ def test_a_shard_that_ends_early_is_a_failed_read(foreign: Path) -> None:
         with pytest.raises(ShardReadError, match="ended after 12 of its 13 samples"):
             list(shard_samples(f"{url}/00000.tar", ReadPolicy(retries=1, backoff_s=0.01), expected=13))
         assert handler.requests == ["/00000.tar"] * 2  # a short remote read is retried
+
+
+def test_resume_after_a_skipped_shard_is_exact_when_the_shard_is_back(foreign: Path, tmp_path: Path) -> None:
+    """A shard that failed before the checkpoint and reads fine after it: the resumed epoch still
+    leaves it out (as far as it failed then), so the stream continues with the very next sample."""
+    import shutil
+
+    data = tmp_path / "shards"
+    shutil.copytree(foreign, data)
+    gone = data / "00001.tar"
+    saved = gone.read_bytes()
+    gone.unlink()
+    m = index(
+        str(foreign), tmp_path / "ds", IndexOptions(resolution=16, label_key="json:label", progress=False)
+    )
+    spec = replace(_spec(m, batch_size=5), shards=tuple(str(data / Path(s).name) for s in _spec(m).shards))
+    stream = DataStream(spec)
+    while stream.state.shard_errors == 0:
+        next(stream)
+    state = stream.state_dict()
+    assert state["positions"][0][3] == 1 and state["positions"][0][4] == [[1, 0]]  # shard 1, 0 samples
+    expected = [next(stream)["keys"] for _ in range(5)]
+    gone.write_bytes(saved)  # back before the resume
+    resumed = DataStream(spec)
+    resumed.load_state_dict(state)
+    assert [next(resumed)["keys"] for _ in range(5)] == expected
+    assert resumed.state.shard_errors == stream.state.shard_errors  # not counted twice
