@@ -1,6 +1,6 @@
 """``bigtrain tokenize CKPT SHARDS OUT [--workers N] [--batch-size B] [--device cpu|cuda]``
 
-Encode an image shard set (written by ``bigtrain prepare``) with a trained tokenizer checkpoint
+Encode an image shard set (``bigtrain prepare``'s, or shards ``bigtrain index`` found) with a trained tokenizer checkpoint
 into token shards at OUT (one per image shard, same keys; ``dataset.json`` records the token grid,
 vocabulary and the tokenizer's identity). The prior (stage 2) trains from OUT.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from bigtrain.data.read import ReadPolicy
 from bigtrain.data.tokenize import tokenize_dataset
 from bigtrain.train.snapshot import load_tokenizer
 
@@ -22,8 +23,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes (each loads the tokenizer once)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--retries", type=int, default=3, help="retries of a failed remote shard read")
+    p.add_argument(
+        "--storage-options", default="{}", help="JSON for fsspec, as data.storage_options (remote shards)"
+    )
     a = p.parse_args(argv)
-    m = tokenize_dataset(load_tokenizer, a.ckpt, a.shards, a.out, a.workers, a.batch_size, a.device)
+    policy = ReadPolicy(a.retries, 1.0, json.loads(a.storage_options))
+    m = tokenize_dataset(
+        load_tokenizer, a.ckpt, a.shards, a.out, a.workers, a.batch_size, a.device, policy=policy
+    )
     summary = {split: m.count(split) for split in m.splits}
     print(
         json.dumps({"out": str(m.root), "counts": summary, **{k: m.extra[k] for k in ("tokens", "skipped")}})

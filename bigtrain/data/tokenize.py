@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from bigtrain.data.images import decode, image_key
 from bigtrain.data.manifest import DatasetManifest, ShardInfo
-from bigtrain.data.read import label_index, shard_samples
+from bigtrain.data.read import ReadPolicy, configure, default_policy, label_index, shard_samples
 from bigtrain.data.urls import is_url
 from bigtrain.utils.console import bar_disable
 
@@ -43,8 +43,9 @@ passes ``bigtrain.train.snapshot.load_tokenizer``), so this data module needs no
 module-level function, so the spawned workers receive it by reference."""
 
 
-def _init_worker(load: TokenizerLoader, ckpt: str, device: str, threads: int) -> None:
+def _init_worker(load: TokenizerLoader, ckpt: str, device: str, threads: int, policy: ReadPolicy) -> None:
     torch.set_num_threads(threads)
+    configure(policy)  # a spawned worker starts with the default read settings
     _WORKER["vq"], _ = load(ckpt, device)
 
 
@@ -121,8 +122,10 @@ def tokenize_dataset(
     device: str = "cpu",
     progress: bool = True,
     on_shard: Callable[[str], None] | None = None,
+    policy: ReadPolicy | None = None,
 ) -> DatasetManifest:
-    """Tokenize every split of the image dataset at ``src`` into ``out``; returns the new manifest."""
+    """Tokenize every split of the image dataset at ``src`` into ``out``; returns the new manifest.
+    ``policy`` (retries, fsspec options) reaches the workers' reads of remote shards."""
     ckpt = str(Path(ckpt).resolve())
     manifest = DatasetManifest.load(src)
     vq, ck = load(ckpt, device)
@@ -138,7 +141,10 @@ def tokenize_dataset(
     bar = tqdm(total=len(jobs), unit="shard", desc="tokenize", disable=bar_disable(progress))
     ctx = mp.get_context("spawn")  # no forked CUDA state, no shared RNG
     with ProcessPoolExecutor(
-        max(1, workers), mp_context=ctx, initializer=_init_worker, initargs=(load, ckpt, device, threads)
+        max(1, workers),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(load, ckpt, device, threads, policy or default_policy()),
     ) as pool:
         futures = {
             name: pool.submit(

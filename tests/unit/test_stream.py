@@ -123,3 +123,30 @@ def test_truncated_and_missing_shards_are_counted_and_the_rest_is_read(
     again = DataStream(spec)
     again.load_state_dict(state)
     assert again.state.shard_errors == stream.state.shard_errors  # the count travels with the position
+
+
+def test_prepared_labels_are_indices_even_when_class_names_are_numbers(tmp_path: Path) -> None:
+    """Folders named 1, 2, 10 sort as "1", "10", "2"; `.cls` holds the index into that list, and the
+    stream must not look it up as a name (which would give "1" -> index 0)."""
+    from bigtrain.data.prepare import PrepareOptions, prepare
+
+    src = tmp_path / "src"
+    for name, value in (("1", 0), ("2", 120), ("10", 250)):
+        (src / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (8, 8), value).save(src / name / f"{i}.png")
+    m = prepare(str(src), tmp_path / "ds", PrepareOptions(resolution=8, val_fraction=0, progress=False))
+    assert m.classes == ["1", "10", "2"] and m.label_names == ()
+    spec = StreamSpec(
+        tuple(m.shard_paths("train")),
+        12,
+        8,
+        3,
+        shuffle_buffer=1,
+        label_key=m.label_key,
+        classes=m.label_names,
+    )
+    batch = next(DataStream(spec))
+    level = {"1": 0, "10": 250, "2": 120}
+    for label, img in zip(batch["label"].tolist(), batch["image"], strict=True):
+        assert round(float((img[0, 0, 0] + 1) * 127.5)) == level[m.classes[label]]
