@@ -25,12 +25,11 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from bigtrain.data import urls
 from bigtrain.data.images import IMAGE_KEYS
 from bigtrain.data.manifest import DatasetManifest, ShardInfo
-from bigtrain.data.read import raw_label
+from bigtrain.data.read import raw_label, tar_samples
 from bigtrain.errors import DatasetError
 from bigtrain.utils.console import bar_disable
 
@@ -99,8 +98,7 @@ def scan_shard(url: str, label_key: str | None, digest: bool, opts: IndexOptions
         try:
             with urls.open_stream(url, opts.storage_options) as raw:
                 tee = _Tee(raw, digest)
-                files = tar_file_expander([{"url": url, "stream": tee}], handler=_reraise)
-                for sample in group_by_keys(files, handler=_reraise):
+                for sample in tar_samples(tee, url):
                     _scan_sample(scan, sample, label_key)
                 tee.drain()
             scan.bytes = tee.n
@@ -113,10 +111,6 @@ def scan_shard(url: str, label_key: str | None, digest: bool, opts: IndexOptions
             log.warning("reading %s failed (%s); retrying in %.1f s", url, exc, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
-
-
-def _reraise(exn: Exception) -> bool:
-    raise exn
 
 
 def _scan_sample(scan: ShardScan, sample: Mapping[str, Any], label_key: str | None) -> None:

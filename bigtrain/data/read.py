@@ -65,6 +65,13 @@ def _raise(exn: Exception) -> bool:
     raise exn
 
 
+def tar_samples(stream: Any, url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one open tar stream, grouped by key as WebDataset groups them; any error is
+    raised (the callers retry, count or report it)."""
+    files = tar_file_expander([{"url": url, "stream": stream}], handler=_raise)
+    return group_by_keys(files, handler=_raise)
+
+
 class ShortShard(EOFError):
     """A shard that ended cleanly but early: a file cut at a member boundary, or a connection
     closed before the end (tar itself cannot tell either from a real end)."""
@@ -85,8 +92,7 @@ def shard_samples(
         try:
             seen = 0
             with urls.open_stream(url, policy.storage_options) as stream:
-                files = tar_file_expander([{"url": url, "stream": stream}], handler=_raise)
-                for sample in group_by_keys(files, handler=_raise):
+                for sample in tar_samples(stream, url):
                     seen += 1
                     if seen <= given:
                         continue  # given before a retry

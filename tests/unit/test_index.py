@@ -231,3 +231,40 @@ def test_resume_after_a_skipped_shard_is_exact_when_the_shard_is_back(foreign: P
     resumed.load_state_dict(state)
     assert [next(resumed)["keys"] for _ in range(5)] == expected
     assert resumed.state.shard_errors == stream.state.shard_errors  # not counted twice
+
+
+def test_storage_options_alone_reach_s3_for_the_stream_and_the_references(
+    foreign: Path, tmp_path: Path
+) -> None:
+    """No AWS_ENDPOINT_URL: the endpoint and keys come only from data.storage_options, for the
+    stream's reads and (through configure_reads) for every other read of the run."""
+    import os
+
+    from bigtrain.data.read import default_policy, iter_images
+    from bigtrain.train.task import configure_reads
+    from tests.conftest import compose
+    from tests.servers import s3_server
+
+    files = {f"x/{p.name}": p.read_bytes() for p in sorted(foreign.glob("*.tar"))}
+    with s3_server("opts", files) as env:
+        for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            os.environ.pop(key)
+        opts = {"endpoint_url": env["AWS_ENDPOINT_URL"], "key": "testing", "secret": "testing"}
+        m = index(
+            "s3://opts/x/{00000..00003}.tar",
+            tmp_path / "ds",
+            IndexOptions(
+                resolution=16, label_key="json:label", storage_options=opts, val_fraction=0.25, progress=False
+            ),
+        )
+        batch = next(DataStream(_spec(m, storage_options=tuple(opts.items()))))
+        assert batch["image"].shape == (8, 3, 16, 16)
+        cfg = compose("experiment=mnist_dcgan", f"data.path={tmp_path / 'ds'}")
+        cfg.data.storage_options = opts
+        configure_reads(cfg)
+        try:
+            assert dict(default_policy().storage_options) == opts
+            refs = next(iter_images(m, "val", 12))
+            assert refs.shape == (12, 16, 16, 3)
+        finally:
+            configure_reads(compose("experiment=mnist_dcgan", f"data.path={tmp_path / 'ds'}"))
