@@ -20,6 +20,9 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from bigtrain.data.manifest import DatasetManifest
+from bigtrain.data.stream import StreamSpec
+
 CLASSES = ("cat", "coffee", "rocket")
 
 
@@ -156,3 +159,21 @@ def write_img2dataset_shards(out: Path, shards: int, per_shard: int, seed: int =
                 )
         paths.append(path)
     return paths
+
+
+def stream_spec(m: DatasetManifest, **kw: object) -> StreamSpec:
+    """A stream over ``m``'s train shards with the manifest's shape, labels, captions and metadata:
+    batches of 8 in shard order (shuffle buffer 1) and quick retries, unless ``kw`` says otherwise."""
+    base: dict[str, object] = dict(
+        batch_size=8,
+        resolution=m.resolution,
+        channels=m.channels,
+        shuffle_buffer=1,
+        label_key=m.label_key,
+        classes=m.label_names,
+        text=m.has_text,
+        meta=m.has_meta,
+        backoff_s=0.01,
+    )
+    base.update(kw)
+    return StreamSpec(tuple(m.shard_paths("train")), **base)  # type: ignore[arg-type]

@@ -112,11 +112,6 @@ def fit(
     return img.resize((resolution, resolution), flt, box=(left, top, left + side, top + side))
 
 
-def resize_square(img: Image.Image, resolution: int) -> Image.Image:
-    """Shorter side to ``resolution``, then centre crop (``bigtrain prepare``'s default)."""
-    return fit(img, resolution, Resize.center)
-
-
 def box_downsample(arr: np.ndarray, resolution: int) -> np.ndarray:
     """A square uint8 ``[H, W, C]`` image shrunk to ``resolution`` by repeated 2x2 means in float32,
     rounded to uint8 at the end: ProGAN's ``dataset_tool.py`` (``add_image``), which makes each lower

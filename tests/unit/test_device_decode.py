@@ -14,7 +14,7 @@ from bigtrain.data.index import IndexOptions, index
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.stream import DataStream, StreamSpec
 from tests.conftest import compose
-from tests.servers import write_img2dataset_shards
+from tests.servers import stream_spec, write_img2dataset_shards
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +27,9 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> DatasetManifest:
 
 
 def _spec(m: DatasetManifest, **kw: object) -> StreamSpec:
-    base: dict[str, object] = dict(
-        batch_size=16,
-        resolution=m.resolution,
-        channels=m.channels,
-        shuffle_buffer=8,
-        label_key=m.label_key,
-        classes=m.label_names,
-        flip=True,
-        downsample="bilinear",
+    return stream_spec(
+        m, **{"batch_size": 16, "shuffle_buffer": 8, "flip": True, "downsample": "bilinear", **kw}
     )
-    base.update(kw)
-    return StreamSpec(tuple(m.shard_paths("train")), **base)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("resize", ["center", "random", "pad"])

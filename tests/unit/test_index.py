@@ -13,10 +13,10 @@ import pytest
 from bigtrain.data.index import IndexOptions, index
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.read import ReadPolicy, ShardReadError, read_shards, shard_samples
-from bigtrain.data.stream import DataStream, StreamSpec
+from bigtrain.data.stream import DataStream
 from bigtrain.data.urls import expand
 from bigtrain.errors import DatasetError
-from tests.servers import CLASSES, http_server, write_img2dataset_shards
+from tests.servers import CLASSES, http_server, stream_spec, write_img2dataset_shards
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +26,7 @@ def foreign(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _spec(m: DatasetManifest, **kw: object) -> StreamSpec:
-    base: dict[str, object] = dict(
-        batch_size=8,
-        resolution=m.resolution,
-        channels=m.channels,
-        shuffle_buffer=1,
-        label_key=m.label_key,
-        classes=m.label_names,
-        text=m.has_text,
-        meta=m.has_meta,
-        backoff_s=0.01,
-    )
-    base.update(kw)
-    return StreamSpec(tuple(m.shard_paths("train")), **base)  # type: ignore[arg-type]
+_spec = stream_spec
 
 
 def test_shard_lists_expand_like_webdataset(foreign: Path) -> None:
