@@ -81,3 +81,20 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def entry() -> None:
+    """The ``bigtrain`` console script and ``python -m bigtrain``: ``main``, then the exit.
+
+    A process that ran collectives (a rank under torchrun or srun) leaves through
+    ``distributed.exit_now``, which skips the interpreter's teardown: see there for the abort it avoids.
+    """
+    from bigtrain import distributed as bdist
+
+    try:
+        code: int | str | None = main()
+    except SystemExit as exc:
+        code = exc.code
+    if bdist.had_process_group():
+        bdist.exit_now(code)
+    sys.exit(code)

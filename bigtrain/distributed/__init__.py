@@ -12,7 +12,9 @@ weights bit-identical with no such constraint; BatchNorm running statistics are 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -78,14 +80,47 @@ def print0(*args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs, flush=True)
 
 
+_HAD_GROUP = False
+
+
 def shutdown(clean: bool) -> None:
     """End the process group: after a barrier when the run ended well (so no rank exits while
     another still talks to it), at once after an error (a peer may be gone)."""
+    global _HAD_GROUP
     if not is_dist():
         return
+    _HAD_GROUP = True
     if clean or world_size() == 1:  # alone, a barrier cannot hang; it lets gloo's queued work finish
         dist.barrier()
     dist.destroy_process_group()
+
+
+def had_process_group() -> bool:
+    """Whether this process ran collectives (and so may still hold gloo/NCCL C++ threads)."""
+    return _HAD_GROUP or is_dist()
+
+
+def exit_now(code: int | str | None) -> None:
+    """Leave the process without the interpreter's finalization, once everything is flushed.
+
+    Why: gloo's worker threads can still hold the last collective's tensors when Python starts
+    tearing itself down; freeing them then needs the GIL, which a finalizing interpreter answers by
+    ending the thread, and the C++ runtime turns that into ``terminate called without an active
+    exception`` and SIGABRT (pytorch/pytorch#179291 describes it). A rank that finished its work, saved
+    its checkpoint and closed its tracker then still "fails", and torchrun or SLURM marks the whole
+    job failed. Seen about once in three 2-rank CI runs. Nothing is left to finalize by then: the
+    loader's workers are joined, files closed, the tracker ended; logs and stdio are flushed here.
+    """
+    import logging
+
+    if isinstance(code, str):  # sys.exit("message") prints the message and exits 1
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be written
+            stream.flush()
+    os._exit(int(code or 0))
 
 
 def barrier() -> None:
