@@ -183,7 +183,7 @@ def run_cli(
     return proc
 
 
-# Small runs of each task: the debug config group (configs/debug/), as a user would check a pipeline.
+# Small runs of each task: the debug config group (bigtrain/configs/debug/), as a user would check a pipeline.
 TINY = ["debug=tiny_gan"]
 TOKENIZER_SMALL = ("debug=tiny_tokenizer",)
 PRIOR_SMALL = ("debug=tiny_prior",)

@@ -69,7 +69,7 @@ def app(cfg: DictConfig) -> None:
 
 USAGE = """usage: bigtrain train [OVERRIDES] [-m] [--help] [--hydra-help]
 
-Train with the config composed from configs/train.yaml and OVERRIDES (Hydra syntax:
+Train with the config composed from bigtrain/configs/train.yaml and OVERRIDES (Hydra syntax:
 experiment=mnist_dcgan data.path=data/mnist5k trainer.max_steps=500; -m sweeps comma lists).
 `bigtrain train OVERRIDES --help` shows the choices for that config, with the selected model
 family's model.arch options; --hydra-help is Hydra's own help; --cfg job prints the config.

@@ -1,6 +1,6 @@
 """Typed config schema, registered with Hydra's ConfigStore.
 
-Hydra merges the YAML under ``configs/`` onto these dataclasses, so an unknown key
+Hydra merges the YAML under ``bigtrain/configs/`` onto these dataclasses, so an unknown key
 (``trainer.max_stepz=1``) or a wrong type (``trainer.max_steps=abc``) stops at start-up with a
 message naming the key; enums reject unknown choices the same way. Cross-field rules that types
 cannot express live in ``bigtrain.config.validate`` (and in each task's ``check_config``).
@@ -8,7 +8,7 @@ cannot express live in ``bigtrain.config.validate`` (and in each task's ``check_
 This module holds what every task shares. Each task extends :class:`TrainConfig` with its own
 sections, model keys and optimizer blocks in its own module (``GANConfig`` in
 ``bigtrain/train/tasks/gan.py``: ``loss``, ``ema``, ``model.z_dim``, ``optim.g``, ``optim.d``), and
-its config group (``configs/task/<name>.yaml``) puts that subclass under the run's config. So a
+its config group (``bigtrain/configs/task/<name>.yaml``) puts that subclass under the run's config. So a
 run's saved config holds exactly what it uses, and another task's key (``vq.disc_start`` on a GAN)
 is an unknown key, not silently ignored. A family's ``model.arch`` options are typed by its own
 dataclass (``bigtrain.models``) the same way.
@@ -263,5 +263,5 @@ class TrainConfig:
 
 
 def register() -> None:
-    """Make ``train_schema`` available to ``configs/train.yaml``'s defaults list."""
+    """Make ``train_schema`` available to ``bigtrain/configs/train.yaml``'s defaults list."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -1,10 +1,10 @@
-"""The training config as Hydra composes it: the YAML under ``configs/`` merged onto the typed
+"""The training config as Hydra composes it: the YAML under ``bigtrain/configs/`` merged onto the typed
 schema (``bigtrain.config.schema``) and, under ``model.arch``, onto the chosen model family's
 options dataclass (``bigtrain.models``), so a wrong key or type stops at composition.
 
 :func:`register` puts them into Hydra's ConfigStore: the shared schema as ``train_schema``, each
-task's extension of it as ``<task>_schema`` (which ``configs/task/<task>.yaml`` lists first) and each
-family's options as ``model/arch/<family>`` (which ``configs/model/<family>.yaml`` lists first). It
+task's extension of it as ``<task>_schema`` (which ``bigtrain/configs/task/<task>.yaml`` lists first) and each
+family's options as ``model/arch/<family>`` (which ``bigtrain/configs/model/<family>.yaml`` lists first). It
 lives here, above ``config``, ``models`` and the tasks, because it needs all three. :func:`compose_config` is the
 same composition outside the Hydra app (``bigtrain info``, ``doctor``, ``train --help``, tests):
 what it reports is what a run with those overrides will use; a bad override is one
@@ -28,12 +28,12 @@ from bigtrain.errors import ConfigError
 from bigtrain.models.registry import families
 from bigtrain.train.task import all_tasks
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")  # shipped inside the package
 
 
 def register() -> None:
     """The schemas of the run, of every task and of every model family's ``model.arch``, and the
-    resolver that names a sweep's job folders (``configs/train.yaml``'s ``hydra.sweep.subdir``)."""
+    resolver that names a sweep's job folders (``bigtrain/configs/train.yaml``'s ``hydra.sweep.subdir``)."""
     register_schema()
     OmegaConf.register_new_resolver(
         "bigtrain_job", lambda task, fixed: job_dirname(list(task), list(fixed or [])), replace=True

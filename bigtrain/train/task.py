@@ -53,7 +53,7 @@ Batches = Iterator[dict[str, Any]]
 class Task(ABC):
     # -- what the task is (read before it is built) ---------------------------------------------------
     name: ClassVar[str]
-    """``task=NAME``: the config group ``configs/task/NAME.yaml`` and the registry key."""
+    """``task=NAME``: the config group ``bigtrain/configs/task/NAME.yaml`` and the registry key."""
     config: ClassVar[type[TrainConfig]]
     """Its config schema: :class:`~bigtrain.config.schema.TrainConfig` extended with the task's own
     sections, model keys and ``optim.<name>`` blocks (the config group puts it under the run)."""

@@ -13,7 +13,7 @@ from bigtrain.errors import ConfigError
 from bigtrain.train.task import check_config
 from tests.conftest import compose, declared_manifest
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "bigtrain" / "configs"
 
 GROUP_OPTIONS = [
     f"{d.name}={f.stem}" for d in sorted(CONFIGS.iterdir()) if d.is_dir() for f in sorted(d.glob("*.yaml"))
