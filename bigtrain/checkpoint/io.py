@@ -54,7 +54,11 @@ class Checkpoint:
             if "." not in n and "/" not in n and n != "trainer"
         }
 
-    def load(self, name: str) -> Any:
+    def load(self, name: str, *, weights_only: bool = False) -> Any:
+        """Component ``name``. ``weights_only=True`` unpickles tensors and plain containers only
+        (never code): for a checkpoint from elsewhere, read for its weights (``bigtrain.load``,
+        ``bigtrain export``, ``init_from``). Resuming a run reads its own files in full (optimizer
+        and RNG states, an engine's pickles)."""
         f = self.path / f"{name}.pt"
         if not f.is_file():
             raise CheckpointError(f"checkpoint {self.path} has no component '{name}'")
@@ -62,7 +66,7 @@ class Checkpoint:
             # an engine's pickles (DeepSpeed) import their library, whose logger would print to
             # stdout: keep stdout for the commands' own output (`bigtrain inspect --json`)
             with contextlib.redirect_stdout(sys.stderr):
-                return torch.load(f, map_location="cpu", weights_only=False)
+                return torch.load(f, map_location="cpu", weights_only=weights_only)
         except Exception as exc:  # torch raises many types for a damaged zip/pickle
             raise CheckpointError(f"cannot read {f}: {type(exc).__name__}: {exc}") from exc
 

@@ -12,8 +12,9 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bigtrain.errors import ConfigError, NonFiniteLossError
+from bigtrain.train.gan_sampling import truncated_normal
 from bigtrain.train.task import check_config
-from bigtrain.train.tasks.gan import GANTask, truncated_normal
+from bigtrain.train.tasks.gan import GANTask
 from tests.conftest import compose, cpu, declared_manifest
 
 

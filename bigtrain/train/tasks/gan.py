@@ -29,8 +29,9 @@ from bigtrain.losses import build_loss, gradient_penalty
 from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models import D_NORMS, build_gan
 from bigtrain.train.augment import diff_augment, parse_policy
-from bigtrain.train.bn_modes import G_BN_MODES, Sampler
+from bigtrain.train.bn_modes import G_BN_MODES
 from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
+from bigtrain.train.gan_sampling import GeneratorSampling
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.stages import StageDriver, StagedTask, build_driver, fade_reals
 from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
@@ -218,12 +219,16 @@ class GANTask(StagedTask):
         self.final_resolution = manifest.resolution
         self.manifest = manifest
         e = cfg.eval
-        self.sampler = Sampler(
-            str(e.g_bn),
-            passes=int(e.standing_passes),
-            batch=int(e.standing_batch) or self.batch_size,
+        self.sampling = GeneratorSampling(
+            self._eval_G,
+            z_dim=int(cfg.model.z_dim),
+            num_classes=self.num_classes,
+            device=device,
+            g_bn=str(e.g_bn),
+            standing_passes=int(e.standing_passes),
+            standing_batch=int(e.standing_batch) or self.batch_size,
             seed=int(e.seed),
-            draw=self._draw_inputs,
+            version=lambda: self._version,
         )
         self._version = 0  # changes with G's weights: standing statistics are re-estimated then
         self.staging = self._stage_driver(cfg, manifest) if cfg.stages.schedule else None
@@ -444,71 +449,28 @@ class GANTask(StagedTask):
     def _eval_G(self) -> nn.Module:
         return self.ema.model if self.ema is not None else self.G
 
-    def _draw_inputs(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Random G inputs for standing statistics: z ~ N(0, I), labels uniform."""
-        z = torch.randn(n, self.z_dim, generator=generator).to(self.device)
-        if not self.num_classes:
-            return z, None
-        return z, torch.randint(0, self.num_classes, (n,), generator=generator).to(self.device)
-
-    @torch.no_grad()
     def _generate(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The EMA generator on ``z`` and labels ``y`` with the BatchNorm statistics ``eval.g_bn``
-        names (see ``bigtrain.train.bn_modes``); images on the CPU."""
-        source = self._eval_G()
-        was_training = source.training
-        try:
-            G = self.sampler.network(source, self._version)
-            return G(z.to(self.device), None if y is None else y.to(self.device)).float().clamp(-1, 1).cpu()
-        finally:
-            source.train(was_training)
+        return self.sampling.generate(z, y)
 
     def sample_grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:
-        """Fixed z; when conditional, one row per class (up to 10 rows), the same z across rows."""
-        g = torch.Generator().manual_seed(seed)
-        if self.num_classes:
-            nrows = min(self.num_classes, max(rows, 10))
-            return self.sample_per_class(list(range(nrows)), rows, g), rows
-        return self._generate(torch.randn(rows * rows, self.z_dim, generator=g), None), rows
+        return self.sampling.grid(seed, rows)
 
     def sample(
         self, n: int, generator: torch.Generator, *, classes: list[int] | None = None, **options: Any
     ) -> torch.Tensor:
-        """From the EMA generator; ``truncation > 0`` redraws |z| > t (the truncation trick, Brock
-        et al. 2019 sec. 3.1). Noise is drawn on the generator's device, so FID samples are the
-        same wherever evaluation runs."""
-        dev = generator.device
-        z = truncated_normal(n, self.z_dim, float(options.get("truncation", 0.0)), generator, dev)
-        y = None
-        if self.num_classes:
-            pool = torch.tensor(classes if classes else range(self.num_classes), device=dev)
-            y = pool[torch.randint(0, len(pool), (n,), generator=generator, device=dev)]
-        return self._generate(z, y)
+        """From the EMA generator (see :class:`~bigtrain.train.gan_sampling.GeneratorSampling`)."""
+        return self.sampling.sample(n, generator, classes=classes, **options)
 
     def sample_per_class(
         self, classes: list[int], per_class: int, generator: torch.Generator, **options: Any
     ) -> torch.Tensor:
-        """A row per class with the same ``per_class`` latents in every row."""
-        z = truncated_normal(
-            per_class, self.z_dim, float(options.get("truncation", 0.0)), generator, generator.device
-        )
-        return self._generate(z.repeat(len(classes), 1), torch.tensor(classes).repeat_interleave(per_class))
+        return self.sampling.per_class(classes, per_class, generator, **options)
 
     def sample_labels(self, labels: torch.Tensor, generator: torch.Generator, **options: Any) -> torch.Tensor:
-        z = truncated_normal(
-            len(labels), self.z_dim, float(options.get("truncation", 0.0)), generator, generator.device
-        )
-        return self._generate(z, labels if self.num_classes else None)
+        return self.sampling.for_labels(labels, generator, **options)
 
     def interpolate(self, rows: int, steps: int, generator: torch.Generator, **options: Any) -> torch.Tensor:  # noqa: ARG002
-        """Straight lines in z between two random points per row (Radford et al. 2016, sec. 6.1)."""
-        ends = torch.randn(rows, 2, self.z_dim, generator=generator)
-        t = torch.linspace(0, 1, steps).view(1, -1, 1)
-        z = (ends[:, :1] * (1 - t) + ends[:, 1:] * t).reshape(-1, self.z_dim)
-        y = None
-        if self.num_classes:
-            y = torch.randint(0, self.num_classes, (rows,), generator=generator).repeat_interleave(steps)
-        return self._generate(z, y)
+        return self.sampling.interpolate(rows, steps, generator)
 
     # -- evaluation -------------------------------------------------------------------------------
     def eval_source(self) -> EvalSource:
@@ -519,17 +481,3 @@ class GANTask(StagedTask):
             self.current_resolution(),
             downsample=eval_recipe(self.cfg),
         )
-
-
-def truncated_normal(
-    n: int, dim: int, truncation: float, generator: torch.Generator, device: torch.device
-) -> torch.Tensor:
-    """N(0, I) samples; with ``truncation > 0`` every entry with |z| > truncation is redrawn."""
-    z = torch.randn(n, dim, generator=generator, device=device)
-    if truncation > 0:
-        for _ in range(1000):
-            bad = z.abs() > truncation
-            if not bad.any():
-                break
-            z[bad] = torch.randn(int(bad.sum()), generator=generator, device=device)
-    return z

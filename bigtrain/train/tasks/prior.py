@@ -37,9 +37,10 @@ from bigtrain.data.manifest import DatasetManifest
 from bigtrain.errors import ConfigError
 from bigtrain.eval.source import EvalSource, Judged
 from bigtrain.models import build_model, parse_arch
-from bigtrain.models.transformer import TokenPrior, generate
+from bigtrain.models.transformer import TokenPrior
 from bigtrain.train.engines import DeepSpeedEngine, Engine, TorchEngine
 from bigtrain.train.optim import lr_factor
+from bigtrain.train.prior_sampling import PriorSampling
 from bigtrain.train.step import NonFiniteGuard, accumulate
 from bigtrain.train.task import Batches, Task, register_task
 from bigtrain.utils.rng import preserve_rng
@@ -156,7 +157,7 @@ class PriorTask(Task):
         self.guard = NonFiniteGuard(cfg.trainer)
         self.engine: Engine = self._engine(cfg, device, accelerator)
         self._vq: nn.Module | None = None
-        self.grid = int(round(seq_len**0.5))
+        self._sampling: PriorSampling | None = None
         self.seq_len = seq_len
 
     def _engine(self, cfg: DictConfig, device: torch.device, accelerator: Any) -> Engine:
@@ -286,62 +287,43 @@ class PriorTask(Task):
             self._vq = vq
         return self._vq
 
+    @property
+    def sampling(self) -> PriorSampling:
+        if self._sampling is None:
+            self._sampling = PriorSampling(
+                self.engine.sampling_model,
+                lambda: self.vq,
+                num_classes=self.num_classes,
+                seq_len=self.seq_len,
+                device=self.device,
+                defaults=self.cfg.prior,
+            )
+        return self._sampling
+
     def sample_tokens(
         self, labels: torch.Tensor | None, n: int, generator: torch.Generator, **overrides: Any
     ) -> torch.Tensor:
         """``[n, seq_len]`` codes from the prior with the config's sampling settings (or overrides)."""
-        p = self.cfg.prior
-        opts = {
-            "temperature": float(p.temperature),
-            "top_k": int(p.top_k),
-            "top_p": float(p.top_p),
-            "cfg_scale": float(p.cfg_scale),
-        } | {k: v for k, v in overrides.items() if v is not None}
-        model = self.engine.sampling_model()
-        if generator.device != self.device:  # derive a generator where the model samples
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            generator = torch.Generator(self.device).manual_seed(seed)
-        if labels is not None:
-            labels = labels.to(self.device)
-        return generate(model, labels, n, generator=generator, **opts)
+        return self.sampling.tokens(labels, n, generator, **overrides)
 
-    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        h = self.grid
-        images = self.vq.decode_indices(codes.view(-1, h, h).to(self.device))
-        return images.float().clamp(-1, 1).cpu()
+        return self.sampling.decode(codes)
 
     def generate_images(
         self, labels: torch.Tensor | None, n: int, generator: torch.Generator, **overrides: Any
     ) -> torch.Tensor:
-        return self.decode(self.sample_tokens(labels, n, generator, **overrides))
-
-    def _labels(self, n: int, generator: torch.Generator, classes: list[int] | None) -> torch.Tensor | None:
-        if not self.num_classes:
-            return None
-        pool = torch.tensor(classes if classes else range(self.num_classes))
-        return pool[
-            torch.randint(0, len(pool), (n,), generator=torch.Generator().manual_seed(_seed(generator)))
-        ]
+        return self.sampling.images(labels, n, generator, **overrides)
 
     def sample_grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:
-        """``rows`` samples per row; when conditional, one row per class (up to 10 rows)."""
-        g = torch.Generator(self.device).manual_seed(seed)
-        if self.num_classes:
-            nrows = min(self.num_classes, max(rows, 10))
-            labels = torch.arange(nrows).repeat_interleave(rows)
-        else:
-            nrows, labels = rows, None
-        return self.generate_images(labels, nrows * rows, g), rows
+        return self.sampling.grid(seed, rows)
 
     def sample(
         self, n: int, generator: torch.Generator, *, classes: list[int] | None = None, **options: Any
     ) -> torch.Tensor:
-        """Decoded samples with labels drawn uniformly from ``classes`` (default: all)."""
-        return self.generate_images(self._labels(n, generator, classes), n, generator, **options)
+        return self.sampling.sample(n, generator, classes=classes, **options)
 
     def sample_labels(self, labels: torch.Tensor, generator: torch.Generator, **options: Any) -> torch.Tensor:
-        return self.generate_images(labels if self.num_classes else None, len(labels), generator, **options)
+        return self.sampling.for_labels(labels, generator, **options)
 
     # -- evaluation -------------------------------------------------------------------------------
     def eval_source(self) -> EvalSource:
@@ -355,7 +337,3 @@ class PriorTask(Task):
             reference.resolution,
             splittable=not getattr(self.engine, "sharded", False),
         )
-
-
-def _seed(generator: torch.Generator) -> int:
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))

@@ -1,0 +1,144 @@
+"""A checkpoint's inference part as a description (``config.json``) and weights, read without
+building the training task: the run's ``config.yaml``, ``meta.json`` and the one or two weight
+components sampling needs (``inference_components`` of the task)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from bigtrain.checkpoint.io import Checkpoint, open_checkpoint
+from bigtrain.errors import CheckpointError, ConfigError
+from bigtrain.train.prior_sampling import SETTINGS
+from bigtrain.train.snapshot import checkpoint_config
+
+FORMAT = "bigtrain-export"
+VERSION = 1
+KINDS = {"gan": "generator", "tokenizer": "tokenizer", "prior": "prior"}
+
+
+def _tensors(state: Any, what: str) -> dict[str, torch.Tensor]:
+    """A state dict as plain, contiguous CPU tensors (safetensors stores nothing else)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"the {what} component is not a state dict of tensors")
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def _data(ck: Checkpoint) -> dict[str, Any]:
+    data = ck.meta.get("dataset")
+    if not data:
+        raise CheckpointError(f"checkpoint {ck.path} records no dataset shape (meta.json 'dataset')")
+    return {
+        "name": data.get("name", ""),
+        "resolution": int(data["resolution"]),
+        "channels": int(data["channels"]),
+        "classes": [str(c) for c in data.get("classes", [])],
+    }
+
+
+def _metrics(ck: Checkpoint) -> dict[str, Any]:
+    """The run's evaluated metrics so far, by step (the trainer's history)."""
+    if "trainer" not in ck.component_names():
+        return {}
+    history = ck.load("trainer", weights_only=True).get("fid", {}) or {}
+    return {str(k): v for k, v in sorted(history.items(), key=lambda kv: int(kv[0]))}
+
+
+def describe(
+    path: str | Path, what: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``(description, weights, tokenizer)`` of checkpoint ``path``; ``tokenizer`` is the
+    ``(description, weights)`` pair a prior decodes with (None for other kinds).
+
+    ``what`` (``generator`` | ``tokenizer`` | ``prior``) must match the checkpoint's task; None takes it."""
+    ck = open_checkpoint(path)
+    cfg = checkpoint_config(ck)
+    task = str(cfg.task)
+    kind = KINDS.get(task)
+    if kind is None:
+        raise ConfigError(f"{ck.path}: task={task} has no inference export")
+    if what is not None and what != kind:
+        raise ConfigError(f"{ck.path} is a task={task} checkpoint: it exports as --what {kind}, not {what}")
+    m = cfg.model
+    desc: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "task": task,
+        "model": {
+            "name": str(m.name),
+            "arch": OmegaConf.to_container(m.arch, resolve=True),
+            "conditional": bool(m.conditional),
+        },  # fmt: skip
+        "data": _data(ck),
+        "source": {
+            "checkpoint": str(ck.path.resolve()),
+            "step": ck.step,
+            "mlflow_run_id": ck.meta.get("mlflow_run_id"),
+        },  # fmt: skip
+        "metrics": _metrics(ck),
+        "train_config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    tokenizer = None
+    if kind == "generator":
+        weights, sampling = _generator_part(ck, cfg, desc)
+    elif kind == "tokenizer":
+        weights, sampling = _tensors(ck.load("vq", weights_only=True), "vq"), {}
+        desc["model"]["digest"] = ck.meta.get("digests", {}).get("vq")
+    else:
+        weights, sampling, tokenizer = _prior_part(ck, cfg, desc)
+    desc["sampling"] = sampling
+    return desc, weights, tokenizer
+
+
+def _generator_part(
+    ck: Checkpoint, cfg: Any, desc: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    names = ck.component_names()
+    source = "G_ema" if "G_ema" in names else "G"  # what evaluation and `bigtrain sample` judge
+    m, e = cfg.model, cfg.eval
+    num_classes = len(desc["data"]["classes"]) if m.conditional else 0
+    desc["model"] |= {"num_classes": num_classes, "z_dim": int(m.z_dim), "g_width": int(m.g_width),
+                      "d_width": int(m.d_width), "d_norm": str(m.d_norm), "weights": source}  # fmt: skip
+    sampling: dict[str, Any] = {
+        "g_bn": str(e.g_bn),
+        "standing_passes": int(e.standing_passes),
+        "standing_batch": int(e.standing_batch) or int(cfg.data.batch_size),
+        "seed": int(e.seed),
+    }
+    stages = ck.load("task", weights_only=True).get("stages") if "task" in names else None
+    if stages:  # a growing network samples at the stage the checkpoint reached
+        sampling["stage"] = {"resolution": int(stages["resolution"]), "alpha": float(stages["alpha"])}
+    return _tensors(ck.load(source, weights_only=True), source), sampling
+
+
+def _prior_part(
+    ck: Checkpoint, cfg: Any, desc: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    # a token dataset's resolution and channels are its source images': what the prior generates
+    tokens_meta = ck.meta["dataset"].get("extra", {})
+    tokens = tokens_meta.get("tokens") or {}
+    if not tokens:
+        raise CheckpointError(f"{ck.path}: the prior's token dataset shape is not recorded in meta.json")
+    h, w = (int(v) for v in tokens["grid"])
+    num_classes = len(desc["data"]["classes"]) if cfg.model.conditional else 0
+    desc["model"] |= {"num_classes": num_classes, "vocab": int(tokens["vocab"]), "seq_len": h * w}
+    recorded = tokens_meta.get("tokenizer", {})
+    tok_path = str(cfg.prior.tokenizer or recorded.get("checkpoint", ""))
+    if not tok_path or not Path(tok_path).is_dir():
+        raise ConfigError(
+            f"the prior's tokenizer checkpoint {tok_path or '(not recorded)'} is gone: "
+            "export it with the prior from a machine that has it"
+        )
+    tok_desc, tok_weights, _ = describe(tok_path, "tokenizer")
+    want, have = recorded.get("digest"), tok_desc["model"].get("digest")
+    if want and have != want:
+        raise ConfigError(f"tokenizer {tok_path} is not the one that made the prior's tokens")
+    sampling = {k: cfg.prior[k] for k in SETTINGS}
+    return _tensors(ck.load("prior", weights_only=True), "prior"), sampling, {"description": tok_desc, "weights": tok_weights}
+
+
+__all__ = ["FORMAT", "KINDS", "VERSION", "describe"]

@@ -1,0 +1,115 @@
+"""``bigtrain export``: a checkpoint's inference part as the folder a model hub expects.
+
+``OUT/config.json`` (what the network is and how it samples, see :mod:`bigtrain.inference.models`),
+``OUT/model.safetensors`` (its weights: tensors only, so loading one cannot run code, unlike a
+pickle) and ``OUT/README.md`` (a model card: source run, step, metrics, settings). A prior carries
+its tokenizer in ``OUT/tokenizer/`` (the same layout), so the folder samples images on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bigtrain.errors import CheckpointError
+from bigtrain.inference.describe import FORMAT, VERSION, describe
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+CARD = "README.md"
+
+
+def _write_folder(out: Path, desc: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    # tied weights share storage, which safetensors refuses: store each as its own copy
+    plain = {k: v.clone() for k, v in weights.items()}
+    tmp = out / (WEIGHTS + ".part")
+    save_file(plain, str(tmp), metadata={"format": "pt", "bigtrain": FORMAT, "kind": desc["kind"]})
+    tmp.replace(out / WEIGHTS)
+    part = out / (CONFIG + ".part")
+    part.write_text(json.dumps(desc, indent=2, default=str) + "\n")
+    part.replace(out / CONFIG)  # written last: a folder with config.json is complete
+
+
+def export(ckpt: str | Path, out: str | Path, what: str | None = None) -> Path:
+    """Write checkpoint ``ckpt``'s generator / tokenizer / prior (``what``; default: the task's)
+    into ``out``; returns ``out``. An existing export there is replaced; any other non-empty
+    folder is refused."""
+    out = Path(out).expanduser()
+    if out.exists() and any(out.iterdir()) and not (out / CONFIG).is_file():
+        raise CheckpointError(f"{out} is a non-empty folder that is not a bigtrain export; choose another")
+    desc, weights, tokenizer = describe(ckpt, what)
+    if out.exists():
+        shutil.rmtree(out)
+    if tokenizer is not None:
+        _write_folder(out / "tokenizer", tokenizer["description"], tokenizer["weights"])
+        _write_card(out / "tokenizer", tokenizer["description"], weights_of=tokenizer["weights"])
+        desc["tokenizer"] = "tokenizer"
+    _write_card(out, desc, weights_of=weights)
+    _write_folder(out, desc, weights)
+    return out
+
+
+def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``(description, weights, tokenizer)`` of an export folder, as :func:`describe` returns them."""
+    path = Path(path).expanduser()
+    cfg_file, weights_file = path / CONFIG, path / WEIGHTS
+    if not cfg_file.is_file() or not weights_file.is_file():
+        raise CheckpointError(f"{path} is not a bigtrain export (needs {CONFIG} and {WEIGHTS})")
+    try:
+        desc = json.loads(cfg_file.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"unreadable {cfg_file}: {exc}") from None
+    if desc.get("format") != FORMAT or int(desc.get("version", 0)) > VERSION:
+        raise CheckpointError(
+            f"{cfg_file} is not a bigtrain export of version <= {VERSION} "
+            f"(format {desc.get('format')!r}, version {desc.get('version')!r})"
+        )
+    try:
+        weights = load_file(str(weights_file))
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        raise CheckpointError(f"cannot read {weights_file}: {type(exc).__name__}: {exc}") from None
+    tokenizer = None
+    if desc.get("tokenizer"):
+        tok_desc, tok_weights, _ = read_export(path / desc["tokenizer"])
+        tokenizer = {"description": tok_desc, "weights": tok_weights}
+    return desc, weights, tokenizer
+
+
+def _write_card(out: Path, desc: dict[str, Any], weights_of: dict[str, torch.Tensor]) -> None:
+    """A short model card: what the model is, where it came from, how it scored, how to use it."""
+    out.mkdir(parents=True, exist_ok=True)
+    m, d, src = desc["model"], desc["data"], desc["source"]
+    params = sum(int(v.numel()) for v in weights_of.values())
+    classes = f"{len(d['classes'])} classes" if m.get("num_classes") else "unconditional"
+    lines = [
+        f"# {m['name']} {desc['kind']} ({d.get('name') or 'dataset'}, {d['resolution']}px)",
+        "",
+        f"- Kind: {desc['kind']} (bigtrain task={desc['task']}), {params:,} parameters, {classes}.",
+        f"- Data: {d.get('name') or '?'}, {d['resolution']}x{d['resolution']}, {d['channels']} channel(s).",
+        f"- Source: checkpoint `{src['checkpoint']}` at step {src['step']}"
+        + (f", MLflow run `{src['mlflow_run_id']}`." if src.get("mlflow_run_id") else "."),
+    ]
+    if desc.get("metrics"):
+        lines += ["", "| step | metrics |", "| ---: | --- |"]
+        for step, values in desc["metrics"].items():
+            shown = ", ".join(
+                f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in dict(values).items()
+            )
+            lines.append(f"| {step} | {shown} |")
+    if desc.get("sampling"):
+        shown = ", ".join(f"{k}={v}" for k, v in desc["sampling"].items())
+        lines += ["", f"Sampling as evaluated: {shown}."]
+    use = {"generator": "images = m.sample(16, seed=0)", "prior": "images = m.generate(16, seed=0)",
+           "tokenizer": "codes = m.encode(images); images = m.decode(codes)"}[desc["kind"]]  # fmt: skip
+    lines += ["", "```python", "import bigtrain", "m = bigtrain.load('THIS_FOLDER')", use, "```", "",
+              f"`{CONFIG}` holds the full training config under `train_config`.", ""]  # fmt: skip
+    (out / CARD).write_text("\n".join(lines))
+
+
+__all__ = ["CARD", "CONFIG", "WEIGHTS", "export", "read_export"]

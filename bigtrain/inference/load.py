@@ -1,0 +1,64 @@
+"""``bigtrain.load(PATH)``: any trained model as an inference object (see :mod:`bigtrain.inference`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bigtrain.checkpoint.io import latest_valid
+from bigtrain.errors import CheckpointError
+from bigtrain.inference.describe import describe
+from bigtrain.inference.export import CONFIG, read_export
+from bigtrain.inference.models import GeneratorModel, InferenceModel, PriorModel, TokenizerModel
+
+URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+
+def load(path: str | Path, device: str | torch.device | None = None) -> InferenceModel:
+    """``path``: an export folder, a checkpoint folder, a run folder (its newest valid checkpoint)
+    or an MLflow artifact URI (``runs:/RUN_ID/model``, downloaded first). ``device``: default CUDA
+    when available."""
+    text = str(path)
+    if text.startswith(URI_SCHEMES):
+        import mlflow
+
+        path = mlflow.artifacts.download_artifacts(artifact_uri=text)
+    path = Path(path).expanduser()
+    if (path / CONFIG).is_file():
+        desc, weights, tokenizer = read_export(path)
+    elif (path / "meta.json").is_file():
+        desc, weights, tokenizer = describe(path)
+    elif (path / "checkpoints").is_dir():
+        ck = latest_valid(path)
+        if ck is None:
+            raise CheckpointError(f"{path}: no valid checkpoint under checkpoints/")
+        desc, weights, tokenizer = describe(ck.path)
+    else:
+        raise CheckpointError(
+            f"{path} is neither an export folder ({CONFIG}), a checkpoint folder (meta.json) nor a run folder"
+        )
+    return build(desc, weights, tokenizer, device)
+
+
+def build(
+    desc: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    tokenizer: dict[str, Any] | None,
+    device: str | torch.device | None = None,
+) -> InferenceModel:
+    kind = desc.get("kind")
+    if kind == "generator":
+        return GeneratorModel(desc, weights, device)
+    if kind == "tokenizer":
+        return TokenizerModel(desc, weights, device)
+    if kind == "prior":
+        if tokenizer is None:
+            raise CheckpointError("a prior export needs its tokenizer/ folder")
+        tok = TokenizerModel(tokenizer["description"], tokenizer["weights"], device)
+        return PriorModel(desc, weights, tok, device)
+    raise CheckpointError(f"unknown model kind {kind!r} (generator, tokenizer or prior)")
+
+
+__all__ = ["build", "load"]

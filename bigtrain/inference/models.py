@@ -1,0 +1,297 @@
+"""The three inference objects, each rebuilt from a *description*: a JSON-able dict of what the
+network is (``config.json`` of an export) and its weights (``model.safetensors``).
+
+Description keys shared by all kinds: ``kind`` (``generator`` | ``tokenizer`` | ``prior``),
+``model`` (``name``, ``arch`` and the kind's shape keys), ``data`` (``resolution``, ``channels``,
+``classes``), ``source`` (checkpoint, step) and ``metrics``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bigtrain.errors import CheckpointError, ConfigError
+from bigtrain.models import build_gan, build_model
+from bigtrain.models.growing import Growing
+from bigtrain.train.gan_sampling import GeneratorSampling
+from bigtrain.train.prior_sampling import SETTINGS, PriorSampling
+
+Weights = Mapping[str, torch.Tensor]
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _load_weights(net: nn.Module, weights: Weights, what: str) -> None:
+    """``load_state_dict(strict)``, a misfit as one :class:`CheckpointError` line."""
+    try:
+        net.load_state_dict(dict(weights))
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise CheckpointError(f"the {what} weights do not fit its config: {lines[-1]}") from None
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    return torch.Generator().manual_seed(torch.seed() if seed is None else int(seed))
+
+
+class InferenceModel:
+    """What every loaded model has: ``kind``, ``description`` (its ``config.json``), ``device``."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, description: Mapping[str, Any], device: torch.device) -> None:
+        self.description = dict(description)
+        self.device = device
+        data = description["data"]
+        self.resolution, self.channels = int(data["resolution"]), int(data["channels"])
+        self.classes: list[str] = list(data.get("classes") or [])
+
+    @property
+    def step(self) -> int:
+        return int(self.description.get("source", {}).get("step", 0))
+
+    def __repr__(self) -> str:
+        m = self.description["model"]
+        return (
+            f"{type(self).__name__}({m['name']}, {self.resolution}px, {self.channels} channel(s), "
+            f"{len(self.classes) if self.num_classes else 'no'} classes, step {self.step})"
+        )
+
+    num_classes: int = 0
+
+
+class GeneratorModel(InferenceModel):
+    """A GAN generator (the EMA generator when the run kept one), sampled as evaluation samples it:
+    ``sampling.g_bn`` BatchNorm statistics, the checkpoint's resolution stage."""
+
+    kind = "generator"
+
+    def __init__(
+        self, description: Mapping[str, Any], weights: Weights, device: str | torch.device | None = None
+    ):
+        super().__init__(description, _device(device))
+        m, s = description["model"], description["sampling"]
+        self.num_classes = int(m["num_classes"])
+        self.z_dim = int(m["z_dim"])
+        self.G = build_generator(description, weights).to(self.device).requires_grad_(False)
+        self.sampling = GeneratorSampling(
+            lambda: self.G,
+            z_dim=self.z_dim,
+            num_classes=self.num_classes,
+            device=self.device,
+            g_bn=str(s["g_bn"]),
+            standing_passes=int(s["standing_passes"]),
+            standing_batch=int(s["standing_batch"]),
+            seed=int(s["seed"]),
+        )
+
+    def sample(
+        self,
+        n: int | None = None,
+        classes: list[int] | torch.Tensor | None = None,
+        truncation: float | None = None,
+        seed: int | None = None,
+        *,
+        z: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``n`` images ``[n, C, H, W]`` in [-1, 1] on the CPU.
+
+        ``seed`` gives the images ``bigtrain sample --seed`` draws (no seed: a fresh one). ``classes``
+        is a pool labels are drawn from uniformly (as ``bigtrain sample --class``); with ``z``
+        (``[n, z_dim]`` latents of your own) it is one label per latent, or a pool as before."""
+        if z is not None:
+            z = torch.as_tensor(z, dtype=torch.float32)
+            if z.ndim != 2 or z.shape[1] != self.z_dim:
+                raise ConfigError(f"z must be [n, {self.z_dim}], got {list(z.shape)}")
+            y = self._labels_for(z.shape[0], classes, seed)
+            return self.sampling.generate(z, y)
+        if n is None or n < 1:
+            raise ConfigError("sample(n): give how many images (n >= 1), or z=latents")
+        pool = self._pool(classes)
+        return self.sampling.sample(n, _generator(seed), classes=pool, truncation=truncation or 0.0)
+
+    def _pool(self, classes: list[int] | torch.Tensor | None) -> list[int] | None:
+        if classes is None:
+            return None
+        if not self.num_classes:
+            raise ConfigError("classes: this generator is unconditional")
+        pool = [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
+        bad = [c for c in pool if not 0 <= c < self.num_classes]
+        if bad:
+            raise ConfigError(f"class {bad[0]} is out of range: the model has {self.num_classes} classes")
+        return pool
+
+    def _labels_for(
+        self, n: int, classes: list[int] | torch.Tensor | None, seed: int | None
+    ) -> torch.Tensor | None:
+        if not self.num_classes:
+            if classes is not None:
+                raise ConfigError("classes: this generator is unconditional")
+            return None
+        pool = self._pool(classes)
+        if pool is not None and len(pool) == n:
+            return torch.tensor(pool)
+        choices = torch.tensor(pool if pool else range(self.num_classes))
+        return choices[torch.randint(0, len(choices), (n,), generator=_generator(seed))]
+
+
+class TokenizerModel(InferenceModel):
+    """A VQ tokenizer's autoencoder: images <-> code grids."""
+
+    kind = "tokenizer"
+
+    def __init__(
+        self, description: Mapping[str, Any], weights: Weights, device: str | torch.device | None = None
+    ):
+        super().__init__(description, _device(device))
+        m = description["model"]
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's RNG
+            vq = build_model(m["name"], m["arch"], resolution=self.resolution, channels=self.channels)
+        _load_weights(vq, weights, "tokenizer")
+        self.vq = vq.to(self.device).eval().requires_grad_(False)
+        self.token_grid = int(self.vq.token_grid)
+        self.vocab = int(self.vq.num_codes)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, C, H, W]`` in [-1, 1] -> codes ``[B, h, w]`` (long), as ``bigtrain tokenize`` makes them."""
+        x = torch.as_tensor(images, dtype=torch.float32)
+        if x.ndim != 4 or tuple(x.shape[1:]) != (self.channels, self.resolution, self.resolution):
+            raise ConfigError(
+                f"encode: images must be [B, {self.channels}, {self.resolution}, {self.resolution}], got {list(x.shape)}"
+            )
+        z = self.vq.quant_conv(self.vq.encoder(x.to(self.device)))
+        return self.vq.quantize.encode_indices(z).long().cpu()
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, h, w]`` (or ``[B, h*w]``) -> images ``[B, C, H, W]`` in [-1, 1] on the CPU."""
+        c = torch.as_tensor(codes).long().reshape(-1, self.token_grid, self.token_grid)
+        return self.vq.decode_indices(c.to(self.device)).float().clamp(-1, 1).cpu()
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images))
+
+
+class PriorModel(InferenceModel):
+    """An autoregressive prior over a tokenizer's codes, with that tokenizer to decode them."""
+
+    kind = "prior"
+
+    def __init__(
+        self,
+        description: Mapping[str, Any],
+        weights: Weights,
+        tokenizer: TokenizerModel,
+        device: str | torch.device | None = None,
+    ):
+        super().__init__(description, _device(device))
+        m = description["model"]
+        self.num_classes = int(m["num_classes"])
+        self.tokenizer = tokenizer
+        with torch.random.fork_rng(devices=[]):
+            net = build_model(m["name"], m["arch"], vocab=int(m["vocab"]), seq_len=int(m["seq_len"]),
+                              num_classes=self.num_classes)  # fmt: skip
+        _load_weights(net, weights, "prior")
+        self.net = net.to(self.device).eval().requires_grad_(False)
+        self.sampling = PriorSampling(
+            lambda: self.net,
+            lambda: self.tokenizer.vq,
+            num_classes=self.num_classes,
+            seq_len=int(m["seq_len"]),
+            device=self.device,
+            defaults=description["sampling"],
+        )
+
+    def generate(
+        self,
+        n: int,
+        classes: list[int] | torch.Tensor | None = None,
+        *,
+        cfg_scale: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        return_codes: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``n`` decoded images ``[n, C, H, W]`` in [-1, 1] (and the codes with ``return_codes``).
+        Unset settings are the run's ``prior.*``; ``classes`` is a pool labels are drawn from."""
+        if n < 1:
+            raise ConfigError("generate(n): n must be >= 1")
+        if classes is not None and not self.num_classes:
+            raise ConfigError("classes: this prior is unconditional")
+        pool = None if classes is None else [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
+        bad = [c for c in pool or [] if not 0 <= c < self.num_classes]
+        if bad:
+            raise ConfigError(f"class {bad[0]} is out of range: the model has {self.num_classes} classes")
+        g = _generator(seed)
+        opts = dict(zip(SETTINGS, (temperature, top_k, top_p, cfg_scale), strict=True))
+        codes = self.sampling.tokens(self.sampling.labels(n, g, pool), n, g, **opts)
+        images = self.sampling.decode(codes)
+        return (images, codes.cpu()) if return_codes else images
+
+    def sample(
+        self, n: int, classes: list[int] | None = None, seed: int | None = None, **settings: Any
+    ) -> torch.Tensor:
+        """Same as :meth:`generate` (the name generators use)."""
+        out = self.generate(n, classes, seed=seed, **settings)
+        assert isinstance(out, torch.Tensor)
+        return out
+
+
+def build_generator(description: Mapping[str, Any], weights: Weights) -> nn.Module:
+    """The generator alone, on the CPU, with ``weights`` loaded and the recorded stage set.
+
+    A GAN family builds ``(G, D)`` as a pair; here the pair is built on PyTorch's meta device (shapes
+    only: no memory, no initialisation), D is dropped, and G's storage is made and filled from the
+    weights. What a state dict does not hold (non-persistent buffers) must be restored here: the
+    only one in a generator is a growing network's fade weight, set again by ``set_resolution``."""
+    m = description["model"]
+    data = description["data"]
+    with torch.device("meta"):
+        G, _ = build_gan(
+            m["name"],
+            resolution=int(data["resolution"]),
+            channels=int(data["channels"]),
+            num_classes=int(m["num_classes"]),
+            z_dim=int(m["z_dim"]),
+            g_width=int(m["g_width"]),
+            d_width=int(m["d_width"]),
+            d_norm=str(m["d_norm"]),
+            **dict(m["arch"]),
+        )
+    G = G.to_empty(device="cpu")
+    _load_weights(G, weights, "generator")
+    stage = description.get("sampling", {}).get("stage")
+    for mod in G.modules():
+        if isinstance(mod, Growing):
+            res, alpha = (
+                (int(stage["resolution"]), float(stage["alpha"]))
+                if stage
+                else (mod.stage_resolution, mod.alpha)
+            )
+            mod.set_resolution(res, alpha)
+        unset = set(getattr(mod, "_non_persistent_buffers_set", ())) - (
+            {"fade_weight"} if isinstance(mod, Growing) else set()
+        )
+        if unset:  # a new family with a buffer the state dict does not hold: refuse, never sample garbage
+            raise CheckpointError(
+                f"{type(mod).__name__} has non-persistent buffers {sorted(unset)} that loading cannot restore"
+            )
+    with contextlib.suppress(AttributeError):
+        G.eval()
+    return G
+
+
+__all__ = ["GeneratorModel", "InferenceModel", "PriorModel", "TokenizerModel", "build_generator"]
