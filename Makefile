@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.bigtrain-installed
 DATA    ?= data/mnist5k
 PYTEST_ARGS ?=
+# the torch CI and `make venv` install (and the Docker base image's); pyproject.toml has ranges
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # pytest-xdist workers for `make test`, a test file at a time, longest first (tests/conftest.py): the
 # slow tier's processes often wait (SLURM limits, process start-up, servers), so two workers overlap
 # that waiting even on 2 cores
@@ -15,10 +17,11 @@ WORKERS ?= 2
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
-	# torch first, pinned (DEVELOPERS.md): a CUDA build that also runs on the CPU
-	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	# torch first, at the tested pins (pyproject.toml allows a range): a CUDA build that also runs on the CPU
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	# DeepSpeed's ops are JIT-built on demand; none are needed on the CPU
+	# the [deepspeed] extra, installed apart: its build imports torch (no build isolation), and its
+	# ops are JIT-built on demand; none are needed on the CPU
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-build-isolation deepspeed
 	@touch $(STAMP)
 

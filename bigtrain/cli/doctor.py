@@ -238,6 +238,14 @@ def check_run_dir(cfg: DictConfig) -> Check:
 def check_tracking(cfg: DictConfig) -> Check:
     if not cfg.tracking.enabled:
         return Check("mlflow", "info", "tracking disabled")
+    backend = str(cfg.tracking.get("backend", "mlflow"))
+    if backend != "mlflow":  # tensorboard, wandb: an optional extra, writing under run.dir
+        v = _version(backend)
+        if v is None:
+            return Check(backend, "fail", f"tracking={backend} needs it: pip install 'bigtrain[{backend}]'")
+        where = f"{cfg.run.dir}/{backend}"
+        mode = f", {cfg.tracking.wandb.mode}" if backend == "wandb" else ""
+        return Check(backend, "ok", f"{v} (tracking; {where}{mode})")
     uri = str(cfg.tracking.uri)
     if uri.startswith(("http://", "https://")):
         try:

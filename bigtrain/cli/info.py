@@ -9,31 +9,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from bigtrain.config.launcher import batch_over, launcher_world_size
-from bigtrain.data.manifest import DatasetManifest
 from bigtrain.distributed import LocalAccelerator
 from bigtrain.errors import ConfigError
 from bigtrain.train.compose import compose_config
-
-
-def expected_manifest(cfg: DictConfig) -> tuple[DatasetManifest, str]:
-    """The dataset's manifest when data.path holds one, else the shape the preset declares (of the
-    kind its task trains on: a prior's token space then comes from ``model.arch``)."""
-    from bigtrain.train.task import task_class
-
-    try:
-        return DatasetManifest.load(cfg.data.path), "dataset.json"
-    except Exception:  # noqa: BLE001 - a MISSING path, an absent folder or manifest: fall back
-        d = cfg.data
-        classes = [str(i) for i in range(d.num_classes)]
-        kind = {"kind": task_class(str(cfg.task)).data_kind}
-        return DatasetManifest(Path("."), "declared", d.resolution, d.channels, classes, {}, kind), "preset"
+from bigtrain.train.task import expected_manifest
 
 
 def describe(cfg: DictConfig, world_size: int = 1) -> dict[str, Any]:

@@ -19,6 +19,7 @@ COMMANDS = {
     "inspect": "print a checkpoint's step and per-component SHA-256 digests",
     "evaluate": "a checkpoint's metrics (FID, IS, P/R; a tokenizer's rFID, PSNR, ...), logged to its MLflow run",
     "sample": "write a sample grid (or latent interpolations) from a checkpoint",
+    "convert": "a released model (BigGAN-PyTorch, taming-transformers, LlamaGen) as a bigtrain checkpoint",
     "export": "a checkpoint's generator / tokenizer / prior as config.json + model.safetensors + model card",
     "compare": "FID curves of MLflow runs in one PNG, and the parameters that differ, side by side",
     "doctor": "check what a run needs (software, GPUs, weights, shards, MLflow, SLURM); exit 1 if missing",

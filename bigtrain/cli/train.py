@@ -42,6 +42,12 @@ def summary(result) -> str:  # noqa: ANN001 - a TrainResult
             lines.append(f"  look:       mlflow ui --backend-store-uri {result.tracking_uri}")
         else:
             lines.append(f"  look:       {result.tracking_uri}")
+    tracker = getattr(result, "tracker", None)
+    if tracker == "tensorboard":
+        lines.append(f"  look:       tensorboard --logdir {result.tracker_run_id}")
+    elif tracker == "wandb":
+        lines.append(f"  W&B run:    {result.tracker_run_id}")
+        lines.append(f"  offline:    wandb sync {Path(result.run_dir) / 'wandb'}/offline-run-*  (uploads it)")
     return "\n".join(lines)
 
 
@@ -94,10 +100,10 @@ def main(argv: list[str]) -> int:
         from bigtrain.config.validate import missing_values, raise_problems
         from bigtrain.train.compose import compose_config
 
+        # Hydra's own settings stay out of the check, but hydra.searchpath (a user's preset folders) is needed
+        own = [a for a in argv if not a.startswith(("hydra.", "hydra/")) or a.startswith("hydra.searchpath=")]
         with user_errors_exit():  # a bad override is one line and exit code 2, before any work
-            raise_problems(
-                missing_values(compose_config([a for a in argv if not a.startswith(("hydra.", "hydra/"))]))
-            )
+            raise_problems(missing_values(compose_config(own)))
     if any(a in ("-m", "--multirun") for a in argv):
         from bigtrain.config.sweep import fixed_keys
 

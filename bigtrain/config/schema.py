@@ -210,14 +210,39 @@ class SampleConfig:
     seed: int = 4321
 
 
+class TrackingBackend(StrEnum):
+    """Where a run's params, metrics, images and artifacts go (bigtrain.tracking)."""
+
+    mlflow = "mlflow"  # tracking.uri: a SQLite file or an `mlflow server`
+    tensorboard = "tensorboard"  # event files in run.dir/tensorboard/ (artifacts copied next to them)
+    wandb = "wandb"  # Weights & Biases; files in run.dir/wandb/ (offline by default: `wandb sync` later)
+
+
+class WandbMode(StrEnum):
+    offline = "offline"  # write run.dir/wandb/offline-run-*; upload later with `wandb sync`
+    online = "online"  # stream to the W&B server (needs WANDB_API_KEY or `wandb login`)
+
+
+@dataclass
+class WandbConfig:
+    """``tracking.backend=wandb`` only: the W&B project is ``tracking.experiment``."""
+
+    entity: str = ""  # the W&B team or user; "" = the account's default entity
+    mode: WandbMode = WandbMode.offline
+
+
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str = "bigtrain"
+    backend: TrackingBackend = (
+        TrackingBackend.mlflow
+    )  # the config group tracking=mlflow|tensorboard|wandb sets it
+    uri: str = "sqlite:///mlflow.db"  # MLflow only
+    experiment: str = "bigtrain"  # the MLflow experiment, or the W&B project
     # At the end of a run, the inference weights (GANs: the EMA generator) with config.yaml and
     # meta.json as the run's "model/" artifacts, so a reviewer goes from the UI to the weights.
     log_model: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 DOWNSAMPLE = ("lanczos", "box")  # how images are shrunk to a lower stage's resolution
@@ -244,6 +269,19 @@ class StagesConfig:
 
 
 @dataclass
+class InitFromConfig:
+    """Fine-tuning: start a new run from another run's network weights (not its step, optimizer or
+    data position, which ``resume`` restores). Ignored when the run dir already has a checkpoint:
+    a requeued fine-tuning job resumes its own progress."""
+
+    # a checkpoint folder, a run folder (its newest valid checkpoint) or a `bigtrain export` folder
+    path: str = ""
+    # which networks to take (GAN: G, D, G_ema; tokenizer: vq, D; prior: prior); empty = every
+    # network the source has and this task trains
+    modules: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0
     task: str = "gan"  # the config group task=gan|tokenizer|prior (bigtrain.train.tasks) sets it
@@ -251,6 +289,7 @@ class TrainConfig:
     # keys (or fnmatch patterns) whose change since the checkpoint is accepted on resume; any other
     # change stops the run (bigtrain.config.fingerprint; the keys that may always change are there)
     allow_changes: list[str] = field(default_factory=list)
+    init_from: InitFromConfig = field(default_factory=InitFromConfig)
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

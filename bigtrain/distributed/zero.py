@@ -17,12 +17,21 @@ from typing import Any
 import torch
 
 from bigtrain.distributed import is_dist
+from bigtrain.errors import ConfigError
 
 
 def import_deepspeed() -> Any:
-    """DeepSpeed, with its logger on stderr (it prints to stdout) and at WARNING."""
-    with contextlib.redirect_stdout(sys.stderr):
-        import deepspeed
+    """DeepSpeed, with its logger on stderr (it prints to stdout) and at WARNING; not installed (it
+    is the optional ``[deepspeed]`` extra): one :class:`ConfigError` line naming the way out."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            import deepspeed
+    except ImportError as exc:
+        raise ConfigError(
+            f"prior.engine=deepspeed needs DeepSpeed ({exc}): install the [deepspeed] extra "
+            "(`DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed`, as `make venv` does), "
+            "or use prior.engine=torch"
+        ) from None
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     return deepspeed
 

@@ -10,13 +10,12 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from bigtrain.checkpoint.exported import FORMAT, VERSION
 from bigtrain.checkpoint.io import Checkpoint, open_checkpoint
 from bigtrain.errors import CheckpointError, ConfigError
 from bigtrain.train.prior_sampling import SETTINGS
 from bigtrain.train.snapshot import checkpoint_config
 
-FORMAT = "bigtrain-export"
-VERSION = 1
 KINDS = {"gan": "generator", "tokenizer": "tokenizer", "prior": "prior"}
 
 
@@ -138,7 +137,11 @@ def _prior_part(
     if want and have != want:
         raise ConfigError(f"tokenizer {tok_path} is not the one that made the prior's tokens")
     sampling = {k: cfg.prior[k] for k in SETTINGS}
-    return _tensors(ck.load("prior", weights_only=True), "prior"), sampling, {"description": tok_desc, "weights": tok_weights}
+    return (
+        _tensors(ck.load("prior", weights_only=True), "prior"),
+        sampling,
+        {"description": tok_desc, "weights": tok_weights},
+    )
 
 
-__all__ = ["FORMAT", "KINDS", "VERSION", "describe"]
+__all__ = ["KINDS", "describe"]

@@ -8,32 +8,17 @@ its tokenizer in ``OUT/tokenizer/`` (the same layout), so the folder samples ima
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from bigtrain.checkpoint.exported import CONFIG, WEIGHTS, read_folder, write_folder
 from bigtrain.errors import CheckpointError
-from bigtrain.inference.describe import FORMAT, VERSION, describe
+from bigtrain.inference.describe import describe
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
 CARD = "README.md"
-
-
-def _write_folder(out: Path, desc: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    # tied weights share storage, which safetensors refuses: store each as its own copy
-    plain = {k: v.clone() for k, v in weights.items()}
-    tmp = out / (WEIGHTS + ".part")
-    save_file(plain, str(tmp), metadata={"format": "pt", "bigtrain": FORMAT, "kind": desc["kind"]})
-    tmp.replace(out / WEIGHTS)
-    part = out / (CONFIG + ".part")
-    part.write_text(json.dumps(desc, indent=2, default=str) + "\n")
-    part.replace(out / CONFIG)  # written last: a folder with config.json is complete
 
 
 def export(ckpt: str | Path, out: str | Path, what: str | None = None) -> Path:
@@ -47,36 +32,20 @@ def export(ckpt: str | Path, out: str | Path, what: str | None = None) -> Path:
     if out.exists():
         shutil.rmtree(out)
     if tokenizer is not None:
-        _write_folder(out / "tokenizer", tokenizer["description"], tokenizer["weights"])
+        write_folder(out / "tokenizer", tokenizer["description"], tokenizer["weights"])
         _write_card(out / "tokenizer", tokenizer["description"], weights_of=tokenizer["weights"])
         desc["tokenizer"] = "tokenizer"
     _write_card(out, desc, weights_of=weights)
-    _write_folder(out, desc, weights)
+    write_folder(out, desc, weights)
     return out
 
 
 def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
     """``(description, weights, tokenizer)`` of an export folder, as :func:`describe` returns them."""
-    path = Path(path).expanduser()
-    cfg_file, weights_file = path / CONFIG, path / WEIGHTS
-    if not cfg_file.is_file() or not weights_file.is_file():
-        raise CheckpointError(f"{path} is not a bigtrain export (needs {CONFIG} and {WEIGHTS})")
-    try:
-        desc = json.loads(cfg_file.read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"unreadable {cfg_file}: {exc}") from None
-    if desc.get("format") != FORMAT or int(desc.get("version", 0)) > VERSION:
-        raise CheckpointError(
-            f"{cfg_file} is not a bigtrain export of version <= {VERSION} "
-            f"(format {desc.get('format')!r}, version {desc.get('version')!r})"
-        )
-    try:
-        weights = load_file(str(weights_file))
-    except Exception as exc:  # safetensors raises its own error types for a damaged file
-        raise CheckpointError(f"cannot read {weights_file}: {type(exc).__name__}: {exc}") from None
+    desc, weights = read_folder(path)
     tokenizer = None
     if desc.get("tokenizer"):
-        tok_desc, tok_weights, _ = read_export(path / desc["tokenizer"])
+        tok_desc, tok_weights = read_folder(Path(path).expanduser() / desc["tokenizer"])
         tokenizer = {"description": tok_desc, "weights": tok_weights}
     return desc, weights, tokenizer
 

@@ -1,4 +1,4 @@
-"""Experiment tracking: a small ``Tracker`` interface and its MLflow implementation."""
+"""Experiment tracking: a small ``Tracker`` interface; MLflow (default), TensorBoard and W&B implementations."""
 
 from bigtrain.tracking.base import NullTracker, Tracker, flatten
 

@@ -1,4 +1,4 @@
-"""The small interface the training loop logs through; MLflow is one implementation.
+"""The small interface the training loop logs through; MLflow, TensorBoard and W&B implement it.
 
 Only the main process gets a real tracker; other ranks get ``NullTracker``, so logging code never
 needs a rank check.

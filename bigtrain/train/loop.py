@@ -43,8 +43,9 @@ from bigtrain.distributed.preemption import Preemption, Request
 from bigtrain.errors import ConfigError, NonFiniteLossError
 from bigtrain.eval.registry import Evaluator
 from bigtrain.tracking import NullTracker, Tracker
-from bigtrain.tracking.mlflow_tracker import absolute_uri
+from bigtrain.tracking.mlflow_tracker import absolute_uri, default_tags
 from bigtrain.train.config_guard import ConfigGuard
+from bigtrain.train.init_from import init_weights
 from bigtrain.train.task import build_task, check_config, configure_reads, eval_metrics
 from bigtrain.utils.console import bar_disable
 from bigtrain.utils.images import grid_uint8
@@ -62,6 +63,8 @@ class TrainResult:
     fid: dict[int, float] = field(default_factory=dict)  # the headline metric (FID, rFID) by step
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
+    tracker: str | None = None  # tracking.backend, None when tracking is off
+    tracker_run_id: str | None = None  # MLflow or W&B run id, TensorBoard log dir
     seconds: float = 0.0
     img_per_s: float = 0.0
     stopped_by: str | None = None  # "requeue" or "stop" when a signal ended the run early
@@ -98,19 +101,52 @@ def check_global_batch(cfg: DictConfig, world: int) -> None:
         )
 
 
-def _build_tracker(cfg: DictConfig, run_id: str | None) -> Tracker:
+def _build_tracker(cfg: DictConfig, run_id: str | None, resume_step: int | None, config_yaml: str) -> Tracker:
+    """The main process's tracker of ``tracking.backend`` (``run_id``: the run to continue, from the
+    resumed checkpoint; ``resume_step``: its step), or ``NullTracker``."""
     if not (cfg.tracking.enabled and bdist.is_main()):
         return NullTracker()
-    from bigtrain.tracking.mlflow_tracker import MLflowTracker
+    backend = str(cfg.tracking.backend)
+    params: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[assignment]
+    run_dir = Path(cfg.run.dir).resolve()
+    if backend == "mlflow":
+        from bigtrain.tracking.mlflow_tracker import MLflowTracker
 
-    return MLflowTracker(
-        cfg.tracking.uri,
-        cfg.tracking.experiment,
-        cfg.run.name,
-        OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
-        run_id=run_id,
-        tags={"run_dir": str(Path(cfg.run.dir).resolve())},
-    )
+        return MLflowTracker(
+            cfg.tracking.uri,
+            cfg.tracking.experiment,
+            cfg.run.name,
+            params,
+            run_id=run_id,
+            tags={"run_dir": str(run_dir)},
+        )
+    tags = {**default_tags(), "run_dir": str(run_dir)}
+    if backend == "tensorboard":
+        from bigtrain.tracking.tensorboard_tracker import TensorBoardTracker
+
+        return TensorBoardTracker(run_dir / "tensorboard", params, resume_step, config_yaml, tags)
+    if backend == "wandb":
+        from bigtrain.tracking.wandb_tracker import WandbTracker
+
+        return WandbTracker(
+            run_dir,
+            str(cfg.tracking.experiment),
+            str(cfg.run.name),
+            params,
+            run_id=run_id,
+            entity=str(cfg.tracking.wandb.entity),
+            mode=str(cfg.tracking.wandb.mode),
+            tags=tags,
+        )
+    raise ConfigError(f"tracking.backend={backend}: unknown; choose mlflow, tensorboard or wandb")
+
+
+def _tracked_run_id(cfg: DictConfig, meta: dict[str, Any]) -> str | None:
+    """The tracker run a checkpoint belongs to, if it was logged with this run's backend."""
+    backend = str(cfg.tracking.backend)
+    if backend == "mlflow":
+        return meta.get("mlflow_run_id")
+    return meta.get("tracker_run_id") if meta.get("tracker") == backend else None
 
 
 def _brief(metrics: dict[str, float]) -> str:
@@ -237,10 +273,17 @@ class Trainer:
         self.checkpoints.add("rng", RNGState(), per_rank=True)
         self.checkpoints.add("data", self.stream, per_rank=True)
         ck = self.checkpoints.resume(before_load=self.guard.check)
-        run_id = None
+        run_id = resume_step = None
+        # fine-tuning's source (meta.json keeps it across resumes); loaded only into a fresh run
+        self.init_info: dict[str, Any] | None = None
         if ck is not None:
-            run_id = ck.meta.get("mlflow_run_id")
+            run_id, resume_step = _tracked_run_id(cfg, ck.meta), self.step
             log.info("resumed from %s (step %d)", ck.path, self.step)
+            self.init_info = ck.meta.get("init_from")
+            if cfg.init_from.path:
+                log.info("init_from.path not used: this run resumes its own checkpoint")
+        elif cfg.init_from.path:
+            self.init_info = init_weights(self.task, str(cfg.init_from.path), list(cfg.init_from.modules))
         self.evaluator: Evaluator | None = None
         if cfg.eval.enabled:
             self.evaluator = Evaluator(cfg.eval, eval_metrics(cfg), self.device)
@@ -248,12 +291,16 @@ class Trainer:
             # absent weights fail now on every rank, not after an hour of training; the main process
             # also computes the reference statistics (the others only run feature networks)
             self.evaluator.prepare(source, stats=self.main)
-        self.tracker = _build_tracker(cfg, run_id)
+        self.tracker = _build_tracker(cfg, run_id, resume_step, self.config_yaml)
         if self.main:
             previous = self.guard.keep_previous(self.run_dir)
             if previous is not None:
                 self.tracker.log_artifact(previous)
                 self.tracker.set_tags(self.guard.tags())
+            if self.init_info is not None and ck is None:
+                info = self.init_info
+                self.tracker.set_tags({"init_from": info["path"], "init_from.modules": ",".join(info["modules"]),
+                                       "init_from.step": str(info["step"])})  # fmt: skip
             (self.run_dir / "config.yaml").write_text(self.config_yaml)
             self.tracker.log_artifact(self.run_dir / "config.yaml")
             log.info(
@@ -273,6 +320,10 @@ class Trainer:
             self.keys_file = open(kd / f"rank-{self.rank}.txt", "a")  # noqa: SIM115 - closed in close()
 
     @property
+    def _backend(self) -> str | None:
+        return str(self.cfg.tracking.backend) if self.cfg.tracking.enabled else None
+
+    @property
     def step(self) -> int:
         return self.counters.step
 
@@ -287,10 +338,14 @@ class Trainer:
             return self.last_checkpoint
         weights = {k: digest(m.state_dict()) for k, m in self.task.digest_modules().items()}
         meta = {
-            "mlflow_run_id": self.tracker.run_id,
+            "mlflow_run_id": self.tracker.run_id if self._backend == "mlflow" else None,
             "tracking_uri": absolute_uri(self.cfg.tracking.uri),
+            # the run a resumed job continues (every backend; mlflow_run_id for `bigtrain evaluate`)
+            "tracker": self._backend,
+            "tracker_run_id": self.tracker.run_id,
             "rank_weight_digests": bdist.all_gather_objects(weights),
             "dataset": dataset_meta(self.manifest),
+            "init_from": self.init_info,
             **self.guard.meta(),
         }
         path = self.checkpoints.save(self.step, meta)
@@ -496,8 +551,10 @@ class Trainer:
             last_checkpoint=self.last_checkpoint,
             grid=grid,
             fid=dict(self.counters.history),
-            mlflow_run_id=self.tracker.run_id,
-            tracking_uri=self.cfg.tracking.uri if self.cfg.tracking.enabled else None,
+            mlflow_run_id=self.tracker.run_id if self._backend == "mlflow" else None,
+            tracking_uri=self.cfg.tracking.uri if self._backend == "mlflow" else None,
+            tracker=self._backend,
+            tracker_run_id=self.tracker.run_id,
             seconds=seconds,
             img_per_s=(self.counters.images_seen - start_images)
             / max(seconds, 1e-9),  # stages change the batch

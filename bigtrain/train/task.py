@@ -26,6 +26,7 @@ import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -34,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from bigtrain.checkpoint.io import NativeState
+from bigtrain.checkpoint.manager import load_component
 from bigtrain.config.schema import TrainConfig
 from bigtrain.config.validate import common_problems, raise_problems
 from bigtrain.data.images import recipe, stream_method
@@ -112,6 +114,19 @@ class Task(ABC):
     @abstractmethod
     def digest_modules(self) -> dict[str, nn.Module]:
         """Networks whose weights must agree across ranks (recorded per rank in ``meta.json``)."""
+
+    def weight_modules(self) -> dict[str, nn.Module]:
+        """The networks by checkpoint component name, before any engine shards them: what
+        ``init_from`` loads into (fine-tuning)."""
+        return self.digest_modules()
+
+    def init_weights(self, weights: Mapping[str, Any]) -> list[str]:
+        """Fine-tuning: load network weights only (``weights`` by component name, each a state
+        dict); optimizers, step and data stay fresh. Returns the components loaded."""
+        nets = self.weight_modules()
+        for name in weights:
+            load_component(name, nets[name], weights)
+        return list(weights)
 
     # -- training -------------------------------------------------------------------------------------
     @abstractmethod
@@ -305,3 +320,15 @@ def configure_reads(cfg: Any) -> None:
             OmegaConf.to_container(options) if not isinstance(options, dict) else options,
         )
     )
+
+
+def expected_manifest(cfg: Any) -> tuple[DatasetManifest, str]:
+    """The dataset's manifest when data.path holds one, else the shape the preset declares (of the
+    kind its task trains on: a prior's token space then comes from ``model.arch``)."""
+    try:
+        return DatasetManifest.load(cfg.data.path), "dataset.json"
+    except Exception:  # noqa: BLE001 - a MISSING path, an absent folder or manifest: fall back
+        d = cfg.data
+        classes = [str(i) for i in range(d.num_classes)]
+        kind = {"kind": task_class(str(cfg.task)).data_kind}
+        return DatasetManifest(Path(), "declared", d.resolution, d.channels, classes, {}, kind), "preset"

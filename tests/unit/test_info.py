@@ -13,7 +13,8 @@ from bigtrain.errors import ConfigError
 from bigtrain.train.compose import compose_config
 
 PRESETS = sorted(
-    p.stem for p in (Path(__file__).resolve().parents[2] / "bigtrain" / "configs" / "experiment").glob("*.yaml")
+    p.stem
+    for p in (Path(__file__).resolve().parents[2] / "bigtrain" / "configs" / "experiment").glob("*.yaml")
 )
 
 

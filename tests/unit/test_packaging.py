@@ -12,7 +12,9 @@ import tomllib
 from pathlib import Path
 
 import deepspeed
+import pytest
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,13 +40,20 @@ def test_dockerfile_parses_and_copies_only_existing_paths() -> None:
 
 
 def test_image_installs_from_the_same_pins_as_ci() -> None:
+    """The Makefile pins torch (CI's venv), before bigtrain; pyproject.toml's ranges hold those pins;
+    the image's base carries the same torch, so installing bigtrain there keeps it."""
     parser = _dockerfile()
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    torch_pin = next(d for d in project["dependencies"] if d.startswith("torch=="))
-    base = parser.args.get("BASE_IMAGE", parser.baseimage)
-    assert base.split(":")[1].startswith(torch_pin.split("==")[1] + "-cuda"), (base, torch_pin)
     makefile = (REPO / "Makefile").read_text()
-    assert torch_pin.split("==")[1] in makefile  # CI's venv uses the same torch
+    pins = dict(p.split("==") for p in re.search(r"^TORCH_PINS := (.+)$", makefile, re.M)[1].split())
+    assert set(pins) == {"torch", "torchvision"}
+    recipe = makefile.split("$(STAMP): pyproject.toml", 1)[1]
+    assert recipe.index("pip install -q $(TORCH_PINS)") < recipe.index("pip install -q -e '.[dev]'")
+    for req in map(Requirement, project["dependencies"]):
+        if req.name in pins:
+            assert req.specifier.contains(pins[req.name]), (str(req), pins[req.name])
+    base = parser.args.get("BASE_IMAGE", parser.baseimage)
+    assert base.split(":")[1].startswith(pins["torch"] + "-cuda"), (base, pins)
     runs = " ".join(i["value"] for i in parser.structure if i["instruction"] == "RUN")
     extras = re.findall(r'pip install -e "\.\[([a-z,]+)\]"', runs)
     assert extras, "the image must install bigtrain from pyproject.toml"
@@ -98,3 +107,15 @@ def test_slurm_scripts_parse_and_carry_the_preemption_settings() -> None:
         assert "slurm/launch.sh" in (REPO / "slurm" / script).read_text()
     launch = (REPO / "slurm" / "launch.sh").read_text()
     assert "scontrol show hostnames" in launch and "SLURM_NODEID" in launch and 'trap "" USR2' in launch
+
+
+def test_without_the_deepspeed_extra_the_prior_engine_stops_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bigtrain.distributed.zero import import_deepspeed
+    from bigtrain.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # as if not installed: the import fails
+    with pytest.raises(ConfigError, match=r"^prior\.engine=deepspeed needs DeepSpeed \(") as exc:
+        import_deepspeed()
+    assert "[deepspeed] extra" in str(exc.value) and "prior.engine=torch" in str(exc.value)

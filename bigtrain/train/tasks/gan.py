@@ -312,6 +312,15 @@ class GANTask(StagedTask):
             mods["G_ema"] = self.ema.model
         return mods
 
+    def init_weights(self, weights: Mapping[str, Any]) -> list[str]:
+        """As the base, and the EMA generator starts from G when the source gives no ``G_ema``
+        (an export's generator counts as both)."""
+        loaded = super().init_weights(weights)
+        if self.ema is not None and "G" in loaded and "G_ema" not in loaded:
+            self.ema.model.load_state_dict(self.G.state_dict())
+        self._version += 1  # standing statistics are re-estimated for the new weights
+        return loaded
+
     # -- one step ---------------------------------------------------------------------------------
     def _labels(self, n: int) -> torch.Tensor | None:
         if not self.num_classes:

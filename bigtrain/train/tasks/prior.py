@@ -216,6 +216,9 @@ class PriorTask(Task):
     def digest_modules(self) -> dict[str, nn.Module]:
         return self.engine.digest_modules()
 
+    def weight_modules(self) -> dict[str, nn.Module]:
+        return {"prior": self.model}  # the engine (DeepSpeed) is built later, from these weights
+
     def images_per_step(self) -> int:
         return self.batch_size * self.accumulation
 
