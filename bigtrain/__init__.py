@@ -22,7 +22,7 @@ def load(path: Any, device: Any = None) -> InferenceModel:
 
 
 def export(ckpt: Any, out: Any, what: str | None = None) -> Any:
-    """See :func:`bigtrain.inference.export`."""
+    """See :func:`bigtrain.train.model_export.export`."""
     from bigtrain.inference import export as _export
 
     return _export(ckpt, out, what)

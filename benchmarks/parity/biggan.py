@@ -19,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from bigtrain.convert.biggan_pytorch import bigtrain_name
 from bigtrain.losses import build_loss
 from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models import build_gan
@@ -46,25 +48,9 @@ CASES = [
 
 
 def _ours(name: str, deep_d: bool, depth: int) -> str:
-    """A reference state-dict key as bigtrain names it."""
-    m = re.match(r"blocks\.(\d+)\.(\d+)\.(.*)", name)
-    if m and deep_d:  # deep D: one list per stage (``depth`` blocks, then its attention)
-        i, j, rest = int(m[1]), int(m[2]), m[3]
-        name = f"attention.{i * depth + depth - 1}.{rest}" if j == depth else f"blocks.{i * depth + j}.{rest}"
-    elif m:  # one list per block, its attention appended
-        name = f"attention.{m[1]}.{m[3]}" if m[2] == "1" else f"blocks.{m[1]}.{m[3]}"
-    for a, b in [
-        ("output_layer.0.gain", "out_bn.weight"),
-        ("output_layer.0.bias", "out_bn.bias"),
-        ("output_layer.0.stored_mean", "out_bn.running_mean"),
-        ("output_layer.0.stored_var", "out_bn.running_var"),
-        ("output_layer.2", "out_conv"),
-        ("stored_mean", "bn.running_mean"),
-        ("stored_var", "bn.running_var"),
-    ]:
-        name = name.replace(a, b)
-    name = re.sub(r"\.u0$", ".parametrizations.weight.0.u", name)
-    return re.sub(r"\.sv0$", ".parametrizations.weight.0.sv", name)
+    """A reference state-dict key as bigtrain names it: the converter's own mapping
+    (``bigtrain convert biggan-pytorch``), so this comparison also checks the converter."""
+    return bigtrain_name(name, deep_d, depth)
 
 
 def _copy(ref: nn.Module, ours: nn.Module, deep_d: bool, depth: int) -> None:
@@ -233,6 +219,62 @@ def ema_parity(ref: Any, family: str, resolution: int, attention: str) -> float:
     return max(diffs)
 
 
+def convert_parity(ref: Any, family: str, resolution: int, attention: str) -> dict[str, float]:
+    """The reference's own files, through ``bigtrain convert biggan-pytorch``: build the reference pair,
+    save ``G.pth`` / ``G_ema.pth`` / ``D.pth`` / ``state_dict.pth`` as its ``utils.save_weights``
+    does, convert, then compare ``bigtrain.load``'s generator and the converted D with the reference's
+    networks on the same inputs (eval mode: the stored statistics, as sampling uses them)."""
+    import tempfile
+
+    import bigtrain
+    from bigtrain.checkpoint.io import open_checkpoint
+    from bigtrain.convert import convert
+
+    torch.manual_seed(3)
+    rg, rd = _reference_models(ref, family, resolution, attention)
+    for net in (rg, rd):
+        for name, p in net.named_parameters():
+            if name.endswith("gamma"):
+                p.data.fill_(0.7)
+        for m in net.modules():
+            if hasattr(m, "stored_mean"):
+                m.stored_mean.normal_()
+                m.stored_var.uniform_(0.5, 2.0)
+    config = {"G_ch": CH, "D_ch": CH, "dim_z": Z_DIM, "shared_dim": SHARED, "hier": True, "G_attn": attention or "0",
+              "D_attn": attention or "0", "SN_eps": 1e-6, "BN_eps": 1e-5, "resolution": resolution,
+              "n_classes": CLASSES, "G_depth": 2, "D_depth": 2}  # fmt: skip
+    att = "[" + ",".join(a for a in attention.split("_") if a) + "]"
+    preset = "imagenet256_biggan_deep" if family == "biggan_deep" else "imagenet128_biggan"
+    overrides = [f"experiment={preset}", f"data.resolution={resolution}", f"data.num_classes={CLASSES}",
+                 "data.channels=3", f"model.g_width={CH}", f"model.d_width={CH}", f"model.z_dim={Z_DIM}",
+                 f"model.arch.shared_dim={SHARED}", f"model.arch.attention={att}", "model.arch.sn_eps=1e-6",
+                 "model.arch.bn_eps=1e-5", "data.path=/nonexistent"]  # fmt: skip
+    if family == "biggan_deep":
+        overrides += ["model.arch.depth=2"]
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights"
+        weights.mkdir()
+        torch.save(rg.state_dict(), weights / "G.pth")
+        torch.save(rg.state_dict(), weights / "G_ema.pth")
+        torch.save(rd.state_dict(), weights / "D.pth")
+        torch.save({"itr": 1234, "epoch": 1, "config": config}, weights / "state_dict.pth")
+        ck = convert("biggan-pytorch", weights, Path(tmp) / "run", overrides)
+        g = bigtrain.load(ck, device="cpu")
+        d_state = open_checkpoint(ck).load("D", weights_only=True)
+        _, d = _ours_pair(family, resolution, attention)
+        d.load_state_dict(d_state)
+        z, y = torch.randn(BATCH, Z_DIM), torch.randint(0, CLASSES, (BATCH,))
+        with torch.no_grad():
+            rg.eval(), rd.eval(), d.eval()
+            x_ref = rg(z, rg.shared(y))
+            x = g.sample(z=z, classes=y)  # clamped to [-1, 1], as every bigtrain sample
+            return {
+                "step": float(open_checkpoint(ck).step),
+                "G_converted": (x_ref.clamp(-1, 1) - x).abs().max().item(),
+                "D_converted": (rd(x_ref, y).squeeze(1) - d(x_ref, y)).abs().max().item(),
+            }
+
+
 def _count(*nets: nn.Module) -> int:
     return sum(p.numel() for net in nets for p in net.parameters())
 
@@ -255,6 +297,8 @@ def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001 - the checkout
     print("losses and gradients at 64 px: " + "  ".join(f"{k} {v:.2e}" for k, v in grads.items()))
     ema = ema_parity(ref, family, 64, "32")
     print(f"EMA (whole state dict) at 64 px: {ema:.2e}")
+    conv = convert_parity(ref, family, 64, "32")
+    print("bigtrain convert biggan-pytorch at 64 px: " + "  ".join(f"{k} {v:.2e}" for k, v in conv.items()))
     return {
         "params_ours": _count(g, d),
         "params_ref": _count(rg, rd),
@@ -262,6 +306,7 @@ def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001 - the checkout
         "loss_abs_diff": max(grads["D_loss"], grads["G_loss"]),
         "grad_max_abs_diff": max(grads["D_grad"], grads["G_grad"]),
         "ema_max_abs_diff": ema,
+        "convert_max_abs_diff": max(conv["G_converted"], conv["D_converted"]),
         "params_at": f"{resolution} px, ch {CH}",
         "cases": results,
         "losses": grads,

@@ -8,9 +8,9 @@ prior with its tokenizer (no engine). They sample with the same code as training
 ``bigtrain sample``.
 """
 
-from bigtrain.inference.export import export, read_export
 from bigtrain.inference.load import load
 from bigtrain.inference.models import GeneratorModel, InferenceModel, PriorModel, TokenizerModel
+from bigtrain.train.model_export import export, read_export
 
 __all__ = [
     "GeneratorModel",

@@ -9,16 +9,16 @@ import torch
 
 from bigtrain.checkpoint.io import latest_valid
 from bigtrain.errors import CheckpointError
-from bigtrain.inference.describe import describe
-from bigtrain.inference.export import CONFIG, read_export
 from bigtrain.inference.models import GeneratorModel, InferenceModel, PriorModel, TokenizerModel
+from bigtrain.train.describe import describe
+from bigtrain.train.model_export import CONFIG, read_export
 
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
 
 def load(path: str | Path, device: str | torch.device | None = None) -> InferenceModel:
-    """``path``: an export folder, a checkpoint folder, a run folder (its newest valid checkpoint)
-    or an MLflow artifact URI (``runs:/RUN_ID/model``, downloaded first). ``device``: default CUDA
+    """``path``: an export folder, a checkpoint folder, a run folder (its newest valid checkpoint),
+    an MLflow model folder or URI (``runs:/RUN_ID/model``, ``models:/...``: downloaded first). ``device``: default CUDA
     when available."""
     text = str(path)
     if text.startswith(URI_SCHEMES):
@@ -26,6 +26,8 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Inferenc
 
         path = mlflow.artifacts.download_artifacts(artifact_uri=text)
     path = Path(path).expanduser()
+    if (path / "MLmodel").is_file():  # an MLflow model: the export folder is its pyfunc data
+        path = _mlflow_data(path)
     if (path / CONFIG).is_file():
         desc, weights, tokenizer = read_export(path)
     elif (path / "meta.json").is_file():
@@ -40,6 +42,16 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Inferenc
             f"{path} is neither an export folder ({CONFIG}), a checkpoint folder (meta.json) nor a run folder"
         )
     return build(desc, weights, tokenizer, device)
+
+
+def _mlflow_data(path: Path) -> Path:
+    import yaml
+
+    flavors = yaml.safe_load((path / "MLmodel").read_text()).get("flavors", {})
+    data = flavors.get("python_function", {}).get("data")
+    if not data:
+        raise CheckpointError(f"{path} is an MLflow model without a bigtrain export in it")
+    return path / data
 
 
 def build(

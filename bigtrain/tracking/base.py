@@ -19,6 +19,14 @@ class Tracker(Protocol):
     def log_image(self, image: np.ndarray, key: str, step: int) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_dataset(self, name: str, digest: str, source: str) -> None:
+        """The training data as the run's input (MLflow: a dataset input; others: tags)."""
+        ...
+
+    def log_model(self, folder: Path, step: int) -> None:
+        """A ``bigtrain export`` folder as the run's model (MLflow: a logged pyfunc model)."""
+        ...
+
     def close(self, status: str = "FINISHED") -> None: ...
 
 
@@ -39,8 +47,32 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
+    def log_dataset(self, name: str, digest: str, source: str) -> None:
+        pass
+
+    def log_model(self, folder: Path, step: int) -> None:
+        pass
+
     def close(self, status: str = "FINISHED") -> None:
         pass
+
+
+class FileModelMixin:
+    """``log_dataset`` and ``log_model`` for trackers without a dataset or model registry: tags, and
+    the export folder's files as the ``model/`` artifacts."""
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        raise NotImplementedError
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def log_dataset(self, name: str, digest: str, source: str) -> None:
+        self.set_tags({"dataset.name": name, "dataset.digest": digest, "dataset.source": source})
+
+    def log_model(self, folder: Path, step: int) -> None:  # noqa: ARG002 - the step is in config.json
+        for f in sorted(Path(folder).iterdir()):
+            self.log_artifact(f, "model")
 
 
 def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, str]:

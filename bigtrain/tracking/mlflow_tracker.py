@@ -7,6 +7,7 @@ runs in one process (tests, sweeps).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -21,6 +22,9 @@ from bigtrain.tracking.base import flatten
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+# MLflow 3's experiment kind: "custom_model_development" opens the UI's model-training view (runs,
+# charts, logged models); an experiment without the tag opens in its GenAI view (traces)
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def absolute_uri(uri: str) -> str:
@@ -98,9 +102,11 @@ class MLflowTracker:
 
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if KIND_TAG not in exp.tags:  # an experiment made elsewhere: say what it holds
+                self.client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, tags={KIND_TAG: KIND})
         except MlflowException:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -128,5 +134,68 @@ class MLflowTracker:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
 
+    def log_dataset(self, name: str, digest: str, source: str) -> None:
+        """The shards as an MLflow dataset input (the run page's "Datasets"), context ``training``."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        kind = source.split("://", 1)[0] if "://" in source else "local"
+        dataset = Dataset(name=name, digest=digest[:36], source_type=kind, source=json.dumps({"uri": source}))
+        self.client.log_inputs(
+            self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])]
+        )
+
+    def log_model(self, folder: Path, step: int) -> None:
+        """The export folder as an MLflow model of this run (the run's and the experiment's "Logged
+        models"): the ``python_function`` flavour through ``bigtrain.inference.pyfunc``, so
+        ``mlflow.pyfunc.load_model(uri).predict({"seed": [0, 1]})`` returns images. A tokenizer (no
+        sampling) is logged as the folder's files only."""
+        desc = json.loads((Path(folder) / "config.json").read_text())
+        if desc["kind"] not in ("generator", "prior"):
+            for f in sorted(Path(folder).iterdir()):
+                self.log_artifact(f, "model")
+            return
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema, TensorSpec
+
+        data = desc["data"]
+        inputs = [ColSpec("long", "seed")] + (
+            [ColSpec("long", "class", required=False)] if desc["model"].get("num_classes") else []
+        )
+        shape = (-1, int(data["channels"]), int(data["resolution"]), int(data["resolution"]))
+        signature = ModelSignature(
+            inputs=Schema(inputs), outputs=Schema([TensorSpec(np.dtype("float32"), shape)])
+        )
+        mlflow = self._mlflow
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.uri)  # the fluent API logs models; point it at this run's store
+        try:
+            with mlflow.start_run(run_id=self.run_id):
+                mlflow.pyfunc.log_model(
+                    name="model",
+                    loader_module="bigtrain.inference.pyfunc",
+                    data_path=str(folder),
+                    signature=signature,
+                    pip_requirements=requirements(),
+                    step=step,
+                    metadata={"bigtrain_kind": desc["kind"], "source_step": desc["source"]["step"]},
+                )
+        finally:
+            mlflow.set_tracking_uri(previous)
+        self.client.update_run(self.run_id, status="RUNNING")  # start_run's exit marked it finished
+
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def requirements() -> list[str]:
+    """What loading the logged model needs: bigtrain and torch at the versions that logged it
+    (stated, not inferred: MLflow's inference imports the model in a subprocess, slowly)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("bigtrain", "torch", "safetensors"):
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out

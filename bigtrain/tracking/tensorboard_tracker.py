@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bigtrain.tracking.base import flatten
+from bigtrain.tracking.base import FileModelMixin, flatten
 
 FLUSH_SECS = 10  # a killed job loses at most this much of its log (SummaryWriter's default: 120)
 
@@ -51,7 +51,7 @@ def hparam_values(params: dict[str, Any]) -> dict[str, bool | int | float | str]
     return out
 
 
-class TensorBoardTracker:
+class TensorBoardTracker(FileModelMixin):
     def __init__(
         self,
         log_dir: str | Path,

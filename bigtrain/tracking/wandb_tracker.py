@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from bigtrain.tracking.base import FileModelMixin
+
 log = logging.getLogger(__name__)
 
 
-class WandbTracker:
+class WandbTracker(FileModelMixin):
     def __init__(
         self,
         run_dir: str | Path,

@@ -15,6 +15,7 @@ One step's data flow::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -46,6 +47,7 @@ from bigtrain.tracking import NullTracker, Tracker
 from bigtrain.tracking.mlflow_tracker import absolute_uri, default_tags
 from bigtrain.train.config_guard import ConfigGuard
 from bigtrain.train.init_from import init_weights
+from bigtrain.train.model_export import export
 from bigtrain.train.task import build_task, check_config, configure_reads, eval_metrics
 from bigtrain.utils.console import bar_disable
 from bigtrain.utils.images import grid_uint8
@@ -297,6 +299,16 @@ class Trainer:
             if previous is not None:
                 self.tracker.log_artifact(previous)
                 self.tracker.set_tags(self.guard.tags())
+            if ck is None:  # the data this run trains on, once per run
+                manifest_file = Path(cfg.data.path) / "dataset.json"
+                digest = (
+                    hashlib.sha256(manifest_file.read_bytes()).hexdigest()[:16]
+                    if manifest_file.is_file()
+                    else ""
+                )
+                self.tracker.log_dataset(
+                    self.manifest.name, digest or self.manifest.dataset_id, str(cfg.data.path)
+                )
             if self.init_info is not None and ck is None:
                 info = self.init_info
                 self.tracker.set_tags({"init_from": info["path"], "init_from.modules": ",".join(info["modules"]),
@@ -518,14 +530,15 @@ class Trainer:
         return grid
 
     def log_model(self) -> None:
-        """The last checkpoint's inference weights, config and meta as the run's ``model/`` artifacts."""
+        """The last checkpoint as a ``bigtrain export`` folder (``run.dir/model``: config.json,
+        model.safetensors, model card), logged as the run's model: in MLflow a ``python_function``
+        model under "Logged models", elsewhere the folder's files under ``model/``."""
         if not (self.main and self.cfg.tracking.enabled and self.cfg.tracking.log_model):
             return
         ckpt = self.last_checkpoint
         assert ckpt is not None
-        names = [f"{n}.pt" for n in self.task.inference_components] + ["config.yaml", "meta.json"]
-        for name in names:
-            self.tracker.log_artifact(ckpt / name, "model")
+        folder = export(ckpt, self.run_dir / "model")
+        self.tracker.log_model(folder, self.step)
         self.tracker.set_tags({"model_artifacts": "model/", "model_checkpoint": str(ckpt.resolve())})
 
     def _save_on_request(self, request: Request, received: list[str]) -> None:

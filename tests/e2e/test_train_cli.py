@@ -113,6 +113,43 @@ def test_mlflow_run_has_params_metrics_images_artifacts_tags(resumed_pair: tuple
     assert (a / "samples" / "step-00000015.png").is_file() and (a / "config.yaml").is_file()
 
 
+def test_mlflow_sees_a_training_experiment_its_dataset_and_a_logged_model(
+    resumed_pair: tuple[Path, Path, Path],
+) -> None:
+    """What MLflow's UI shows: the experiment in its model-training view, the run's dataset input, and
+    a logged model whose pyfunc ``predict`` returns the images ``bigtrain.load`` samples."""
+    import mlflow
+    import torch
+
+    import bigtrain
+
+    a, _, db = resumed_pair
+    uri = f"sqlite:///{db}"
+    run_id = json.loads((a / "checkpoints" / "step-00000040" / "meta.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "mnist5k" and len(inp.dataset.digest) == 16 and "mnist5k" in inp.dataset.source
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+    mlflow.set_tracking_uri(uri)
+    try:
+        models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+        mine = [m for m in models if m.source_run_id == run_id]
+        assert len(mine) == 1 and mine[0].name == "model"
+        assert [o.step for o in run.outputs.model_outputs] == [40]
+        pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+        x = pyfunc.predict({"seed": [0, 7]})
+        assert pyfunc.metadata.signature.inputs.input_names() == ["seed"]
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert x.shape == (2, 1, 32, 32) and x.dtype == "float32"
+    g = bigtrain.load(a, device="cpu")  # the run folder: the same step-40 generator
+    torch.testing.assert_close(torch.from_numpy(x[1:]), g.sample(1, seed=7), rtol=0, atol=0)
+    assert (a / "model" / "model.safetensors").is_file()  # the export the model was logged from
+
+
 def test_evaluate_and_sample_from_a_checkpoint(resumed_pair: tuple[Path, Path, Path], tmp_path: Path) -> None:
     a, _, db = resumed_pair
     ckpt = a / "checkpoints" / "step-00000040"

@@ -16,7 +16,7 @@ import torch
 
 from bigtrain.checkpoint.exported import CONFIG, WEIGHTS, read_folder, write_folder
 from bigtrain.errors import CheckpointError
-from bigtrain.inference.describe import describe
+from bigtrain.train.describe import describe
 
 CARD = "README.md"
 

@@ -15,6 +15,7 @@ from bigtrain.checkpoint.io import Checkpoint, open_checkpoint
 from bigtrain.errors import CheckpointError, ConfigError
 from bigtrain.train.prior_sampling import SETTINGS
 from bigtrain.train.snapshot import checkpoint_config
+from bigtrain.train.task import eval_metrics
 
 KINDS = {"gan": "generator", "tokenizer": "tokenizer", "prior": "prior"}
 
@@ -38,12 +39,14 @@ def _data(ck: Checkpoint) -> dict[str, Any]:
     }
 
 
-def _metrics(ck: Checkpoint) -> dict[str, Any]:
-    """The run's evaluated metrics so far, by step (the trainer's history)."""
+def _metrics(ck: Checkpoint, cfg: Any) -> dict[str, Any]:
+    """The run's headline metric by step (the trainer's history: the first of ``eval.metrics``, on
+    ``eval.feature``)."""
     if "trainer" not in ck.component_names():
         return {}
     history = ck.load("trainer", weights_only=True).get("fid", {}) or {}
-    return {str(k): v for k, v in sorted(history.items(), key=lambda kv: int(kv[0]))}
+    name = f"{eval_metrics(cfg)[0]}/{cfg.eval.feature}"
+    return {str(k): {name: float(v)} for k, v in sorted(history.items(), key=lambda kv: int(kv[0]))}
 
 
 def describe(
@@ -78,7 +81,7 @@ def describe(
             "step": ck.step,
             "mlflow_run_id": ck.meta.get("mlflow_run_id"),
         },  # fmt: skip
-        "metrics": _metrics(ck),
+        "metrics": _metrics(ck, cfg),
         "train_config": OmegaConf.to_container(cfg, resolve=True),
     }
     tokenizer = None
