@@ -16,42 +16,90 @@ The reference is ``autoregressive/models/gpt.py`` (``Transformer``, ``GPT_B``) a
 
 from __future__ import annotations
 
-import re
+import argparse
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bigtrain.convert.llamagen import gpt_name
 from bigtrain.models import build_model
 from bigtrain.models.transformer import PriorConfig, TokenPrior, generate
 
 DIM, LAYERS, HEADS, VOCAB, GRID, CLASSES, BATCH, SEEDS = 128, 2, 4, 512, 8, 10, 4, 5
 
 
-def _ours_name(key: str) -> str:
-    for a, b in [
-        ("tok_embeddings", "tok_emb"),
-        ("cls_embedding.embedding_table", "cls_emb"),
-        ("attention.wqkv", "attn.qkv"),
-        ("attention.wo", "attn.proj"),
-        ("feed_forward", "mlp"),
-        ("attention_norm", "ln1"),
-        ("ffn_norm", "ln2"),
-        ("output", "head"),
-    ]:
-        key = key.replace(a, b)
-    key = re.sub(r"^layers\.", "blocks.", key)
-    return re.sub(r"^norm\.", "ln_f.", key)
-
-
 def _pairs(ref: nn.Module, ours: nn.Module) -> list[tuple[str, nn.Parameter, nn.Parameter]]:
     mine = dict(ours.named_parameters())
-    return [(k, p, mine[_ours_name(k)]) for k, p in ref.named_parameters()]
+    return [(k, p, mine[str(gpt_name(k))]) for k, p in ref.named_parameters()]  # the converter's renaming
 
 
 def _count(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
+
+
+def convert_parity(ref: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> float:
+    import bigtrain
+    from bigtrain.convert import convert
+    from bigtrain.convert.taming import to_reference
+    from bigtrain.models.vqgan import build_vqgan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        # a tiny tokenizer with VOCAB codes and an 8x8 grid (32 px, f = 4), to decode the prior's codes
+        small = ["data.path=/unused", "data.resolution=32", "model.arch.ch=32", "model.arch.ch_mult=[1,2,2]",
+                 "model.arch.num_res_blocks=1", "model.arch.attn_resolutions=[8]", "model.arch.z_channels=16",
+                 "model.arch.embed_dim=16", f"model.arch.num_codes={VOCAB}", "vq.perceptual_weight=0",
+                 "vq.disc_weight=0"]  # fmt: skip
+        vq = build_vqgan(resolution=32, channels=3, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[8],
+                         z_channels=16, embed_dim=16, num_codes=VOCAB)  # fmt: skip
+        torch.save({"state_dict": to_reference({"vq": vq.state_dict()}), "global_step": 0}, root / "vq.ckpt")
+        tok = convert("taming", root / "vq.ckpt", root / "tok", ["experiment=imagenet256_vqgan_f16", *small])
+        model = {**ref.state_dict(), "freqs_cis": ref.freqs_cis}
+        torch.save(
+            {"model": model, "steps": 3, "args": argparse.Namespace(gpt_model="GPT-B")}, root / "c2i.pt"
+        )
+        convert("llamagen-gpt", root / "c2i.pt", root / "prior", ["data.path=/unused", f"data.num_classes={CLASSES}",
+                f"model.arch.dim={DIM}", f"model.arch.layers={LAYERS}", f"model.arch.heads={HEADS}",
+                "prior.engine=torch"], {"tokenizer": str(tok)})  # fmt: skip
+        m = bigtrain.load(root / "prior", device="cpu")
+    with torch.no_grad():  # training mode (no KV cache yet), every dropout 0
+        logits_ref, _ = ref(idx=tokens[:, :-1], cond_idx=labels)
+        return (logits_ref - m.net(tokens[:, :-1], labels)).abs().max().item()
+
+
+def vq_convert_parity() -> dict[str, float]:
+    from tokenizer.tokenizer_image.vq_model import ModelArgs, VQModel
+
+    import bigtrain
+    from bigtrain.convert import convert
+
+    torch.manual_seed(4)
+    args = ModelArgs(
+        codebook_size=VOCAB, codebook_embed_dim=8, encoder_ch_mult=[1, 2, 2], decoder_ch_mult=[1, 2, 2]
+    )
+    ref = VQModel(args).eval()
+    with torch.no_grad():  # its codebook starts at +-1/K: spread it so that codes differ
+        ref.quantize.embedding.weight.normal_()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({"model": ref.state_dict(), "steps": 9}, Path(tmp) / "vq.pt")
+        convert("llamagen-vq", Path(tmp) / "vq.pt", Path(tmp) / "run", ["data.path=/unused", "data.resolution=32",
+                "model.arch.ch_mult=[1,2,2]", "model.arch.attn_resolutions=[8]", f"model.arch.num_codes={VOCAB}",
+                "vq.perceptual_weight=0"])  # fmt: skip
+        m = bigtrain.load(Path(tmp) / "run", device="cpu")
+    x = torch.rand(BATCH, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    with torch.no_grad():
+        _, _, (_, _, idx) = ref.encode(x)
+        idx = idx.view(BATCH, 8, 8)
+        xrec = ref.decode_code(idx.reshape(-1), (BATCH, 8, 8, 8)).clamp(-1, 1)
+        codes = m.encode(x)
+        return {
+            "convert_vq_codes_differ": float((codes != idx).sum()),
+            "convert_vq_reconstruction": (m.decode(codes) - xrec).abs().max().item(),
+        }
 
 
 def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001
@@ -91,6 +139,8 @@ def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001
     loss_ours.backward()
     grad = max((a.grad - b.grad).abs().max().item() for _, a, b in pairs)
 
+    converted = convert_parity(ref, tokens, labels)  # before generate() sets up LlamaGen's KV caches
+
     ref.eval()
     ours.eval()
     differ = 0
@@ -100,6 +150,8 @@ def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001
         torch.manual_seed(seed)
         b = generate(ours, labels, BATCH, cfg_scale=2.0)
         differ += int((a.long() != b).sum())
+    vq = vq_convert_parity()
+    print(f"converted: logits {converted:.2e}; tokenizer {vq}")
     print(f"GPT-B parameters: LlamaGen {_count(ref_b):,}, bigtrain {_count(ours_b):,}")
     print(f"logits {(logits_ref - logits_ours).abs().max().item():.2e}, loss {abs(loss_ref.item() - loss_ours.item()):.2e}, "
           f"gradients {grad:.2e}; generated codes that differ: {differ} of {SEEDS * BATCH * GRID * GRID}")  # fmt: skip
@@ -111,4 +163,6 @@ def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001
         "grad_max_abs_diff": grad,
         "generated_codes_differ": differ,
         "generated_codes": SEEDS * BATCH * GRID * GRID,
+        "convert_logits_max_abs_diff": converted,
+        **vq,
     }

@@ -12,6 +12,13 @@ learning rates 0, so the gradients can be read after it): the code path a run ta
 the encoder output, the chosen codes, ``z_q`` and the reconstruction; the autoencoder's total loss
 (L1 + codebook/commitment + adaptive-weight GAN term) and every autoencoder parameter's gradient;
 the discriminator's hinge loss and its gradients.
+
+The reference's tensors reach bigtrain's modules through the converter's own renaming
+(:func:`bigtrain.convert.taming.to_bigtrain`), and ``convert_*`` checks ``bigtrain convert taming``
+end to end: the reference modules' state dict saved as taming's Lightning checkpoint
+(``{"state_dict", "global_step"}``, LPIPS left out: it is skipped), converted, loaded with
+``bigtrain.load``; its codes and reconstructions (and the converted PatchGAN's logits) against the
+reference's on the same images.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bigtrain.convert.taming import to_bigtrain
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.distributed import LocalAccelerator
 from bigtrain.train.compose import compose_config
@@ -60,25 +68,67 @@ def _reference() -> dict[str, nn.Module]:
     }
 
 
-def _ours() -> Any:
-    cfg = compose_config([
+OURS = [
         "experiment=imagenet256_vqgan_f16", "data.path=/unused", f"data.resolution={RES}", f"data.batch_size={BATCH}",
+        "data.global_batch_size=0",
         f"model.arch.ch={CH}", f"model.arch.ch_mult=[{','.join(map(str, CH_MULT))}]", "model.arch.num_res_blocks=1",
         "model.arch.attn_resolutions=[8]", f"model.arch.z_channels={Z}", f"model.arch.embed_dim={Z}",
         f"model.arch.num_codes={CODES}", "model.arch.groups=32", "vq.perceptual_weight=0", "vq.disc_start=0",
         f"vq.disc_layers={LAYERS}", f"vq.disc_width={NDF}", "optim.vq.lr=0", "optim.d.lr=0", "trainer.precision=no",
-    ])  # fmt: skip
+]  # fmt: skip
+
+
+def _ours() -> Any:
+    cfg = compose_config(OURS)
     manifest = DatasetManifest(Path(tempfile.gettempdir()), "synthetic", RES, 3, ["0"], {}, {})
     return build_task(cfg, manifest, torch.device("cpu"), LocalAccelerator(torch.device("cpu"), "no"))
 
 
-def _load(ours: nn.Module, prefix: str, ref: nn.Module) -> None:
-    state = ours.state_dict()
-    new = {f"{prefix}{k}": v for k, v in ref.state_dict().items()}
-    missing = [k for k in new if k not in state or state[k].shape != new[k].shape]
-    if missing:
-        raise KeyError(f"no place in bigtrain's model for reference tensors {missing[:5]}")
-    ours.load_state_dict({**state, **new})
+def _reference_state(ref: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """The reference modules as taming's ``VQModel.state_dict()`` names them (LPIPS aside)."""
+    state = {f"{n}.{k}": v for n in ("encoder", "decoder", "quant_conv", "post_quant_conv", "quantize")
+             for k, v in ref[n].state_dict().items()}  # fmt: skip
+    return state | {f"loss.discriminator.{k}": v for k, v in ref["loss"].discriminator.state_dict().items()}
+
+
+def _load(ours: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """bigtrain's tensors from the converter's renaming; bigtrain's own code-usage buffers stay."""
+    mine = ours.state_dict()
+    bad = [k for k in state if k not in mine or mine[k].shape != state[k].shape]
+    if bad:
+        raise KeyError(f"no place in bigtrain's model for reference tensors {bad[:5]}")
+    ours.load_state_dict({**mine, **state})
+
+
+def convert_parity(ref: dict[str, nn.Module], x: torch.Tensor) -> dict[str, float]:
+    import bigtrain
+    from bigtrain.checkpoint.io import open_checkpoint
+    from bigtrain.convert import convert
+    from bigtrain.models.patchgan import PatchDiscriminator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "last.ckpt"
+        torch.save({"state_dict": _reference_state(ref), "global_step": 11, "epoch": 0}, path)
+        ck = convert(
+            "taming", path, Path(tmp) / "run", [*OURS, "vq.disc_start=0", f"vq.disc_layers={LAYERS}"]
+        )
+        m = bigtrain.load(Path(tmp) / "run", device="cpu")
+        d = PatchDiscriminator(3, NDF, LAYERS)
+        d.load_state_dict(open_checkpoint(ck).load("D", weights_only=True))
+    for mod in ref.values():
+        mod.eval()
+    with torch.no_grad():
+        _, _, (_, _, idx) = ref["quantize"](ref["quant_conv"](ref["encoder"](x)))
+        idx = idx.view(x.shape[0], RES // 4, RES // 4)
+        xrec = ref["decoder"](ref["post_quant_conv"](ref["quantize"].get_codebook_entry(
+            idx.reshape(-1), (x.shape[0], RES // 4, RES // 4, Z))))  # fmt: skip
+        codes = m.encode(x)
+        logits_ref, logits_ours = ref["loss"].discriminator(x), d.eval()(x)
+    return {
+        "convert_codes_differ": float((codes != idx).sum()),
+        "convert_reconstruction": _max_diff(m.decode(codes), xrec.clamp(-1, 1)),
+        "convert_D_logits": _max_diff(logits_ref, logits_ours),
+    }
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -90,9 +140,10 @@ def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001
     ref = _reference()
     task = _ours()
     vq, D = task.vq, task.D
-    for name in ("encoder", "decoder", "quant_conv", "post_quant_conv", "quantize"):
-        _load(vq, f"{name}.", ref[name]) if name != "quantize" else _load(vq, "quantize.", ref[name])
-    _load(D, "", ref["loss"].discriminator)
+    weights, unplaced = to_bigtrain(_reference_state(ref))  # the converter's renaming
+    assert not unplaced, unplaced
+    _load(vq, weights["vq"])
+    _load(D, weights["D"])
     x = torch.rand(BATCH, 3, RES, RES, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
     # the reference's training step, as taming's VQModel.training_step runs it (optimizer 0, then 1)
@@ -130,6 +181,8 @@ def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001
         "D": abs(d_loss.item() - metrics["loss/D"]),
     }
     worst = max(grads, key=grads.get)
+    converted = convert_parity(ref, x)
+    print(f"converted: {converted}")
     print(f"outputs {outputs}\nlosses {losses}\nworst autoencoder gradient: {worst} {grads[worst]:.2e}; "
           f"D gradients {max(d_grads.values()):.2e}")  # fmt: skip
     return {
@@ -142,4 +195,5 @@ def run(family: str, ref: str) -> dict[str, Any]:  # noqa: ARG001
         "grad_max_abs_diff": max(max(grads.values()), max(d_grads.values())),
         "outputs": outputs,
         "losses": losses,
+        **converted,
     }

@@ -21,7 +21,7 @@ from bigtrain.distributed import LocalAccelerator
 from bigtrain.errors import CheckpointError, ConfigError
 from bigtrain.train.compose import compose_config
 from bigtrain.train.loop import dataset_meta
-from bigtrain.train.task import build_task, check_config, expected_manifest
+from bigtrain.train.task import build_task, check_config, expected_manifest, task_class
 from bigtrain.utils.rng import seed_everything
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,10 @@ def convert(
     )
     check_config(cfg, manifest)
     seed_everything(int(cfg.seed))
-    task = build_task(cfg, manifest, torch.device("cpu"), LocalAccelerator("cpu"))
+    # built to hold weights only: no helper that needs files of its own (the saved config is the full one)
+    task = build_task(
+        task_class(fmt.task).weights_only(cfg), manifest, torch.device("cpu"), LocalAccelerator("cpu")
+    )
     source = fmt.read(src, task.weight_modules(), cfg)
     loaded = task.init_weights(source.weights)
     log.info("converted %s from %s into %s", ", ".join(loaded), src, out)

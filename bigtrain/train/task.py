@@ -94,6 +94,12 @@ class Task(ABC):
         return []
 
     @classmethod
+    def weights_only(cls, cfg: Any) -> Any:
+        """``cfg`` for building the task only to hold weights (``bigtrain convert``): training-only
+        helpers that need files of their own (a tokenizer's LPIPS and its VGG16) left out."""
+        return cfg
+
+    @classmethod
     def describe(cls, cfg: Any) -> dict[str, Any]:  # noqa: ARG003
         """What ``bigtrain info`` prints about the objective and the step: ``{"loss": .., "step": ..}``
         plus any task-specific keys."""

@@ -116,6 +116,12 @@ class TokenizerTask(StagedTask):
         return problems
 
     @classmethod
+    def weights_only(cls, cfg: Any) -> Any:
+        out = cfg.copy()
+        out.vq.perceptual_weight = 0.0  # no LPIPS: it holds no weights of the tokenizer's own
+        return out
+
+    @classmethod
     def describe(cls, cfg: Any) -> dict[str, Any]:
         v = cfg.vq
         terms = [str(v.rec_loss)] + (["lpips"] if v.perceptual_weight > 0 else []) + ["codebook"]
