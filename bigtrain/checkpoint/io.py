@@ -45,11 +45,11 @@ class Checkpoint:
     def component_names(self) -> list[str]:
         return sorted(self.meta.get("digests", {}))
 
-    def shared_components(self) -> dict[str, Any]:
+    def shared_components(self, *, weights_only: bool = False) -> dict[str, Any]:
         """The rank-independent components a task loads: not ``rng.rankR`` / ``data.rankR``, not the
         trainer's counters, not an engine's own files in a subfolder (``deepspeed/...``)."""
         return {
-            n: self.load(n)
+            n: self.load(n, weights_only=weights_only)
             for n in self.component_names()
             if "." not in n and "/" not in n and n != "trainer"
         }

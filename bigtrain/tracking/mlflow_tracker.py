@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,9 @@ class MLflowTracker:
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(self.uri)  # the fluent API logs models; point it at this run's store
         try:
-            with mlflow.start_run(run_id=self.run_id):
+            with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
+                # no input example on purpose: MLflow would load the model and sample to check it
+                warnings.filterwarnings("ignore", message=".*input example was not provided.*")
                 mlflow.pyfunc.log_model(
                     name="model",
                     loader_module="bigtrain.inference.pyfunc",

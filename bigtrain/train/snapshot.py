@@ -89,7 +89,9 @@ def load_snapshot(path: str | Path, device: str | None = None, overrides: Sequen
         check_config(cfg, manifest)
     acc = build_accelerator("no", cpu=(device == "cpu") if device else None)
     task = build_task(cfg, manifest, acc.device, acc)
-    task.load_state_dict(ck.shared_components())
+    # weights, optimizer and counters only (tensors and plain containers): a checkpoint from
+    # elsewhere, sampled or evaluated, cannot run code when it is read
+    task.load_state_dict(ck.shared_components(weights_only=True))
     return Snapshot(ck, cfg, manifest, task, acc.device)
 
 
@@ -108,5 +110,5 @@ def load_tokenizer(
     vq = build_model(
         cfg.model.name, cfg.model.arch, resolution=int(data["resolution"]), channels=int(data["channels"])
     )
-    vq.load_state_dict(ck.load("vq"))
+    vq.load_state_dict(ck.load("vq", weights_only=True))
     return vq.to(device).eval().requires_grad_(False), ck
