@@ -14,11 +14,11 @@ if TYPE_CHECKING:
     from bigtrain.inference import InferenceModel
 
 
-def load(path: Any, device: Any = None) -> InferenceModel:
+def load(path: Any, device: Any = None, tracking_uri: str | None = None) -> InferenceModel:
     """See :func:`bigtrain.inference.load` (imported on first use: ``import bigtrain`` stays light)."""
     from bigtrain.inference import load as _load
 
-    return _load(path, device)
+    return _load(path, device, tracking_uri)
 
 
 def export(ckpt: Any, out: Any, what: str | None = None) -> Any:

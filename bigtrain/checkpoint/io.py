@@ -116,6 +116,20 @@ def latest_valid(run_dir: str | Path, verify: bool = True) -> Checkpoint | None:
     return None
 
 
+def resolve_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint folder as it is, or a run folder's newest valid checkpoint (what the commands
+    and ``bigtrain.load`` accept as CKPT)."""
+    p = Path(path).expanduser()
+    if (p / META).is_file():
+        return open_checkpoint(p)
+    if checkpoint_root(p).is_dir():
+        ck = latest_valid(p)
+        if ck is None:
+            raise CheckpointError(f"{p}: no valid checkpoint under checkpoints/")
+        return ck
+    raise CheckpointError(f"{p}: not a checkpoint folder (meta.json) or a run folder (checkpoints/)")
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from bigtrain.checkpoint.io import latest_valid
-from bigtrain.errors import CheckpointError
 from bigtrain.inference import export
 
 
@@ -21,13 +18,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--what", choices=("generator", "tokenizer", "prior"), default=None,
                    help="what to export (default: what the checkpoint's task trains)")  # fmt: skip
     a = p.parse_args(argv)
-    ckpt = Path(a.ckpt).expanduser()
-    if not (ckpt / "meta.json").is_file() and (ckpt / "checkpoints").is_dir():
-        found = latest_valid(ckpt)
-        if found is None:
-            raise CheckpointError(f"{ckpt}: no valid checkpoint under checkpoints/")
-        ckpt = found.path
-    out = export(ckpt, a.out, a.what)
+    out = export(a.ckpt, a.out, a.what)
     desc = json.loads((out / "config.json").read_text())
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(json.dumps({"out": str(out), "kind": desc["kind"], "model": desc["model"]["name"],

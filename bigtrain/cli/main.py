@@ -7,6 +7,7 @@ checkpoint) print one line ``bigtrain: error: ...`` and exit non-zero, without a
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -97,6 +98,11 @@ def entry() -> None:
         code: int | str | None = main()
     except SystemExit as exc:
         code = exc.code
+    except Exception:  # a crash: the traceback as Python prints it, then the same exit, status 1
+        if not bdist.had_process_group():
+            raise
+        traceback.print_exc()
+        code = 1
     if bdist.had_process_group():
         bdist.exit_now(code)
     sys.exit(code)

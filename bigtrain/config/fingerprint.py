@@ -48,6 +48,7 @@ MAY_CHANGE: tuple[str, ...] = (
     "run.*",
     "resume",
     "allow_changes",
+    "init_from.*",  # fine-tuning's source: a resumed run continues its own checkpoint
     "prior.tokenizer",
 )
 

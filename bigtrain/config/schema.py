@@ -239,8 +239,8 @@ class TrackingConfig:
     )  # the config group tracking=mlflow|tensorboard|wandb sets it
     uri: str = "sqlite:///mlflow.db"  # MLflow only
     experiment: str = "bigtrain"  # the MLflow experiment, or the W&B project
-    # At the end of a run, the inference weights (GANs: the EMA generator) with config.yaml and
-    # meta.json as the run's "model/" artifacts, so a reviewer goes from the UI to the weights.
+    # At the end of a run, its last checkpoint as a `bigtrain export` folder (run.dir/model), logged
+    # as the run's model (MLflow: a pyfunc model; others: the folder's files under model/).
     log_model: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

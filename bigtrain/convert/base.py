@@ -45,7 +45,9 @@ class Format:
     name: str
     task: str  # the bigtrain task its networks belong to
     read: Reader  # (SRC, the task's networks by component name, the run's config) -> Source
-    default_overrides: tuple[str, ...] = ()  # the preset it matches when the user gives none
+    # the preset it matches (``experiment=...``: replaced when the user names another) and the settings
+    # the format's networks always have (applied before the user's overrides, which win)
+    default_overrides: tuple[str, ...] = ()
     help: str = ""
     # the dataset when neither data.path's dataset.json nor the preset's data.* shape describes it
     # (a prior's token space): (SRC, cfg, command-line extras such as --tokenizer) -> manifest
@@ -96,9 +98,11 @@ def convert(
         raise ConfigError(f"{src}: no such file or folder to convert")
     if list_checkpoints(out):
         raise CheckpointError(f"{out} already holds checkpoints; convert into a new folder")
-    # the format's preset unless the user names one; the user's overrides come last and win
+    # the format's preset unless the user names one; its fixed settings always; the user's last
     chosen = any(o.split("=", 1)[0].lstrip("+") == "experiment" for o in overrides)
-    cfg = compose_config([*([] if chosen else fmt.default_overrides), *overrides])
+    preset = [o for o in fmt.default_overrides if o.startswith("experiment=")]
+    settings = [o for o in fmt.default_overrides if not o.startswith("experiment=")]
+    cfg = compose_config([*([] if chosen else preset), *settings, *overrides])
     if str(cfg.task) != fmt.task:
         raise ConfigError(
             f"format {fmt.name} converts task={fmt.task} models; the overrides chose task={cfg.task}"

@@ -168,7 +168,9 @@ def read(src: Path, nets: Mapping[str, nn.Module], cfg: DictConfig) -> Source:
     weights: dict[str, dict[str, torch.Tensor]] = {}
     for comp, name in FILES.items():
         f = folder / f"{stem(name)}.pth"
-        if not f.is_file() or comp not in nets:
+        if comp == "G_ema" and "G_ema" not in nets and "G" not in weights:
+            comp = "G"  # a run without EMA takes a release's G_ema.pth (when no G.pth) as its G
+        if not f.is_file() or comp not in nets or comp in weights:
             continue
         weights[comp] = rename(_load(f), nets[comp], f.name, deep_d=deep and comp == "D", depth=d_depth)
         info["files"][comp] = {"path": str(f), "sha256": sha256(f)}

@@ -52,8 +52,7 @@ def _init_worker(load: TokenizerLoader, ckpt: str, device: str, threads: int, po
 @torch.no_grad()
 def _encode(vq: Any, images: list[np.ndarray], device: torch.device) -> np.ndarray:
     x = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    z = vq.quant_conv(vq.encoder(x))
-    return vq.quantize.encode_indices(z).cpu().numpy()
+    return vq.encode_indices(x).cpu().numpy()
 
 
 def tokenize_shard(

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from bigtrain.checkpoint.io import latest_valid
+from bigtrain.checkpoint.io import resolve_checkpoint
 from bigtrain.errors import CheckpointError
 from bigtrain.inference.models import GeneratorModel, InferenceModel, PriorModel, TokenizerModel
 from bigtrain.train.describe import describe
@@ -16,27 +16,26 @@ from bigtrain.train.model_export import CONFIG, read_export
 URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
 
-def load(path: str | Path, device: str | torch.device | None = None) -> InferenceModel:
+def load(
+    path: str | Path, device: str | torch.device | None = None, tracking_uri: str | None = None
+) -> InferenceModel:
     """``path``: an export folder, a checkpoint folder, a run folder (its newest valid checkpoint),
     an MLflow model folder or URI (``runs:/RUN_ID/model``, ``models:/...``: downloaded first). ``device``: default CUDA
-    when available."""
+    when available; ``tracking_uri``: the MLflow store of a ``runs:/`` or ``models:/`` URI."""
     text = str(path)
     if text.startswith(URI_SCHEMES):
         import mlflow
 
-        path = mlflow.artifacts.download_artifacts(artifact_uri=text)
+        # the store the run logged to (bigtrain's tracking.uri, e.g. sqlite:///mlflow.db); None:
+        # MLflow's own default (MLFLOW_TRACKING_URI)
+        path = mlflow.artifacts.download_artifacts(artifact_uri=text, tracking_uri=tracking_uri)
     path = Path(path).expanduser()
     if (path / "MLmodel").is_file():  # an MLflow model: the export folder is its pyfunc data
         path = _mlflow_data(path)
     if (path / CONFIG).is_file():
         desc, weights, tokenizer = read_export(path)
-    elif (path / "meta.json").is_file():
-        desc, weights, tokenizer = describe(path)
-    elif (path / "checkpoints").is_dir():
-        ck = latest_valid(path)
-        if ck is None:
-            raise CheckpointError(f"{path}: no valid checkpoint under checkpoints/")
-        desc, weights, tokenizer = describe(ck.path)
+    elif (path / "meta.json").is_file() or (path / "checkpoints").is_dir():
+        desc, weights, tokenizer = describe(resolve_checkpoint(path).path)
     else:
         raise CheckpointError(
             f"{path} is neither an export folder ({CONFIG}), a checkpoint folder (meta.json) nor a run folder"

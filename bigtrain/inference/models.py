@@ -52,7 +52,9 @@ class InferenceModel:
         self.description = dict(description)
         self.device = device
         data = description["data"]
-        self.resolution, self.channels = int(data["resolution"]), int(data["channels"])
+        # the images' size: a growing generator below its last stage draws smaller ones than the data's
+        self.resolution = int(description.get("output_resolution", data["resolution"]))
+        self.channels = int(data["channels"])
         self.classes: list[str] = list(data.get("classes") or [])
 
     @property
@@ -169,8 +171,7 @@ class TokenizerModel(InferenceModel):
             raise ConfigError(
                 f"encode: images must be [B, {self.channels}, {self.resolution}, {self.resolution}], got {list(x.shape)}"
             )
-        z = self.vq.quant_conv(self.vq.encoder(x.to(self.device)))
-        return self.vq.quantize.encode_indices(z).long().cpu()
+        return self.vq.encode_indices(x.to(self.device)).long().cpu()
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

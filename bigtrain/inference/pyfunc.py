@@ -7,7 +7,8 @@ data (``bigtrain.tracking.mlflow_tracker``): nothing is pickled, the weights sta
 ``predict`` takes one row per image: a DataFrame (or a dict of lists) with a ``seed`` column and,
 for a class-conditional model, an optional ``class`` column; it returns float32 images
 ``[rows, C, H, W]`` in [-1, 1], row ``i`` being ``bigtrain.load(...).sample(1, classes=[class_i],
-seed=seed_i)`` (for a prior, ``generate``)."""
+seed=seed_i)`` (for a prior, ``generate``). A generator sampled with ``eval.g_bn=batch`` draws the
+rows as one batch instead (its images depend on the batch), from the same per-row latents."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 from bigtrain.inference.load import load
 from bigtrain.inference.models import GeneratorModel, InferenceModel, PriorModel
+from bigtrain.train.gan_sampling import truncated_normal
 
 
 class BigtrainPyfunc:
@@ -28,10 +30,25 @@ class BigtrainPyfunc:
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ARG002
         rows = _rows(model_input)
-        out = []
-        for seed, cls in rows:
-            classes = None if cls is None else [cls]
-            out.append(self.model.sample(1, classes=classes, seed=seed))
+        m = self.model
+        if not rows:
+            return np.zeros((0, m.channels, m.resolution, m.resolution), np.float32)
+        if isinstance(m, GeneratorModel) and m.sampling.sampler.mode == "batch":
+            # eval.g_bn=batch normalises by the batch: the rows are one batch (each row's latent is
+            # still the one its seed draws), never batches of one
+            zs, ys = [], []
+            for seed, cls in rows:  # each row's latent and label as sample(1, seed=...) draws them
+                g = torch.Generator().manual_seed(seed)
+                zs.append(truncated_normal(1, m.z_dim, 0.0, g, torch.device("cpu")))
+                if m.num_classes:
+                    ys.append(
+                        int(cls)
+                        if cls is not None
+                        else int(torch.randint(0, m.num_classes, (1,), generator=g))
+                    )
+            z, y = torch.cat(zs), (torch.tensor(ys) if m.num_classes else None)
+            return m.sampling.generate(z, y).numpy().astype(np.float32)
+        out = [m.sample(1, classes=None if c is None else [c], seed=s) for s, c in rows]
         return torch.cat(out).numpy().astype(np.float32)
 
 

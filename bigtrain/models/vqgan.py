@@ -185,6 +185,11 @@ class VQModel(nn.Module):
     def decode(self, z_q: Tensor) -> Tensor:
         return self.decoder(self.post_quant_conv(z_q))
 
+    def encode_indices(self, x: Tensor) -> Tensor:
+        """Token ids ``[B, h, w]`` of images ``x`` (what ``bigtrain tokenize`` writes and
+        ``bigtrain.load``'s ``encode`` returns)."""
+        return self.quantize.encode_indices(self.quant_conv(self.encoder(x)))
+
     def decode_indices(self, indices: Tensor) -> Tensor:
         """Images from token ids ``[B, h, w]`` (what the prior samples)."""
         return self.decode(self.quantize.lookup(indices))

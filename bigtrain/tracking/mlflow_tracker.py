@@ -1,8 +1,9 @@
-"""MLflow tracking: params = the flattened resolved config, metrics per step, sample grids as images.
+"""MLflow tracking: params = the flattened resolved config, metrics per step, sample grids as images,
+the data as a dataset input, the run's export as a logged model.
 
-Uses ``MlflowClient`` with an explicit run id rather than the fluent ``mlflow.start_run`` global,
-so resuming a run (the id is stored in every checkpoint) is one argument and nothing leaks between
-runs in one process (tests, sweeps).
+Uses ``MlflowClient`` with an explicit run id throughout (never the fluent ``mlflow.start_run``
+global or the process-wide tracking URI), so resuming a run (the id is stored in every checkpoint)
+is one argument and nothing leaks between runs in one process (tests, sweeps, a notebook's own run).
 """
 
 from __future__ import annotations
@@ -162,29 +163,34 @@ class MLflowTracker:
         inputs = [ColSpec("long", "seed")] + (
             [ColSpec("long", "class", required=False)] if desc["model"].get("num_classes") else []
         )
-        shape = (-1, int(data["channels"]), int(data["resolution"]), int(data["resolution"]))
+        side = int(desc.get("output_resolution", data["resolution"]))
+        shape = (-1, int(data["channels"]), side, side)
         signature = ModelSignature(
             inputs=Schema(inputs), outputs=Schema([TensorSpec(np.dtype("float32"), shape)])
         )
-        mlflow = self._mlflow
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.uri)  # the fluent API logs models; point it at this run's store
-        try:
-            with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
-                # no input example on purpose: MLflow would load the model and sample to check it
-                warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-                mlflow.pyfunc.log_model(
-                    name="model",
-                    loader_module="bigtrain.inference.pyfunc",
-                    data_path=str(folder),
-                    signature=signature,
-                    pip_requirements=requirements(),
-                    step=step,
-                    metadata={"bigtrain_kind": desc["kind"], "source_step": desc["source"]["step"]},
-                )
-        finally:
-            mlflow.set_tracking_uri(previous)
-        self.client.update_run(self.run_id, status="RUNNING")  # start_run's exit marked it finished
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput
+
+        # MLflow's client API throughout (no fluent run, no process-wide tracking URI): a notebook's
+        # own active run or another store in the same process cannot be touched
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            # no input example on purpose: MLflow would load the model and sample to check it
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+            local = Path(tmp) / "model"
+            self._mlflow.pyfunc.save_model(
+                path=str(local),
+                loader_module="bigtrain.inference.pyfunc",
+                data_path=str(folder),
+                signature=signature,
+                pip_requirements=requirements(),
+                metadata={"bigtrain_kind": desc["kind"], "source_step": desc["source"]["step"]},
+            )
+            experiment_id = self.client.get_run(self.run_id).info.experiment_id
+            model = self.client.create_logged_model(experiment_id, name="model", source_run_id=self.run_id)
+            self.client.log_model_artifacts(model.model_id, str(local))
+            self.client.finalize_logged_model(model.model_id, "READY")
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
@@ -198,7 +204,7 @@ def requirements() -> list[str]:
     out = []
     for name in ("bigtrain", "torch", "safetensors"):
         try:
-            out.append(f"{name}=={version(name)}")
+            out.append(f"{name}=={version(name).split('+')[0]}")  # not a local build tag (+cu130)
         except PackageNotFoundError:
             out.append(name)
     return out

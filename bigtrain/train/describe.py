@@ -1,6 +1,7 @@
 """A checkpoint's inference part as a description (``config.json``) and weights, read without
-building the training task: the run's ``config.yaml``, ``meta.json`` and the one or two weight
-components sampling needs (``inference_components`` of the task)."""
+building the training task: the run's ``config.yaml``, ``meta.json`` and the weights sampling needs
+(a GAN's ``G_ema``, or ``G`` for a run without EMA; a tokenizer's ``vq``; a prior's ``prior`` and,
+from its tokenizer checkpoint, ``vq``)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ def describe(
     else:
         weights, sampling, tokenizer = _prior_part(ck, cfg, desc)
     desc["sampling"] = sampling
+    desc.setdefault("output_resolution", desc["data"]["resolution"])
     return desc, weights, tokenizer
 
 
@@ -114,6 +116,10 @@ def _generator_part(
     stages = ck.load("task", weights_only=True).get("stages") if "task" in names else None
     if stages:  # a growing network samples at the stage the checkpoint reached
         sampling["stage"] = {"resolution": int(stages["resolution"]), "alpha": float(stages["alpha"])}
+    # the size of the images it draws: a growing network below its last stage draws smaller ones
+    desc["output_resolution"] = (
+        int(sampling["stage"]["resolution"]) if "stage" in sampling else desc["data"]["resolution"]
+    )
     return _tensors(ck.load(source, weights_only=True), source), sampling
 
 

@@ -61,7 +61,7 @@ class GeneratorSampling:
             source.train(was_training)
 
     def grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:
-        """Fixed z; when conditional, one row per class (up to 10 rows), the same z across rows."""
+        """Fixed z; when conditional, one row per class for the first min(classes, max(rows, 10)) classes, the same z across rows."""
         g = torch.Generator().manual_seed(seed)
         if self.num_classes:
             nrows = min(self.num_classes, max(rows, 10))

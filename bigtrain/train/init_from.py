@@ -15,8 +15,8 @@ from typing import Any
 
 from bigtrain.checkpoint.digest import digest
 from bigtrain.checkpoint.exported import COMPONENTS, is_export, read_folder
-from bigtrain.checkpoint.io import latest_valid, open_checkpoint
-from bigtrain.errors import CheckpointError, ConfigError
+from bigtrain.checkpoint.io import resolve_checkpoint
+from bigtrain.errors import ConfigError
 from bigtrain.train.task import Task
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,8 @@ def source_weights(path: str | Path, wanted: Sequence[str]) -> tuple[dict[str, A
         found = {n: weights for n in names if n in wanted}
         step = int(desc.get("source", {}).get("step", 0))
         return found, {"path": str(p.resolve()), "kind": "export", "step": step}
-    if (p / "meta.json").is_file():
-        ck = open_checkpoint(p)
-    elif (p / "checkpoints").is_dir():
-        found_ck = latest_valid(p)
-        if found_ck is None:
-            raise CheckpointError(f"init_from.path={p}: no valid checkpoint under checkpoints/")
-        ck = found_ck
+    if (p / "meta.json").is_file() or (p / "checkpoints").is_dir():
+        ck = resolve_checkpoint(p)
     else:
         raise ConfigError(
             f"init_from.path={p}: not a checkpoint folder (meta.json), a run folder or an export (config.json)"

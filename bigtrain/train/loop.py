@@ -537,9 +537,15 @@ class Trainer:
             return
         ckpt = self.last_checkpoint
         assert ckpt is not None
-        folder = export(ckpt, self.run_dir / "model")
-        self.tracker.log_model(folder, self.step)
-        self.tracker.set_tags({"model_artifacts": "model/", "model_checkpoint": str(ckpt.resolve())})
+        try:
+            folder = export(ckpt, self.run_dir / "model")
+            self.tracker.log_model(folder, self.step)
+        except Exception as exc:  # noqa: BLE001 - the run itself is done: say so, and finish it
+            log.warning("could not log the model of %s: %s: %s", ckpt, type(exc).__name__, exc)
+            return
+        self.tracker.set_tags(
+            {"model_export": str(folder.resolve()), "model_checkpoint": str(ckpt.resolve())}
+        )
 
     def _save_on_request(self, request: Request, received: list[str]) -> None:
         """Every rank saves together (unless this step was just saved), then the loop ends."""

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from bigtrain.checkpoint.exported import CONFIG, WEIGHTS, read_folder, write_folder
+from bigtrain.checkpoint.io import resolve_checkpoint
 from bigtrain.errors import CheckpointError
 from bigtrain.train.describe import describe
 
@@ -22,13 +23,13 @@ CARD = "README.md"
 
 
 def export(ckpt: str | Path, out: str | Path, what: str | None = None) -> Path:
-    """Write checkpoint ``ckpt``'s generator / tokenizer / prior (``what``; default: the task's)
+    """Write checkpoint ``ckpt`` (or a run folder's newest)'s generator / tokenizer / prior (``what``; default: the task's)
     into ``out``; returns ``out``. An existing export there is replaced; any other non-empty
     folder is refused."""
     out = Path(out).expanduser()
     if out.exists() and any(out.iterdir()) and not (out / CONFIG).is_file():
         raise CheckpointError(f"{out} is a non-empty folder that is not a bigtrain export; choose another")
-    desc, weights, tokenizer = describe(ckpt, what)
+    desc, weights, tokenizer = describe(resolve_checkpoint(ckpt).path, what)
     if out.exists():
         shutil.rmtree(out)
     if tokenizer is not None:
@@ -57,10 +58,15 @@ def _write_card(out: Path, desc: dict[str, Any], weights_of: dict[str, torch.Ten
     params = sum(int(v.numel()) for v in weights_of.values())
     classes = f"{len(d['classes'])} classes" if m.get("num_classes") else "unconditional"
     lines = [
-        f"# {m['name']} {desc['kind']} ({d.get('name') or 'dataset'}, {d['resolution']}px)",
+        f"# {m['name']} {desc['kind']} ({d.get('name') or 'dataset'}, {desc.get('output_resolution', d['resolution'])}px)",
         "",
         f"- Kind: {desc['kind']} (bigtrain task={desc['task']}), {params:,} parameters, {classes}.",
-        f"- Data: {d.get('name') or '?'}, {d['resolution']}x{d['resolution']}, {d['channels']} channel(s).",
+        f"- Data: {d.get('name') or '?'}, {d['resolution']}x{d['resolution']}, {d['channels']} channel(s)"
+        + (
+            f"; it draws {desc['output_resolution']}px images (the stage the run reached)."
+            if desc.get("output_resolution", d["resolution"]) != d["resolution"]
+            else "."
+        ),
         f"- Source: checkpoint `{src['checkpoint']}` at step {src['step']}"
         + (f", MLflow run `{src['mlflow_run_id']}`." if src.get("mlflow_run_id") else "."),
     ]

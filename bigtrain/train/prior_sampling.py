@@ -73,7 +73,8 @@ class PriorSampling:
         ]
 
     def grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:
-        """``rows`` samples per row; when conditional, one row per class (up to 10 rows)."""
+        """``rows`` samples per row; when conditional, one row per class for the first
+        min(classes, max(rows, 10)) classes."""
         g = torch.Generator(self.device).manual_seed(seed)
         if self.num_classes:
             nrows = min(self.num_classes, max(rows, 10))

@@ -79,6 +79,15 @@ def test_generator_export_and_load_sample_what_bigtrain_sample_draws(cgan_run: P
         loaded.sample(6, truncation=0.5, seed=2),
         task.sample(6, torch.Generator().manual_seed(2), truncation=0.5),
     )
+    # MLflow's pyfunc over the export: row i is sample(1, classes=[class_i], seed=seed_i)
+    from bigtrain.inference.pyfunc import BigtrainPyfunc
+
+    pyfunc = BigtrainPyfunc(loaded)
+    rows = pyfunc.predict({"seed": [3, 4], "class": [2, 9]})
+    torch.testing.assert_close(
+        torch.from_numpy(rows[1:]), loaded.sample(1, classes=[9], seed=4), rtol=0, atol=0
+    )
+    assert pyfunc.predict({"seed": []}).shape == (0, 1, 32, 32)
     with pytest.raises(ConfigError, match="out of range"):
         loaded.sample(2, classes=[10])
     with pytest.raises(ConfigError, match=r"z must be \[n, "):

@@ -65,7 +65,11 @@ def test_prior_trains_samples_evaluates_and_resumes_exactly(token_shards: Path, 
     m = client.get_run(run_id).data.metrics
     assert m["loss/prior"] > 0 and m["fid/digits"] > 0 and "recall/digits" in m
     assert m["tokens_per_s"] == pytest.approx(m["img_per_s"] * 64)  # 8 x 8 codes per digit
-    assert {x.path for x in client.list_artifacts(run_id, "model")} >= {"model/MLmodel", "model/data"}
+    # the run's "Logged models": one per finished leg (the first run and its resume)
+    models = client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id])
+    assert len(models) == 2 and all(m.source_run_id == run_id and m.name == "model" for m in models)
+    for model in models:
+        assert {"MLmodel", "data"} <= {a.path for a in client.list_logged_model_artifacts(model.model_id)}
     # one row of 4 samples per class: 10 rows of 32-pixel digits decoded by the tokenizer
     assert Image.open(straight / "samples" / "step-00000004.png").size == (4 * 34 + 2, 10 * 34 + 2)
 

@@ -91,7 +91,7 @@ def test_tensorboard_records_one_run_across_the_resume(tb_run: Path) -> None:
     # artifacts copied next to the events; tags as JSON
     art = logdir / "artifacts"
     assert (art / "config.yaml").is_file()
-    assert {"G_ema.pt", "config.yaml", "meta.json"} <= {p.name for p in (art / "model").iterdir()}
+    assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in (art / "model").iterdir()}
     tags_json = json.loads((logdir / "tags.json").read_text())
     assert tags_json["status"] == "FINISHED"
     assert tags_json["last_checkpoint"].endswith("step-00000030")
@@ -191,7 +191,9 @@ def test_wandb_offline_records_one_run_across_the_resume(wandb_run: Path) -> Non
     for folder in folders:
         art = folder / "files" / "artifacts"
         assert (art / "config.yaml").is_file()
-        assert {"G_ema.pt", "config.yaml", "meta.json"} <= {p.name for p in (art / "model").iterdir()}
+        assert {"model.safetensors", "config.json", "README.md"} <= {
+            p.name for p in (art / "model").iterdir()
+        }
     summary: dict = {}
     for update in _of(recs[1], "summary"):
         summary.update(_items(update.update))

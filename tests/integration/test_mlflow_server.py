@@ -146,8 +146,10 @@ def test_a_concurrent_sweep_loses_nothing_and_compares(
         assert [m.step for m in client.get_metric_history(rid, "fid/digits")] == list(
             range(every, steps + 1, every)
         )
-        model = {a.path for a in client.list_artifacts(rid, "model")}
-        assert {"model/MLmodel", "model/data", "model/requirements.txt"} <= model  # a logged pyfunc model
+        (model,) = [m for m in client.search_logged_models(experiment_ids=[run.info.experiment_id])
+                    if m.source_run_id == rid]  # fmt: skip
+        files = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+        assert {"MLmodel", "data", "requirements.txt"} <= files  # a logged pyfunc model
         loss = run.data.params["loss.name"]
         assert run.data.tags["last_checkpoint"] == str(
             (tmp_path / loss / "checkpoints" / f"step-{steps:08d}").resolve()

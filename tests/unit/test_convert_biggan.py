@@ -118,3 +118,21 @@ def test_the_default_preset_has_the_released_runs_settings() -> None:
         check_settings(
             {**released, "G_ch": 64}, compose_config(["experiment=imagenet128_biggan"]), deep=False
         )
+
+
+def test_a_release_with_only_g_ema_gives_both_generators(tmp_path: Path) -> None:
+    """Released folders often hold ``G_ema.pth`` alone: G starts from it too (not from noise)."""
+    g_state, _ = _reference_files(tmp_path / "w")
+    (tmp_path / "w" / "G.pth").unlink()
+    (tmp_path / "w" / "D.pth").unlink()
+    ck = open_checkpoint(convert("biggan-pytorch", tmp_path / "w", tmp_path / "run", OVERRIDES))
+    assert ck.meta["converted_from"]["components"] == ["G_ema"]
+    for comp in ("G", "G_ema"):
+        got = ck.load(comp, weights_only=True)
+        for k in g_state:
+            torch.testing.assert_close(got[k], g_state[k], rtol=0, atol=0, msg=f"{comp} {k}")
+    no_ema = open_checkpoint(
+        convert("biggan-pytorch", tmp_path / "w", tmp_path / "run2", [*OVERRIDES, "ema.enabled=false"])
+    )
+    assert no_ema.meta["converted_from"]["components"] == ["G"]
+    torch.testing.assert_close(no_ema.load("G", weights_only=True)["linear.bias"], g_state["linear.bias"])

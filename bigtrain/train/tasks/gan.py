@@ -313,11 +313,14 @@ class GANTask(StagedTask):
         return mods
 
     def init_weights(self, weights: Mapping[str, Any]) -> list[str]:
-        """As the base, and the EMA generator starts from G when the source gives no ``G_ema``
-        (an export's generator counts as both)."""
+        """As the base; and the generator the source lacks starts from the one it has: the EMA
+        generator from G, or G from the EMA generator (a release with ``G_ema`` only; an export's
+        generator counts as both)."""
         loaded = super().init_weights(weights)
         if self.ema is not None and "G" in loaded and "G_ema" not in loaded:
             self.ema.model.load_state_dict(self.G.state_dict())
+        elif self.ema is not None and "G_ema" in loaded and "G" not in loaded:
+            self.G.load_state_dict(self.ema.model.state_dict())
         self._version += 1  # standing statistics are re-estimated for the new weights
         return loaded
 
