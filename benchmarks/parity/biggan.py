@@ -85,10 +85,10 @@ def _reference_models(
     return g, d
 
 
-def compare(ref_module: Any, family: str, resolution: int, attention: str) -> dict[str, float]:
-    torch.manual_seed(0)
-    rg, rd = _reference_models(ref_module, family, resolution, attention)
-    for net in (rg, rd):
+def _away_from_init(*nets: nn.Module) -> None:
+    """Attention gains non-zero (they start at 0, hiding the attention path) and BN statistics that
+    are not the initial 0 / 1, so that every tensor's placement shows in the outputs."""
+    for net in nets:
         for name, p in net.named_parameters():
             if name.endswith("gamma"):
                 p.data.fill_(0.7)
@@ -96,6 +96,12 @@ def compare(ref_module: Any, family: str, resolution: int, attention: str) -> di
             if hasattr(m, "stored_mean"):
                 m.stored_mean.normal_()
                 m.stored_var.uniform_(0.5, 2.0)
+
+
+def compare(ref_module: Any, family: str, resolution: int, attention: str) -> dict[str, float]:
+    torch.manual_seed(0)
+    rg, rd = _reference_models(ref_module, family, resolution, attention)
+    _away_from_init(rg, rd)
     g, d = _ours_pair(family, resolution, attention)
     _copy(rg, g, deep_d=False, depth=2)
     _copy(rd, d, deep_d=family == "biggan_deep", depth=2)
@@ -232,14 +238,7 @@ def convert_parity(ref: Any, family: str, resolution: int, attention: str) -> di
 
     torch.manual_seed(3)
     rg, rd = _reference_models(ref, family, resolution, attention)
-    for net in (rg, rd):
-        for name, p in net.named_parameters():
-            if name.endswith("gamma"):
-                p.data.fill_(0.7)
-        for m in net.modules():
-            if hasattr(m, "stored_mean"):
-                m.stored_mean.normal_()
-                m.stored_var.uniform_(0.5, 2.0)
+    _away_from_init(rg, rd)
     config = {"G_ch": CH, "D_ch": CH, "dim_z": Z_DIM, "shared_dim": SHARED, "hier": True, "G_attn": attention or "0",
               "D_attn": attention or "0", "SN_eps": 1e-6, "BN_eps": 1e-5, "resolution": resolution,
               "n_classes": CLASSES, "G_depth": 2, "D_depth": 2}  # fmt: skip
