@@ -6,10 +6,29 @@ needs a rank check.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a tracker needs to know of a logged model (the loop reads it from the export): whether
+    it samples (a tokenizer does not), its images' shape, whether it takes a class, and the module
+    that loads the folder as MLflow's ``python_function``."""
+
+    kind: str  # generator | tokenizer | prior
+    channels: int
+    resolution: int
+    conditional: bool
+    step: int
+    loader_module: str = ""  # empty: no sampling interface, the folder's files only
+
+    @property
+    def samples(self) -> bool:
+        return bool(self.loader_module)
 
 
 class Tracker(Protocol):
@@ -23,7 +42,7 @@ class Tracker(Protocol):
         """The training data as the run's input (MLflow: a dataset input; others: tags)."""
         ...
 
-    def log_model(self, folder: Path, step: int) -> None:
+    def log_model(self, folder: Path, info: ModelInfo) -> None:
         """A ``bigtrain export`` folder as the run's model (MLflow: a logged pyfunc model)."""
         ...
 
@@ -50,7 +69,7 @@ class NullTracker:
     def log_dataset(self, name: str, digest: str, source: str) -> None:
         pass
 
-    def log_model(self, folder: Path, step: int) -> None:
+    def log_model(self, folder: Path, info: ModelInfo) -> None:
         pass
 
     def close(self, status: str = "FINISHED") -> None:
@@ -70,7 +89,7 @@ class FileModelMixin:
     def log_dataset(self, name: str, digest: str, source: str) -> None:
         self.set_tags({"dataset.name": name, "dataset.digest": digest, "dataset.source": source})
 
-    def log_model(self, folder: Path, step: int) -> None:  # noqa: ARG002 - the step is in config.json
+    def log_model(self, folder: Path, info: ModelInfo) -> None:  # noqa: ARG002 - all is in the folder
         for f in sorted(Path(folder).iterdir()):
             self.log_artifact(f, "model")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bigtrain.tracking.base import flatten
+from bigtrain.tracking.base import ModelInfo, flatten
 
 log = logging.getLogger(__name__)
 
@@ -146,25 +146,22 @@ class MLflowTracker:
             self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])]
         )
 
-    def log_model(self, folder: Path, step: int) -> None:
+    def log_model(self, folder: Path, info: ModelInfo) -> None:
         """The export folder as an MLflow model of this run (the run's and the experiment's "Logged
-        models"): the ``python_function`` flavour through ``bigtrain.inference.pyfunc``, so
-        ``mlflow.pyfunc.load_model(uri).predict({"seed": [0, 1]})`` returns images. A tokenizer (no
-        sampling) is logged as the folder's files only."""
-        desc = json.loads((Path(folder) / "config.json").read_text())
-        if desc["kind"] not in ("generator", "prior"):
+        models"): the ``python_function`` flavour through ``info.loader_module``, so
+        ``mlflow.pyfunc.load_model(uri).predict({"seed": [0, 1]})`` returns images. A model that does
+        not sample (a tokenizer) is logged as the folder's files only."""
+        if not info.samples:
             for f in sorted(Path(folder).iterdir()):
                 self.log_artifact(f, "model")
             return
         from mlflow.models import ModelSignature
         from mlflow.types import ColSpec, Schema, TensorSpec
 
-        data = desc["data"]
         inputs = [ColSpec("long", "seed")] + (
-            [ColSpec("long", "class", required=False)] if desc["model"].get("num_classes") else []
+            [ColSpec("long", "class", required=False)] if info.conditional else []
         )
-        side = int(desc.get("output_resolution", data["resolution"]))
-        shape = (-1, int(data["channels"]), side, side)
+        shape = (-1, info.channels, info.resolution, info.resolution)
         signature = ModelSignature(
             inputs=Schema(inputs), outputs=Schema([TensorSpec(np.dtype("float32"), shape)])
         )
@@ -180,17 +177,17 @@ class MLflowTracker:
             local = Path(tmp) / "model"
             self._mlflow.pyfunc.save_model(
                 path=str(local),
-                loader_module="bigtrain.inference.pyfunc",
+                loader_module=info.loader_module,
                 data_path=str(folder),
                 signature=signature,
                 pip_requirements=requirements(),
-                metadata={"bigtrain_kind": desc["kind"], "source_step": desc["source"]["step"]},
+                metadata={"bigtrain_kind": info.kind, "source_step": info.step},
             )
             experiment_id = self.client.get_run(self.run_id).info.experiment_id
             model = self.client.create_logged_model(experiment_id, name="model", source_run_id=self.run_id)
             self.client.log_model_artifacts(model.model_id, str(local))
             self.client.finalize_logged_model(model.model_id, "READY")
-            self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, info.step)])
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -47,7 +47,7 @@ from bigtrain.tracking import NullTracker, Tracker
 from bigtrain.tracking.mlflow_tracker import absolute_uri, default_tags
 from bigtrain.train.config_guard import ConfigGuard
 from bigtrain.train.init_from import init_weights
-from bigtrain.train.model_export import export
+from bigtrain.train.model_export import export, model_info
 from bigtrain.train.task import build_task, check_config, configure_reads, eval_metrics
 from bigtrain.utils.console import bar_disable
 from bigtrain.utils.images import grid_uint8
@@ -539,7 +539,7 @@ class Trainer:
         assert ckpt is not None
         try:
             folder = export(ckpt, self.run_dir / "model")
-            self.tracker.log_model(folder, self.step)
+            self.tracker.log_model(folder, model_info(folder))
         except Exception as exc:  # noqa: BLE001 - the run itself is done: say so, and finish it
             log.warning("could not log the model of %s: %s: %s", ckpt, type(exc).__name__, exc)
             return

@@ -8,6 +8,7 @@ its tokenizer in ``OUT/tokenizer/`` (the same layout), so the folder samples ima
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from bigtrain.checkpoint.exported import CONFIG, WEIGHTS, read_folder, write_folder
 from bigtrain.checkpoint.io import resolve_checkpoint
 from bigtrain.errors import CheckpointError
+from bigtrain.tracking.base import ModelInfo
 from bigtrain.train.describe import describe
 
 CARD = "README.md"
@@ -39,6 +41,22 @@ def export(ckpt: str | Path, out: str | Path, what: str | None = None) -> Path:
     _write_card(out, desc, weights_of=weights)
     write_folder(out, desc, weights)
     return out
+
+
+def model_info(folder: Path) -> ModelInfo:
+    """What a tracker logs the export folder as (``bigtrain.tracking.base.ModelInfo``): generators
+    and priors sample through ``bigtrain.inference.pyfunc`` (named, not imported: it sits above)."""
+    desc = json.loads((Path(folder) / CONFIG).read_text())  # the description only, not the weights
+    data = desc["data"]
+    samples = desc["kind"] in ("generator", "prior")
+    return ModelInfo(
+        kind=str(desc["kind"]),
+        channels=int(data["channels"]),
+        resolution=int(desc.get("output_resolution", data["resolution"])),
+        conditional=bool(desc["model"].get("num_classes")),
+        step=int(desc["source"]["step"]),
+        loader_module="bigtrain.inference.pyfunc" if samples else "",
+    )
 
 
 def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
