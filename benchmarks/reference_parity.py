@@ -5,6 +5,8 @@
     python benchmarks/reference_parity.py family=taming_vqgan ref=/path/to/taming-transformers
     python benchmarks/reference_parity.py family=llamagen_gpt ref=/path/to/LlamaGen
     python benchmarks/reference_parity.py family=progan ref=/path/to/progressive_growing_of_gans
+    python benchmarks/reference_parity.py family=pix2pix ref=/path/to/pytorch-CycleGAN-and-pix2pix
+    python benchmarks/reference_parity.py family=cyclegan ref=/path/to/pytorch-CycleGAN-and-pix2pix
 
 ``ref`` is a checkout of the reference repository; its modules are imported from there (put on
 ``sys.path``), never copied into bigtrain. Each family builds both implementations at small
@@ -32,7 +34,10 @@ FAMILIES = {
     "taming_vqgan": "CompVis/taming-transformers",
     "llamagen_gpt": "FoundationVision/LlamaGen",
     "progan": "tkarras/progressive_growing_of_gans",
+    "pix2pix": "junyanz/pytorch-CycleGAN-and-pix2pix",
+    "cyclegan": "junyanz/pytorch-CycleGAN-and-pix2pix",
 }
+MODULES = {"biggan_deep": "biggan", "cyclegan": "pix2pix"}  # families that share a module
 
 
 def main() -> None:
@@ -43,7 +48,7 @@ def main() -> None:
     if not args["ref"]:
         raise SystemExit(f"pass ref=PATH, a checkout of {FAMILIES[family]}")
     sys.path.insert(0, str(args["ref"]))
-    module = importlib.import_module(f"parity.{family.removesuffix('_deep')}")
+    module = importlib.import_module(f"parity.{MODULES.get(family, family)}")
     result = module.run(family, str(args["ref"]))
     emit({"family": family, **result})
 

@@ -157,6 +157,19 @@ def mnist_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built_once(tmp_path_factory, "mnist5k", build)
 
 
+@pytest.fixture(scope="session")
+def mnist_edges(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in digits as (outline, digit) pairs at 32x32 (`builtin:mnist5k-edges`), 500 per
+    shard; tests must not write into it."""
+
+    def build(out: Path) -> None:
+        prepare(
+            "builtin:mnist5k-edges", out, PrepareOptions(resolution=32, samples_per_shard=500, progress=False)
+        )
+
+    return built_once(tmp_path_factory, "mnist5k-edges", build)
+
+
 def free_port() -> int:
     """A free TCP port on loopback (for a process-group rendezvous or a server)."""
     with socket.socket() as s:
@@ -187,6 +200,7 @@ def run_cli(
 TINY = ["debug=tiny_gan"]
 TOKENIZER_SMALL = ("debug=tiny_tokenizer",)
 PRIOR_SMALL = ("debug=tiny_prior",)
+PIX2PIX_SMALL = ("debug=tiny_pix2pix",)
 
 
 @pytest.fixture(scope="session")

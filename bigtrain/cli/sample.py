@@ -1,5 +1,6 @@
 """``bigtrain sample CKPT --out grid.png``: a grid from a checkpoint's generator (a GAN's EMA G, a
-prior's decoded codes), one row per class with ``--per-class``, or with ``--interpolate`` straight-line
+prior's decoded codes), one row per class with ``--per-class``, a translation model's outputs beside
+the images given with ``--condition``, or with ``--interpolate`` straight-line
 walks in z between random points (Radford et al. 2016, sec. 6.1), one row each. ``--num-samples N --npz
 out.npz`` / ``--png-dir DIR`` write N samples for other evaluators (``bigtrain.train.export``). Sampling options
 (``--truncation`` for GANs; ``--temperature``, ``--top-k``, ``--top-p``, ``--cfg-scale`` for priors)
@@ -10,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from bigtrain.data.images import IMAGE_SUFFIXES, decode
+from bigtrain.data.manifest import DatasetManifest
 from bigtrain.errors import ConfigError
 from bigtrain.train.snapshot import load_snapshot
 from bigtrain.utils.images import save_grid
@@ -62,6 +67,14 @@ def main(argv: list[str]) -> int:
         help="sample only this class (repeatable); conditional models",
     )
     p.add_argument("--per-class", action="store_true", help="one row per class (conditional models)")
+    p.add_argument(
+        "--condition",
+        action="append",
+        default=None,
+        metavar="IMAGE",
+        help="an image (or a folder of images) to translate (task=pix2pix); repeatable. The grid shows "
+        "each condition beside its output",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     gan = p.add_argument_group("task=gan checkpoints")
     gan.add_argument(
@@ -107,6 +120,19 @@ def main(argv: list[str]) -> int:
         return 0
     if a.out is None:
         raise ConfigError("give --out grid.png (a grid), or --num-samples N with --npz / --png-dir (samples)")
+    if a.condition:
+        if task.condition_kind != "image":
+            raise ConfigError(f"--condition: a task={snap.cfg.task} checkpoint does not sample from an image")
+        x = load_conditions(a.condition, snap.manifest)
+        out = task.sample_conditioned(x, g, **given)
+        per_row = max(1, a.rows // 2)
+        save_grid(torch.stack([x, out], dim=1).flatten(0, 1), a.out, 2 * per_row)
+        print(f"wrote {a.out} ({len(x)} conditions beside their outputs, step {snap.checkpoint.step})")
+        return 0
+    if task.condition_kind == "image":
+        raise ConfigError(
+            f"a task={snap.cfg.task} checkpoint translates images: give --condition IMAGE (a file or a folder)"
+        )
     if a.interpolate:
         images, nrow = task.interpolate(a.rows, a.steps, g, **given), a.steps
     elif a.per_class:
@@ -119,6 +145,34 @@ def main(argv: list[str]) -> int:
     save_grid(images, a.out, nrow)
     print(f"wrote {a.out} ({images.shape[0]} images, step {snap.checkpoint.step})")
     return 0
+
+
+def load_conditions(paths: list[str], manifest: DatasetManifest) -> torch.Tensor:
+    """The images at ``paths`` (files, or every image of a folder in name order) as the model's
+    sources: its resolution (centre crop, as ``bigtrain prepare``) and source channels, in [-1, 1]."""
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            found = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ConfigError(f"--condition {path}: no image files in the folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"--condition {path}: no such file or folder")
+    channels = int(manifest.source_channels)
+    arrays = []
+    for f in files:
+        try:
+            arrays.append(decode(f.read_bytes(), channels, manifest.resolution))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"--condition {f}: not a readable image ({type(exc).__name__}: {exc})"
+            ) from None
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+    return batch.div(127.5).sub(1.0)
 
 
 def _check_classes(a: argparse.Namespace, num_classes: int) -> None:

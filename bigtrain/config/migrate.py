@@ -19,9 +19,10 @@ def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
     for section in ("loss", "ema", "vq", "prior"):
         if section in raw and section not in OWNED_SECTIONS.get(task, (section,)):
             raw.pop(section)
-    # Model keys: every run carried a GAN's latent size, widths and D norm; now only GANs do.
+    # Model keys: every run carried a GAN's latent size, widths and D norm; now only GANs do (the
+    # rule is for the tasks of that time: later ones, such as pix2pix, have widths of their own).
     model = raw.get("model")
-    if task != "gan" and isinstance(model, dict):
+    if task in ("tokenizer", "prior") and isinstance(model, dict):
         for key in ("z_dim", "g_width", "d_width", "d_norm"):
             model.pop(key, None)
     # Optimizer blocks: the tokenizer's and the prior's optimizer used to be optim.g.

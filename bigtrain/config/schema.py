@@ -143,6 +143,9 @@ class ScheduleConfig:
     name: ScheduleName = ScheduleName.constant
     warmup_steps: int = 0  # linear warm-up from lr / warmup_steps to lr over the first steps
     min_lr_ratio: float = 0.0  # where cosine / linear decay ends, as a fraction of lr
+    # the step the decay starts from (constant before it): pix2pix and CycleGAN hold the rate for
+    # half the run, then decay linearly to 0; 0 = right after the warm-up
+    decay_start: int = 0
 
 
 @dataclass
@@ -193,8 +196,9 @@ class EvalConfig:
     ref_split: str = "train"
     ref_max_images: int = 50000
     seed: int = 1234  # fixed z for FID, separate from training randomness
-    # registered metrics (bigtrain.eval.registry): fid, is, pr, kid, psnr, ssim, codebook; empty = the
-    # task's defaults (GAN, prior: fid, is, pr; tokenizer: fid, pr, psnr, ssim, codebook)
+    # registered metrics (bigtrain.eval.registry): fid, is, pr, kid, psnr, ssim, l1, class_agreement,
+    # codebook; empty = the task's defaults (GAN, prior: fid, is, pr; tokenizer: fid, pr, psnr, ssim,
+    # codebook; pix2pix: fid, l1, psnr, ssim)
     metrics: list[str] | None = None
     # precision/recall's feature network: "" = eval.feature's; "vgg16" = Kynkaanniemi et al.'s choice
     pr_feature: str = ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Mapping
 from enum import StrEnum
 
 import numpy as np
@@ -22,6 +23,9 @@ from PIL import Image, ImageOps
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # WebDataset sample keys that hold an image, in the order they are looked for
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+# a paired sample's parts (layout "pairs"): the target is "the image" to every one-image reader
+TARGET_KEYS = tuple(f"tgt.{k}" for k in IMAGE_KEYS)
+SOURCE_KEYS = tuple(f"src.{k}" for k in IMAGE_KEYS)
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
 
@@ -146,14 +150,31 @@ def downsample(
     return np.asarray(fit(img, resolution, policy, u, method), dtype=np.uint8)
 
 
-def image_key(sample: dict[str, object]) -> str:
-    """The key of ``sample``'s image (``png``, ``jpg``, ``jpeg`` or ``webp``); KeyError if none."""
-    for k in IMAGE_KEYS:
+def image_key(sample: Mapping[str, object]) -> str:
+    """The key of ``sample``'s image (``png``, ``jpg``, ``jpeg`` or ``webp``), or of its target when
+    it is a pair (``tgt.png``, ...): so FID references, ``bigtrain index`` and a plain stream read a
+    paired dataset's targets as its images. KeyError if it has none."""
+    for k in (*TARGET_KEYS, *IMAGE_KEYS):
         if k in sample:
             return k
-    raise KeyError(
-        f"no image ({'/'.join(IMAGE_KEYS)}) among {sorted(k for k in sample if not k.startswith('__'))}"
-    )
+    raise KeyError(f"no image ({'/'.join(IMAGE_KEYS)}) among {_members(sample)}")
+
+
+def source_key(sample: Mapping[str, object]) -> str:
+    """The key of a paired sample's source image (``src.png``, ...); KeyError if it has none."""
+    for k in SOURCE_KEYS:
+        if k in sample:
+            return k
+    raise KeyError(f"no source image ({'/'.join(SOURCE_KEYS)}) among {_members(sample)}")
+
+
+def image_format(key: str) -> str:
+    """The image format a sample key names: ``jpg`` for ``jpg`` and ``tgt.jpg`` alike."""
+    return key.rsplit(".", 1)[-1]
+
+
+def _members(sample: Mapping[str, object]) -> list[str]:
+    return sorted(k for k in sample if not k.startswith("__"))
 
 
 def decode(

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from bigtrain.data import urls
-from bigtrain.data.images import IMAGE_KEYS
+from bigtrain.data.images import IMAGE_KEYS, image_format, image_key
 from bigtrain.data.manifest import DatasetManifest, ShardInfo
 from bigtrain.data.read import raw_label, tar_samples
 from bigtrain.errors import DatasetError
@@ -115,13 +115,14 @@ def scan_shard(url: str, label_key: str | None, digest: bool, opts: IndexOptions
 
 def _scan_sample(scan: ShardScan, sample: Mapping[str, Any], label_key: str | None) -> None:
     scan.count += 1
-    ext = next((k for k in IMAGE_KEYS if k in sample), None)
-    if ext is None:
+    try:
+        key = image_key(sample)  # a pair's target (tgt.png, ...) is its image
+    except KeyError:
         scan.no_image += 1
         return
-    scan.exts[ext] += 1
+    scan.exts[image_format(key)] += 1
     try:
-        with Image.open(io.BytesIO(sample[ext])) as im:  # the header only: no pixel decoding
+        with Image.open(io.BytesIO(sample[key])) as im:  # the header only: no pixel decoding
             scan.sizes[im.size] += 1
             scan.modes[im.mode] += 1
     except (OSError, UnidentifiedImageError, ValueError):

@@ -4,6 +4,16 @@ checked before training starts.
 The manifest is the contract between preparing data and training on it: resolution, channels and
 classes come from here, so a preset trains on a user's own shards with no other change, and every
 shard it lists must exist (a missing one stops the run at start-up with one line naming it).
+
+A sample holds one image, or several parts: its ``layout`` (``extra["layout"]``) says which.
+
+* ``images`` (also when absent): ``<key>.<png|jpg|jpeg|webp>``, the image;
+* ``pairs``: ``<key>.src.<fmt>`` (the source, what a translation model is given) and
+  ``<key>.tgt.<fmt>`` (the target, what it should make), pixel-aligned. Readers that want one image
+  (FID references, ``bigtrain index``) take the target (:func:`bigtrain.data.images.image_key`);
+* ``domains``: one image per sample as for ``images``, but every shard holds a single domain
+  (``train-A-000000.tar``, ``train-B-000000.tar``, ...; ``ShardInfo.domain``), and
+  ``extra["domains"]`` lists them: the two unpaired sets of a CycleGAN, streamed one domain each.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from bigtrain.errors import DatasetError
 
 MANIFEST_NAME = "dataset.json"
 MANIFEST_VERSION = 1
+LAYOUTS = ("images", "pairs", "domains")
 
 
 @dataclass
@@ -31,7 +42,16 @@ class ShardInfo:
     count: int
     sha256: str  # "" when not computed (remote shards indexed without --digests)
     bytes: int = 0  # 0: not recorded (manifests written before the field existed)
-    ext: str = ""  # the image key its samples use (png, jpg, jpeg, webp); "" for token shards
+    ext: str = ""  # its samples' image format (png, jpg, jpeg, webp); "" for token shards
+    domain: str = ""  # layout "domains": the one domain its samples belong to ("" otherwise)
+
+    def to_json(self) -> dict[str, Any]:
+        """Its fields, without ``domain`` when empty: dataset.json files of other layouts keep
+        their bytes."""
+        data = dict(vars(self))
+        if not self.domain:
+            del data["domain"]
+        return data
 
 
 @dataclass
@@ -48,6 +68,21 @@ class DatasetManifest:
     def kind(self) -> str:
         """``images`` (``bigtrain prepare``) or ``tokens`` (``bigtrain tokenize``)."""
         return str(self.extra.get("kind", "images"))
+
+    @property
+    def layout(self) -> str:
+        """What a sample holds: ``images``, ``pairs`` or ``domains`` (see the module docstring)."""
+        return str(self.extra.get("layout", "images"))
+
+    @property
+    def domains(self) -> list[str]:
+        """A ``domains`` dataset's domain names, in order (``["A", "B"]``); empty for other layouts."""
+        return [str(d) for d in self.extra.get("domains", [])]
+
+    @property
+    def source_channels(self) -> int:
+        """A ``pairs`` dataset's source channels (the targets' are ``channels``)."""
+        return int(self.extra.get("source_channels", self.channels))
 
     @property
     def label_key(self) -> str | None:
@@ -84,8 +119,13 @@ class DatasetManifest:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def count(self, split: str) -> int:
-        return sum(s.count for s in self.splits.get(split, []))
+    def shards(self, split: str, domain: str | None = None) -> list[ShardInfo]:
+        """The shards of ``split``, of one ``domain`` only when given (empty lists when none)."""
+        found = self.splits.get(split, [])
+        return found if domain is None else [s for s in found if s.domain == domain]
+
+    def count(self, split: str, domain: str | None = None) -> int:
+        return sum(s.count for s in self.shards(split, domain))
 
     @property
     def dataset_id(self) -> str:
@@ -104,16 +144,23 @@ class DatasetManifest:
             return shard.file
         return str(self.root / shard.file)
 
-    def shard_paths(self, split: str) -> list[str]:
-        """Shard locations of ``split``; raises DatasetError if the split is empty or a local file is
-        gone (remote shards are checked as they are read: a start-up check of thousands of URLs
-        would cost minutes)."""
+    def shard_paths(self, split: str, domain: str | None = None) -> list[str]:
+        """Shard locations of ``split`` (of one ``domain`` when given, else all of them); raises
+        DatasetError if there are none or a local file is gone (remote shards are checked as they
+        are read: a start-up check of thousands of URLs would cost minutes)."""
         if split not in self.splits or not self.splits[split]:
             raise DatasetError(
                 f"dataset {self.root} has no '{split}' shards (splits: {', '.join(self.splits)})"
             )
+        shards = self.shards(split, domain)
+        if not shards:
+            present = sorted({s.domain for s in self.splits[split] if s.domain})
+            raise DatasetError(
+                f"dataset {self.root} has no '{split}' shards of domain '{domain}' "
+                f"(domains: {', '.join(present) or 'none, its layout is ' + self.layout})"
+            )
         paths = []
-        for s in self.splits[split]:
+        for s in shards:
             loc = self.location(s)
             if not is_url(loc) and not Path(loc).is_file():
                 raise DatasetError(f"shard missing: {loc} (listed in {self.root / MANIFEST_NAME})")
@@ -129,7 +176,7 @@ class DatasetManifest:
             "classes": self.classes,
             "num_classes": self.num_classes,
             "splits": {
-                k: {"count": sum(s.count for s in v), "shards": [vars(s) for s in v]}
+                k: {"count": sum(s.count for s in v), "shards": [s.to_json() for s in v]}
                 for k, v in self.splits.items()
             },
             **self.extra,

@@ -11,6 +11,13 @@ the samples of every shard are fixed first, so each shard is an independent job.
 makes the output byte-identical for any number of worker processes, and lets a SLURM array split
 one folder across nodes (``--shard-range i/n``, then ``--merge``) with the same result as a single
 run. An unreadable image only makes its own shard one smaller (tar mtimes are fixed too).
+
+Samples with several parts (see :mod:`bigtrain.data.manifest` for the layouts): :class:`Pairs` of
+folders give ``<key>.src.<fmt>`` + ``<key>.tgt.<fmt>`` samples, files matched by their path without
+the suffix; :class:`Domains` give one image per sample, each folder its own seeded train/val split
+and its own shards (``train-A-000000.tar``, ...), so no shard mixes domains. A built-in brings its
+own layout. Every part is resized by the same rule, and both are one job's work, so the output
+stays byte-identical for any number of workers.
 """
 
 from __future__ import annotations
@@ -47,7 +54,28 @@ RESIZE_CHOICES = (Resize.center.value, Resize.pad.value, Resize.shorter.value)
 # caption's UnicodeDecodeError and bad metadata's JSONDecodeError are ValueErrors)
 _UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 _PART_RE = re.compile(r"dataset\.part-(\d+)-of-(\d+)\.json")
-_SHARD_RE = re.compile(r"(train|val)-(\d+)\.tar")
+# train-000000.tar, or a domain's train-A-000000.tar
+_SHARD_RE = re.compile(r"(train|val)-(?:([A-Za-z][A-Za-z0-9_]*)-)?(\d+)\.tar")
+DOMAIN_NAMES = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # --domains folders are domains A, B, ... in order
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """``--pairs SRC_DIR TGT_DIR``: sources (what a model is given) and targets (what it should
+    make), matched by path without suffix; class folders of the targets give labels."""
+
+    sources: str
+    targets: str
+
+
+@dataclass(frozen=True)
+class Domains:
+    """``--domains A_DIR B_DIR``: unpaired sets, each folder one domain (flat or class folders)."""
+
+    folders: tuple[str, ...]
+
+
+Input = str | Pairs | Domains  # an image folder or builtin:NAME, or folders of a multi-part layout
 
 
 @dataclass
@@ -71,12 +99,14 @@ class Sample:
     """One planned sample: everything needed to write it, decided before any image is decoded."""
 
     key: str
-    name: str  # for logs: the path relative to SRC, or ``#i`` for a built-in
-    image: str | np.ndarray  # a file path, or a built-in's pixels
+    name: str  # for logs: the path relative to SRC (a pair: both parts'), or ``#i`` for a built-in
+    image: str | np.ndarray  # a file path, or a built-in's pixels (a pair: the target)
     label: int | None  # None: unlabelled source
     caption: str | None = None  # from --captions FILE
     caption_file: str | None = None  # a sidecar .txt or a --captions folder's file (read by the job)
     meta_file: str | None = None  # a sidecar .json (read by the job)
+    source: str | np.ndarray | None = None  # a pair's source image: a file path or pixels
+    domain: str = ""  # layout "domains": the sample's domain
 
     @property
     def has_caption(self) -> bool:
@@ -87,10 +117,11 @@ class Sample:
 class ShardJob:
     """One shard to write: its place in the plan and its samples, in order."""
 
-    index: int  # global job number: train shards first, then val
+    index: int  # global job number: train shards first, then val (domain by domain within a split)
     split: str
     file: str
     samples: tuple[Sample, ...]
+    domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +152,9 @@ class Source:
     samples: list[Sample]
     resolution: int
     channels: int
+    layout: str = "images"
+    domains: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # a built-in's own dataset.json entries
 
 
 # ---------------------------------------------------------------------------------------- listing
@@ -191,45 +225,169 @@ def _existing(path: Path) -> str | None:
     return str(path) if path.is_file() else None
 
 
-def _folder_source(src: str, opts: PrepareOptions) -> Source:
-    """SRC/<class>/**/<image> (labelled), or images directly in SRC (unlabelled)."""
+@dataclass
+class _Folder:
+    """A listed image folder: its class folders (empty: unlabelled), images and every file."""
+
+    root: Path
+    classes: list[str]
+    images: list[Path]  # relative to root, sorted
+    present: set[Path]
+
+    def label(self, image: Path, index: dict[str, int]) -> int | None:
+        return index[image.parts[0]] if self.classes else None
+
+
+def _folder_root(src: str, opts: PrepareOptions) -> Path:
     root = Path(src).expanduser()
     if not root.is_dir():
         raise DatasetError(f"source folder not found: {root}")
     if opts.resolution is None:
         raise ValueError("--resolution is required when preparing an image folder")
+    return root
+
+
+def _list_folder(root: Path) -> _Folder:
+    """SRC/<class>/**/<image> (labelled), or images directly in SRC (unlabelled)."""
     files = _list_files(root)
-    present = set(files)
     classes = sorted({f.parts[0] for f in files if len(f.parts) > 1})
-    index = {c: i for i, c in enumerate(classes)}
     # with class folders, images are theirs (loose top-level files are ignored, as before); without, the
     # top level is one unlabelled set
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES and (len(f.parts) > 1) == bool(classes)]
     if not images:
         raise DatasetError(f"no image files under {root}")
-    rels = [f.as_posix() for f in images]
-    captions = _caption_lookup(opts.captions, rels) if opts.captions else None
-    samples = []
-    for i, (f, rel) in enumerate(zip(images, rels, strict=True)):
+    return _Folder(root, classes, images, set(files))
+
+
+def _folder_samples(
+    folder: _Folder,
+    images: list[Path],
+    index: dict[str, int],
+    captions: CaptionLookup | None,
+    first_key: int = 0,
+    sources: list[Path] | None = None,
+    source_root: Path | None = None,
+    domain: str = "",
+) -> list[Sample]:
+    """The samples of ``images`` (files of ``folder``), keyed from ``first_key`` on, with their
+    labels, captions and metadata; a pair's source file from ``sources`` (under ``source_root``)."""
+    root, samples = folder.root, []
+    for i, f in enumerate(images):
+        rel = f.as_posix()
         if captions is not None:
             caption, caption_file = captions(rel)
         else:
-            caption, caption_file = None, _sidecar(root, f, ".txt", present)
+            caption, caption_file = None, _sidecar(root, f, ".txt", folder.present)
+        source = sources[i] if sources is not None else None
         samples.append(
             Sample(
-                key=f"{i:08d}",
-                name=rel,
+                key=f"{first_key + i:08d}",
+                name=rel if source is None else f"{rel} (source {source.as_posix()})",
                 image=str(root / f),
-                label=index[f.parts[0]] if classes else None,
+                label=folder.label(f, index),
                 caption=caption,
                 caption_file=caption_file,
-                meta_file=_sidecar(root, f, ".json", present),
+                meta_file=_sidecar(root, f, ".json", folder.present),
+                source=str(source_root / source) if source is not None and source_root else None,
+                domain=domain,
             )
         )
+    return samples
+
+
+def _warn_uncaptioned(samples: list[Sample], opts: PrepareOptions) -> None:
     missing = sum(not s.has_caption for s in samples)
-    if captions is not None and missing:
+    if opts.captions and missing:
         log.warning("%d of %d images have no caption in %s", missing, len(samples), opts.captions)
-    return Source(root.name, classes, samples, opts.resolution, opts.channels or 3)
+
+
+def _folder_source(src: str, opts: PrepareOptions) -> Source:
+    """SRC/<class>/**/<image> (labelled), or images directly in SRC (unlabelled)."""
+    folder = _list_folder(_folder_root(src, opts))
+    rels = [f.as_posix() for f in folder.images]
+    captions = _caption_lookup(opts.captions, rels) if opts.captions else None
+    index = {c: i for i, c in enumerate(folder.classes)}
+    samples = _folder_samples(folder, folder.images, index, captions)
+    _warn_uncaptioned(samples, opts)
+    assert opts.resolution is not None  # _folder_root checked it
+    return Source(folder.root.name, folder.classes, samples, opts.resolution, opts.channels or 3)
+
+
+def _by_stem(root: Path, images: list[Path]) -> dict[str, Path]:
+    """``images`` by their path without suffix (``a/b.png`` -> ``a/b``), in their order."""
+    stems: dict[str, Path] = {}
+    for f in images:
+        stem = f.with_suffix("").as_posix()
+        if stem in stems:
+            raise DatasetError(
+                f"{root} holds two images named {stem} ({stems[stem].as_posix()}, {f.as_posix()}): "
+                "pairs are matched by path without suffix"
+            )
+        stems[stem] = f
+    return stems
+
+
+def _pairs_source(pairs: Pairs, opts: PrepareOptions) -> Source:
+    """Targets listed as a normal folder (class folders give labels, sidecars captions), each
+    paired with the file of ``pairs.sources`` at the same path without suffix (a/b.png with
+    a/b.jpg). Files of either side without a partner are left out with one warning."""
+    src_root, tgt_root = _folder_root(pairs.sources, opts), _folder_root(pairs.targets, opts)
+    if src_root.resolve() == tgt_root.resolve():
+        raise DatasetError(f"--pairs: the source and target folders are the same ({src_root})")
+    folder = _list_folder(tgt_root)
+    targets = _by_stem(tgt_root, folder.images)
+    sources = _by_stem(src_root, [f for f in _list_files(src_root) if f.suffix.lower() in IMAGE_SUFFIXES])
+    stems = [k for k in targets if k in sources]
+    if not stems:
+        raise DatasetError(
+            f"--pairs: no image of {tgt_root} has a source of the same path without suffix in {src_root} "
+            f"(e.g. {next(iter(targets.values())).as_posix()} has none)"
+        )
+    lonely_t = [targets[k].as_posix() for k in targets if k not in sources]
+    lonely_s = [sources[k].as_posix() for k in sources if k not in targets]
+    if lonely_t or lonely_s:
+        example = lonely_t[0] if lonely_t else f"source {lonely_s[0]}"
+        log.warning(
+            "--pairs: %d of %d targets have no source and %d of %d sources no target; left out (e.g. %s)",
+            len(lonely_t), len(targets), len(lonely_s), len(sources), example,
+        )  # fmt: skip
+    images = [targets[k] for k in stems]
+    captions = _caption_lookup(opts.captions, [f.as_posix() for f in images]) if opts.captions else None
+    index = {c: i for i, c in enumerate(folder.classes)}
+    samples = _folder_samples(
+        folder, images, index, captions, sources=[sources[k] for k in stems], source_root=src_root
+    )
+    _warn_uncaptioned(samples, opts)
+    assert opts.resolution is not None
+    return Source(tgt_root.name, folder.classes, samples, opts.resolution, opts.channels or 3, layout="pairs")
+
+
+def _domains_source(domains: Domains, opts: PrepareOptions) -> Source:
+    """Each folder a domain (A, B, ...), listed as a normal folder; labels index the union of their
+    class folders. Keys run on across domains, so every sample's key is unique in the dataset."""
+    if not 2 <= len(domains.folders) <= len(DOMAIN_NAMES):
+        raise ValueError(f"--domains needs 2 to {len(DOMAIN_NAMES)} folders, got {len(domains.folders)}")
+    if opts.captions:
+        raise DatasetError(
+            "--captions cannot tell the domains' files apart (their paths may repeat): use sidecar .txt files"
+        )
+    folders = [_list_folder(_folder_root(src, opts)) for src in domains.folders]
+    if len({bool(f.classes) for f in folders}) > 1:
+        flat = next(f.root for f in folders if not f.classes)
+        raise DatasetError(
+            f"--domains: {flat} has no class folders but another domain has: use both or neither"
+        )
+    classes = sorted({c for f in folders for c in f.classes})
+    index = {c: i for i, c in enumerate(classes)}
+    samples: list[Sample] = []
+    for name, folder in zip(DOMAIN_NAMES, folders, strict=False):
+        samples += _folder_samples(folder, folder.images, index, None, first_key=len(samples), domain=name)
+    names = list(DOMAIN_NAMES[: len(folders)])
+    assert opts.resolution is not None
+    title = "+".join(f.root.name for f in folders)
+    return Source(
+        title, classes, samples, opts.resolution, opts.channels or 3, layout="domains", domains=names
+    )
 
 
 def _sidecar(root: Path, image: Path, suffix: str, present: set[Path]) -> str | None:
@@ -243,15 +401,30 @@ def _builtin_source(src: str, opts: PrepareOptions) -> Source:
     name = src.split(":", 1)[1]
     ds = load_builtin(name)
     samples = [
-        Sample(key=f"{i:08d}", name=f"#{i}", image=ds.images[i], label=int(ds.labels[i]))
+        Sample(
+            key=f"{i:08d}",
+            name=f"#{i}",
+            image=ds.images[i],
+            label=int(ds.labels[i]),
+            caption=ds.captions[i] if ds.captions else None,
+            source=ds.sources[i] if ds.sources is not None else None,
+            domain=ds.domains[i] if ds.domains else "",
+        )
         for i in range(len(ds))
     ]
     channels = opts.channels or (1 if ds.images.ndim == 3 else 3)
-    return Source(name, list(ds.classes), samples, opts.resolution or int(ds.images.shape[1]), channels)
+    domains = list(dict.fromkeys(ds.domains))
+    res = opts.resolution or int(ds.images.shape[1])
+    return Source(name, list(ds.classes), samples, res, channels, ds.layout, domains, dict(ds.extra))
 
 
-def list_source(src: str, opts: PrepareOptions) -> Source:
-    """The samples of ``src`` (a folder or ``builtin:NAME``) in key order."""
+def list_source(src: Input, opts: PrepareOptions) -> Source:
+    """The samples of ``src`` (a folder or ``builtin:NAME``, or :class:`Pairs` / :class:`Domains` of
+    folders) in key order."""
+    if isinstance(src, Pairs):
+        return _pairs_source(src, opts)
+    if isinstance(src, Domains):
+        return _domains_source(src, opts)
     return _builtin_source(src, opts) if src.startswith("builtin:") else _folder_source(src, opts)
 
 
@@ -260,18 +433,26 @@ def list_source(src: str, opts: PrepareOptions) -> Source:
 
 def plan_shards(samples: list[Sample], opts: PrepareOptions) -> list[ShardJob]:
     """Every shard of the run: a seeded permutation, the first ``round(n * val_fraction)`` of it is
-    'val', and each split is cut in that order into consecutive chunks of ``samples_per_shard``."""
-    n = len(samples)
-    order = np.random.default_rng(opts.seed).permutation(n).tolist()
-    n_val = int(round(n * opts.val_fraction))
-    by_split = {"train": order[n_val:], "val": order[:n_val]}
+    'val', and each split is cut in that order into consecutive chunks of ``samples_per_shard``.
+    With domains, each domain's samples get that treatment on their own (the same seed, their own
+    count), and its shards its name (``train-A-000000.tar``): a shard never mixes domains."""
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.domain, []).append(s)
+    by_split: dict[str, list[tuple[str, list[Sample]]]] = {split: [] for split in SPLITS}
+    for domain, members in groups.items():
+        order = np.random.default_rng(opts.seed).permutation(len(members)).tolist()
+        n_val = int(round(len(members) * opts.val_fraction))
+        by_split["train"].append((domain, [members[i] for i in order[n_val:]]))
+        by_split["val"].append((domain, [members[i] for i in order[:n_val]]))
     per = opts.samples_per_shard
     jobs: list[ShardJob] = []
     for split in SPLITS:
-        idx = by_split[split]
-        for c, start in enumerate(range(0, len(idx), per)):
-            chunk = tuple(samples[i] for i in idx[start : start + per])
-            jobs.append(ShardJob(len(jobs), split, f"{split}-{c:06d}.tar", chunk))
+        for domain, chosen in by_split[split]:
+            prefix = f"{split}-{domain}" if domain else split
+            for c, start in enumerate(range(0, len(chosen), per)):
+                chunk = tuple(chosen[start : start + per])
+                jobs.append(ShardJob(len(jobs), split, f"{prefix}-{c:06d}.tar", chunk, domain))
     return jobs
 
 
@@ -283,6 +464,8 @@ def plan_digest(jobs: list[ShardJob]) -> str:
         h.update(job.file.encode())
         for s in job.samples:
             row = [s.key, s.name, s.label, s.caption, s.caption_file is not None, s.meta_file is not None]
+            # a pair's source is in its name; a domain in the shard's, and named here too
+            row += [s.domain] if s.domain else []
             h.update(json.dumps(row).encode())
     return h.hexdigest()
 
@@ -318,16 +501,24 @@ def _add_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> No
         tar.addfile(info, io.BytesIO(data))
 
 
-def _image(s: Sample, enc: Encoding) -> Image.Image:
-    if isinstance(s.image, np.ndarray):
-        return fit(to_pil(s.image, enc.channels), enc.resolution, enc.resize)
-    arr = decode(Path(s.image).read_bytes(), enc.channels, enc.resolution, enc.resize)
+def _image(image: str | np.ndarray, enc: Encoding) -> Image.Image:
+    if isinstance(image, np.ndarray):
+        return fit(to_pil(image, enc.channels), enc.resolution, enc.resize)
+    arr = decode(Path(image).read_bytes(), enc.channels, enc.resolution, enc.resize)
     return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
 
 
+def _encoded(image: str | np.ndarray, enc: Encoding) -> bytes:
+    return encode(_image(image, enc), enc.format, enc.quality)
+
+
 def _members(s: Sample, enc: Encoding) -> dict[str, bytes]:
-    """The sample's tar members; raises one of ``_UNREADABLE`` if its image, caption or metadata is bad."""
-    members = {enc.format: encode(_image(s, enc), enc.format, enc.quality)}
+    """The sample's tar members; raises one of ``_UNREADABLE`` if an image, its caption or
+    metadata is bad (a pair's source or target: the whole pair)."""
+    if s.source is None:
+        members = {enc.format: _encoded(s.image, enc)}
+    else:
+        members = {f"src.{enc.format}": _encoded(s.source, enc), f"tgt.{enc.format}": _encoded(s.image, enc)}
     if s.label is not None:
         members["cls"] = str(s.label).encode()
     if s.caption is not None:
@@ -371,7 +562,7 @@ def write_shard(
     return ShardResult(
         job.index,
         job.split,
-        ShardInfo(job.file, count, sink.sha256.hexdigest(), sink.size, enc.format),
+        ShardInfo(job.file, count, sink.sha256.hexdigest(), sink.size, enc.format, job.domain),
         skipped,
     )
 
@@ -462,9 +653,29 @@ def _clear_stale(out: Path, shard_range: tuple[int, int] | None) -> None:
         p.unlink(missing_ok=True)
 
 
-def prepare(src: str, out: str | Path, opts: PrepareOptions) -> DatasetManifest:
-    """Write shards for ``src`` (an image folder or ``builtin:NAME``) into ``out``; returns the manifest
-    (with ``opts.shard_range``: the manifest of this part, written as ``dataset.part-i-of-n.json``)."""
+def _origin(src: Input) -> str | list[str]:
+    """``src`` as ``dataset.json`` records it (``source``): the folder or built-in, or the folders."""
+    if isinstance(src, Pairs):
+        return [src.sources, src.targets]
+    return list(src.folders) if isinstance(src, Domains) else src
+
+
+def _layout_extra(source: Source) -> dict[str, Any]:
+    """dataset.json entries of a multi-part layout, and a built-in's own (none for plain images)."""
+    extra: dict[str, Any] = {}
+    if source.layout != "images":
+        extra["layout"] = source.layout
+    if source.layout == "pairs":
+        extra["source_channels"] = source.channels  # both parts are converted alike
+    if source.layout == "domains":
+        extra["domains"] = source.domains
+    return {**extra, **source.extra}
+
+
+def prepare(src: Input, out: str | Path, opts: PrepareOptions) -> DatasetManifest:
+    """Write shards for ``src`` (an image folder or ``builtin:NAME``, or :class:`Pairs` or
+    :class:`Domains` of folders) into ``out``; returns the manifest (with ``opts.shard_range``: the
+    manifest of this part, written as ``dataset.part-i-of-n.json``)."""
     out = Path(out).expanduser()
     _check_options(opts)
     source = list_source(src, opts)
@@ -484,7 +695,7 @@ def prepare(src: str, out: str | Path, opts: PrepareOptions) -> DatasetManifest:
     for name in skipped:
         log.warning("skipped unreadable image %s", name)
     extra: dict[str, Any] = {
-        "source": src,
+        "source": _origin(src),
         "skipped": len(skipped),
         "seed": opts.seed,
         "val_fraction": opts.val_fraction,
@@ -495,6 +706,7 @@ def prepare(src: str, out: str | Path, opts: PrepareOptions) -> DatasetManifest:
         "format": opts.format,
         "quality": opts.quality if opts.format != "png" else None,
         "samples_per_shard": opts.samples_per_shard,
+        **_layout_extra(source),
     }
     splits = _splits(results)
     manifest = DatasetManifest(
@@ -580,13 +792,16 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _shard_order(split: str, shard: ShardInfo) -> tuple[int, int]:
+def _shard_order(split: str, shard: ShardInfo, domains: list[str]) -> tuple[int, int, int]:
+    """A single run's order: split, then domain (as dataset.json lists them), then shard number."""
     m = _SHARD_RE.fullmatch(shard.file)
-    return (SPLITS.index(split), int(m.group(2)) if m else 0)
+    domain = domains.index(shard.domain) if shard.domain in domains else -1
+    return (SPLITS.index(split), domain, int(m.group(3)) if m else 0)
 
 
 def _part_shards(parts: list[dict[str, Any]], out: Path) -> dict[str, list[ShardInfo]]:
     """The parts' shards by split, in a single run's order; each must exist with its recorded size."""
+    domains = [str(d) for d in parts[0].get("domains", [])]
     shards: list[tuple[str, ShardInfo]] = []
     for i, part in enumerate(parts):
         for split, entry in part["splits"].items():
@@ -599,7 +814,7 @@ def _part_shards(parts: list[dict[str, Any]], out: Path) -> dict[str, list[Shard
                     )
                 shards.append((split, info))
     splits: dict[str, list[ShardInfo]] = {}
-    for split, info in sorted(shards, key=lambda t: _shard_order(*t)):
+    for split, info in sorted(shards, key=lambda t: _shard_order(t[0], t[1], domains)):
         splits.setdefault(split, []).append(info)
     return splits
 

@@ -179,6 +179,52 @@ def iter_images(
         yield np.stack(batch)
 
 
+def iter_pairs(
+    manifest: DatasetManifest,
+    split: str,
+    batch_size: int,
+    limit: int | None = None,
+    resolution: int | None = None,
+    method: str = "lanczos",
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(sources, targets, labels)`` of a paired split (``bigtrain prepare --pairs``) in shard
+    order: uint8 [B, H, W, C] each, made as :func:`iter_images` makes images, and int64 labels (0
+    when unlabelled). A sample whose source, target or label does not read is passed over."""
+    from bigtrain.data.images import source_key
+
+    res = resolution if resolution is not None else manifest.resolution
+    method, fit_policy = parse_recipe(method)
+    channels = int(manifest.source_channels)
+    classes = {name: i for i, name in enumerate(manifest.label_names)}
+    src: list[np.ndarray] = []
+    tgt: list[np.ndarray] = []
+    labels: list[int] = []
+    seen = 0
+
+    def fail(err: ShardReadError) -> None:
+        raise DatasetError(f"cannot read the {split} split's pairs: {err}")
+
+    counts = dict(zip(manifest.shard_paths(split), (x.count for x in manifest.splits[split]), strict=True))
+    for sample in read_shards(counts, None, on_error=fail, counts=counts):
+        if limit is not None and seen >= limit:
+            break
+        try:
+            label = label_index(sample, manifest.label_key, classes)
+            s = decode(sample[source_key(sample)], channels, res, fit_policy, method=method)
+            t = decode(sample[image_key(sample)], manifest.channels, res, fit_policy, method=method)
+        except (OSError, UnidentifiedImageError, KeyError, ValueError):
+            continue
+        src.append(s)
+        tgt.append(t)
+        labels.append(label)
+        seen += 1
+        if len(src) == batch_size:
+            yield np.stack(src), np.stack(tgt), np.asarray(labels, dtype=np.int64)
+            src, tgt, labels = [], [], []
+    if src:
+        yield np.stack(src), np.stack(tgt), np.asarray(labels, dtype=np.int64)
+
+
 def raw_label(sample: Mapping[str, Any], key: str) -> str | None:
     """The sample's label as written, or None: ``cls`` reads the ``.cls`` text, ``json:FIELD`` a field
     of the ``.json`` (dotted for nested fields, as in ``json:meta.class``)."""

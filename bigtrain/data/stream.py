@@ -19,6 +19,10 @@ Why it is built this way:
   worker ``(p + n) % W``.
 * A sample that does not decode is skipped and counted (the count travels with the position and is
   logged as a metric); flips are decided by hashing (seed, epoch, slot, cursor), stateless.
+* A paired sample (``layout="pairs"``: ``src.*`` + ``tgt.*``) is one raw sample: its source and
+  target get the same crop offset and the same flip, so they stay pixel-aligned, and the position
+  protocol does not change. A dataset of ``domains`` is streamed one domain at a time (one stream
+  per domain's shards).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 
 from bigtrain.data.device_decode import JPEG_KEYS, decode_batch, device_ready
-from bigtrain.data.images import decode, image_key, unit_hash
+from bigtrain.data.images import decode, image_format, image_key, source_key, unit_hash
 from bigtrain.data.manifest import DatasetError
 from bigtrain.data.read import ReadPolicy, ShardReadError, decode_text, label_index, read_shards
 
@@ -86,6 +90,23 @@ class StreamSpec:
     # "cpu": workers decode; "gpu": workers pass JPEG bytes, DataStream decodes them on its device
     # (bigtrain.data.device_decode)
     decode: str = "cpu"
+    # "images": one image per sample -> batch["image"]; "pairs": src.* and tgt.* -> batch["source"]
+    # and batch["image"] (the target), cropped and flipped alike
+    layout: str = "images"
+    source_channels: int | None = None  # pairs: the sources' channels (None: ``channels``)
+
+    def __post_init__(self) -> None:
+        if self.layout == "domains":
+            raise ValueError(
+                "a 'domains' dataset is streamed one domain at a time: give one domain's shards "
+                "(DatasetManifest.shard_paths(split, domain)) with layout 'images'"
+            )
+        if self.layout not in ("images", "pairs"):
+            raise ValueError(f"unknown stream layout '{self.layout}' (choose images or pairs)")
+        if self.layout == "pairs" and self.kind != "images":
+            raise ValueError(f"paired samples are images, not {self.kind}")
+        if self.layout == "pairs" and self.decode == "gpu":
+            raise ValueError("data.decode=gpu does not support paired samples yet; use data.decode=cpu")
 
 
 @dataclass(frozen=True)
@@ -166,9 +187,10 @@ class _ShardStream(IterableDataset):
             )
         log.warning("unreadable shard skipped: %s", err)
 
-    def _decode(self, raw: dict[str, Any], epoch: int, slot: int, cursor: int) -> tuple[np.ndarray, int]:
+    def _decode(self, raw: dict[str, Any], epoch: int, slot: int, cursor: int) -> tuple[Any, int]:
         """An image sample -> uint8 HxWxC (converted to [-1, 1] per batch, in one vectorised op) and
-        its label; or a token sample -> its codes, flattened in raster order."""
+        its label; a pair -> (target, source), cropped at the same offset and flipped alike; or a
+        token sample -> its codes, flattened in raster order."""
         s = self.spec
         if s.kind == "tokens":
             codes = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False)
@@ -176,19 +198,28 @@ class _ShardStream(IterableDataset):
         # first: an unlabelled sample is skipped before any decoding
         label = label_index(raw, s.label_key, self._class_index)
         u = unit_hash(s.seed, epoch, slot, cursor, "crop") if s.resize == "random" else 0.5
+        flip = self._flip(epoch, slot, cursor)
         key = image_key(raw)
         if s.decode == "gpu":
             # JPEG bytes as they are; other formats decoded at their stored size (device_decode)
-            flip = self._flip(epoch, slot, cursor)
-            if key in JPEG_KEYS and device_ready(raw[key]):
+            if image_format(key) in JPEG_KEYS and device_ready(raw[key]):
                 data, jpeg = np.frombuffer(raw[key], np.uint8).copy(), True
             else:
                 data, jpeg = decode(raw[key], s.channels), False
-            return _Deferred(data, jpeg, u, flip), label  # type: ignore[return-value]
-        arr = decode(raw[key], s.channels, s.resolution, s.resize, u, s.downsample)
-        if self._flip(epoch, slot, cursor):
-            arr = arr[:, ::-1]
-        return arr, label
+            return _Deferred(data, jpeg, u, flip), label
+        target = self._pixels(raw[key], s.channels, u, flip)
+        if s.layout == "pairs":
+            return (
+                target,
+                self._pixels(raw[source_key(raw)], s.source_channels or s.channels, u, flip),
+            ), label
+        return target, label
+
+    def _pixels(self, data: bytes, channels: int, u: float, flip: bool) -> np.ndarray:
+        """Encoded bytes -> uint8 HxWxC at the stream's resolution, cropped at ``u``, maybe flipped."""
+        s = self.spec
+        arr = decode(data, channels, s.resolution, s.resize, u, s.downsample)
+        return arr[:, ::-1] if flip else arr
 
     def _flip(self, epoch: int, slot: int, cursor: int) -> bool:
         if not self.spec.flip:
@@ -271,11 +302,20 @@ class _ShardStream(IterableDataset):
                 "crop_u": [d.u for d in items],
                 "flip": [d.flip for d in items],
             }
+        if self.spec.layout == "pairs":
+            return {
+                "image": self._images([t for t, _ in items]),
+                "source": self._images([s for _, s in items]),
+            }
+        return {"image": self._images(items)}
+
+    def _images(self, items: list[np.ndarray]) -> torch.Tensor:
+        """uint8 HxWxC arrays -> [B, C, H, W]: uint8 (``self.uint8``), else float32 in [-1, 1]."""
         images = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
         # for a GPU, uint8 across the process boundary and PCIe (a quarter of float32's bytes), made
         # float there; for the CPU, floats made here, in the loader's worker, not the training process
         if self.uint8:
-            return {"image": images.contiguous()}
+            return images.contiguous()
         # the strides the conversion has always given (a 1-channel batch keeps the permuted ones):
         # convolution kernels pick their path by strides, and training must stay bit-identical
         layout = torch.preserve_format if images.shape[1] == 1 else torch.contiguous_format
@@ -284,7 +324,7 @@ class _ShardStream(IterableDataset):
             # made in shared memory, so handing it to the training process costs no copy (a 256 px
             # batch of 64 is 50 MB: 30% of a worker's time went into that copy)
             out.share_memory_()
-        return {"image": out.copy_(images).div_(127.5).sub_(1.0)}
+        return out.copy_(images).div_(127.5).sub_(1.0)
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -421,9 +461,11 @@ class DataStream:
             batch["image"] = to_unit_range(images)
         elif self._on_gpu and "image" in batch:
             # from pinned memory, asynchronously; the conversion to floats runs on the GPU
-            images = batch["image"]
-            images = images if images.is_pinned() else images.pin_memory()
-            batch["image"] = to_unit_range(images.to(self.device, non_blocking=True))
+            for name in ("image", "source"):
+                if name in batch:
+                    images = batch[name]
+                    images = images if images.is_pinned() else images.pin_memory()
+                    batch[name] = to_unit_range(images.to(self.device, non_blocking=True))
         return batch
 
     @property

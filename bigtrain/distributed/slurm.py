@@ -97,11 +97,15 @@ def requeue(env: Mapping[str, str] | None = None) -> bool:
     if jid is None:
         log.warning("not inside a SLURM job: nothing to requeue")
         return False
+    # Said before the call: SLURM ends the allocation as soon as it accepts, and a line logged after
+    # it can be lost with srun's output forwarding.
+    log.info("requeueing SLURM job %s (scontrol requeue)", jid)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
     out = subprocess.run(["scontrol", "requeue", jid], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         log.error("scontrol requeue %s failed: %s", jid, (out.stderr or out.stdout).strip())
         return False
-    log.info("requeued SLURM job %s", jid)
     return True
 
 

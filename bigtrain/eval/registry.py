@@ -304,6 +304,29 @@ def _ssim(run: EvalRun) -> dict[str, float]:
     return {"eval/ssim": float(np.mean(values))}
 
 
+@register_metric("l1", Need.pairs, "mean absolute error of the same pairs, pixels in [0, 1]")
+def _l1(run: EvalRun) -> dict[str, float]:
+    values = [np.mean(np.abs(u.astype(np.float64) - w.astype(np.float64))) / 255.0 for u, w in run.pairs]
+    return {"eval/l1": float(np.mean(values))}
+
+
+@register_metric(
+    "class_agreement",
+    Need.labels,
+    "share of judged images the feature network's class head assigns the class they should show "
+    "(a translation's source class)",
+)
+def _class_agreement(run: EvalRun) -> dict[str, float]:
+    probs = run.probs
+    if probs is None:
+        raise ValueError(
+            f"class_agreement needs a feature network with a class head (eval.feature={run.cfg.feature} has none)"
+        )
+    assert run.source.labels is not None
+    wanted = np.asarray(run.source.labels(len(probs)))
+    return {run.key("class_agreement"): float(np.mean(probs.argmax(axis=1) == wanted))}
+
+
 @register_metric(
     "codebook", Need.codebook, "share of codes used and their perplexity since the last evaluation"
 )
@@ -344,7 +367,12 @@ class Evaluator:
 
     @property
     def uses_features(self) -> bool:
-        return any(m.needs is Need.features for m in self.metrics)
+        return any(m.needs in (Need.features, Need.labels) for m in self.metrics)
+
+    @property
+    def wants_probs(self) -> bool:
+        """A metric reads the feature network's class probabilities (IS, class agreement)."""
+        return any(m.name == "is" or m.needs is Need.labels for m in self.metrics)
 
     def reference(
         self,
@@ -397,7 +425,7 @@ class Evaluator:
             self.cfg,
             ref,
             self.device,
-            wants_probs=any(m.name == "is" for m in self.metrics),
+            wants_probs=self.wants_probs,
             references=lambda f: self.reference(source.reference, source.resolution, source.downsample, f),
         )
         if split:

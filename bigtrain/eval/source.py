@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 import torch
 
 from bigtrain.data.manifest import DatasetManifest
@@ -33,6 +34,7 @@ class Need(StrEnum):
     features = "features"  # images -> feature-network activations (FID, IS, precision/recall)
     pairs = "pairs"  # (original, reconstruction) pairs (PSNR, SSIM)
     codebook = "codebook"  # a quantiser's code counts since the last evaluation
+    labels = "labels"  # the class each judged image should show (a translation's source class)
 
 
 Sampler = Callable[[int, torch.Generator], torch.Tensor]
@@ -49,6 +51,9 @@ class EvalSource:
     pairs: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
     # {"usage": share of codes used, "perplexity": ...} since the last call, then reset
     codebook: Callable[[], dict[str, float]] | None = None
+    # the class each of the first n judged images should show, in the order ``images`` draws
+    # them (a deterministic source: a translation's source labels)
+    labels: Callable[[int], np.ndarray] | None = None
     # how the reference images are shrunk to ``resolution`` (a ProGAN stage's reals: "box")
     downsample: str = "lanczos"
     # whether every process can draw any batch (``images(n, generator)`` depends only on its

@@ -1,7 +1,8 @@
 """Model families by name (``model.name``), each with its typed ``model.arch`` options.
 
 A family registers a builder with :func:`register_model` next to its own code, naming the kind of
-task that trains it (``gan``, ``tokenizer``, ``prior``) and the dataclass of its options. Every
+task that trains it (``gan``, ``tokenizer``, ``prior``, ``paired``, ``unpaired``) and the dataclass of
+its options. Every
 module of ``bigtrain.models`` is imported on the first lookup, so a new family is one new file.
 
 Builders take their kind's fixed arguments plus ``arch`` (the parsed dataclass):
@@ -10,7 +11,17 @@ Builders take their kind's fixed arguments plus ``arch`` (the parsed dataclass):
   in [-1, 1] and ``D(x, y) -> [B]`` logits; both expose ``num_classes``, ``resolution`` and
   ``channels``; unconditional ones ignore ``y``;
 * ``tokenizer``: ``(resolution=, channels=, arch=) -> VQModel``;
-* ``prior``: ``(vocab=, seq_len=, num_classes=, arch=) -> TokenPrior``.
+* ``prior``: ``(vocab=, seq_len=, num_classes=, arch=) -> TokenPrior``;
+* ``paired`` (image-to-image translation from aligned pairs, pix2pix): ``(shape: TranslationShape,
+  arch) -> (G, D)`` with ``G(x [B, in, H, W]) -> [B, out, H, W]`` in [-1, 1] and the conditional
+  ``D(source [B, in, H, W], target [B, out, H, W]) -> [B, 1, h, w]`` patch logits;
+* ``unpaired`` (translation between two unaligned image sets, CycleGAN): ``(shape: TranslationShape,
+  arch) -> (G_AB, G_BA, D_A, D_B)`` (a named tuple): ``G_AB`` maps domain A (``in_channels``) to B
+  (``out_channels``), ``G_BA`` back, and ``D_A(x)`` / ``D_B(x)`` -> ``[B, 1, h, w]`` patch logits judge
+  images of A and of B.
+
+:func:`build_gan` and :func:`build_translation` build the GAN and translation kinds from plain
+keywords.
 """
 
 from __future__ import annotations
@@ -39,6 +50,22 @@ class GANShape:
     g_width: int
     d_width: int
     d_norm: str = "batch"  # for families whose D has normalisation layers (DCGAN)
+
+
+@dataclass(frozen=True)
+class TranslationShape:
+    """What every image-to-image translation family (kinds ``paired`` and ``unpaired``) is built
+    from besides its own options: the image size, the source (domain A) and target (domain B)
+    channels, and the base widths of G (pix2pix's ``ngf``) and D (``ndf``)."""
+
+    resolution: int
+    in_channels: int
+    out_channels: int
+    g_width: int = 64
+    d_width: int = 64
+
+
+TRANSLATION_KINDS = ("paired", "unpaired")
 
 
 @dataclass(frozen=True)
@@ -128,13 +155,39 @@ def build_gan(
     return family.build(shape, parse_arch(name, arch))
 
 
+def build_translation(
+    name: str,
+    *,
+    resolution: int,
+    in_channels: int,
+    out_channels: int,
+    g_width: int = 64,
+    d_width: int = 64,
+    kind: str | None = None,
+    **arch: Any,
+) -> Any:
+    """A translation family's networks (``(G, D)`` for ``paired``, ``(G_AB, G_BA, D_A, D_B)`` for
+    ``unpaired``); ``kind`` (when given) must be the family's; ``arch`` holds its ``model.arch``
+    options as keywords."""
+    if kind is not None and kind not in TRANSLATION_KINDS:
+        raise ConfigError(f"unknown translation kind {kind!r}; choose one of {', '.join(TRANSLATION_KINDS)}")
+    family = model_family(name, kind)
+    if family.kind not in TRANSLATION_KINDS:
+        raise ConfigError(f"model '{name}' is a {family.kind} model, not an image-to-image translation one")
+    shape = TranslationShape(resolution, in_channels, out_channels, g_width, d_width)
+    return family.build(shape, parse_arch(name, arch))
+
+
 __all__ = [
     "D_NORMS",
     "GANShape",
     "MODELS",
     "ModelFamily",
+    "TRANSLATION_KINDS",
+    "TranslationShape",
     "build_gan",
     "build_model",
+    "build_translation",
     "families",
     "model_family",
     "parse_arch",

@@ -46,6 +46,7 @@ from bigtrain.eval.registry import Evaluator
 from bigtrain.tracking import NullTracker, Tracker
 from bigtrain.tracking.mlflow_tracker import absolute_uri, default_tags
 from bigtrain.train.config_guard import ConfigGuard
+from bigtrain.train.describe import KINDS as EXPORT_KINDS
 from bigtrain.train.init_from import init_weights
 from bigtrain.train.model_export import export, model_info
 from bigtrain.train.task import build_task, check_config, configure_reads, eval_metrics
@@ -242,6 +243,8 @@ class Trainer:
                 classes=self.manifest.label_names,
                 text=self.manifest.has_text,
                 meta=self.manifest.has_meta,
+                layout=self.manifest.layout,
+                source_channels=self.manifest.source_channels,
                 retries=int(cfg.data.retries),
                 backoff_s=float(cfg.data.retry_backoff_s),
                 max_shard_errors=int(cfg.data.max_shard_errors),
@@ -537,6 +540,11 @@ class Trainer:
             return
         ckpt = self.last_checkpoint
         assert ckpt is not None
+        if str(self.cfg.task) not in EXPORT_KINDS:
+            log.info(
+                "task=%s has no export format yet: its checkpoint is the model (%s)", self.cfg.task, ckpt
+            )
+            return
         try:
             folder = export(ckpt, self.run_dir / "model")
             self.tracker.log_model(folder, model_info(folder))

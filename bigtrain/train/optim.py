@@ -25,14 +25,16 @@ def build_optimizer(params: Any, c: Any) -> torch.optim.Optimizer:
 
 def lr_factor(step: int, schedule: Any, max_steps: int) -> float:
     """The multiplier of the base learning rate at ``step`` (1-based): linear warm-up over
-    ``warmup_steps``, then constant, cosine or linear decay to ``min_lr_ratio`` at ``max_steps``."""
+    ``warmup_steps``, then constant, cosine or linear decay to ``min_lr_ratio`` at ``max_steps``
+    (held until ``decay_start`` when that is later than the warm-up)."""
     warm = int(schedule.warmup_steps)
     if warm > 0 and step <= warm:
         return step / warm
     name = str(schedule.name)
     if name == "constant":
         return 1.0
-    progress = min(1.0, max(0.0, (step - warm) / max(1, max_steps - warm)))
+    start = max(warm, int(schedule.get("decay_start", 0) or 0))
+    progress = min(1.0, max(0.0, (step - start) / max(1, max_steps - start)))
     floor = float(schedule.min_lr_ratio)
     shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if name == "cosine" else 1.0 - progress
     return floor + (1.0 - floor) * shape

@@ -14,7 +14,7 @@ and ``bigtrain sample`` read them); methods are the run-time hooks, grouped as
   across ranks);
 * training: :meth:`train_step`, :meth:`data_shape` (resolution stages), :meth:`units_per_step`;
 * sampling: :meth:`before_sampling` (collective: ZeRO-3 gathers), :meth:`sample_grid`,
-  :meth:`sample`, :meth:`sample_per_class`, :meth:`interpolate`;
+  :meth:`sample`, :meth:`sample_per_class`, :meth:`sample_conditioned`, :meth:`interpolate`;
 * evaluation: :meth:`eval_source` (what is judged, against which real images);
 * the end: :meth:`close` (an engine releases its hooks and buffers before the process group ends).
 """
@@ -63,6 +63,9 @@ class Task(ABC):
     """Which model families it trains (``bigtrain.models.registry``'s ``kind``)."""
     data_kind: ClassVar[str] = "images"
     """What its shards hold: ``images`` (``bigtrain prepare``) or ``tokens`` (``bigtrain tokenize``)."""
+    data_layouts: ClassVar[frozenset[str] | None] = None
+    """The sample layouts its shards must have (``dataset.json``'s ``layout``: ``images``, ``pairs``,
+    ``domains``); None: any (a GAN trains on a paired set's targets)."""
     inference_components: ClassVar[tuple[str, ...]] = ()
     """Checkpoint components that sampling needs (logged as the run's ``model/`` artifacts)."""
     default_metrics: ClassVar[tuple[str, ...]] = ("fid",)
@@ -73,6 +76,10 @@ class Task(ABC):
     """False for a model that only reconstructs (a tokenizer): ``bigtrain sample`` refuses it."""
     sample_options: ClassVar[frozenset[str]] = frozenset()
     """Keyword options :meth:`sample` takes (GAN: ``truncation``; prior: ``temperature``, ...)."""
+
+    condition_kind: ClassVar[str | None] = None
+    """What ``bigtrain sample --condition`` gives :meth:`sample_conditioned`: ``image`` (a source
+    image to translate); None: the task samples without one."""
 
     num_classes: int = 0  # 0 = unconditional
 
@@ -185,6 +192,13 @@ class Task(ABC):
         """One image per label."""
         raise ConfigError(f"task={self.name} does not generate images")
 
+    def sample_conditioned(
+        self, conditions: torch.Tensor, generator: torch.Generator, **options: Any
+    ) -> torch.Tensor:
+        """One image per condition (``condition_kind``): ``conditions`` [N, C, H, W] in [-1, 1] for
+        ``image``. Images in [-1, 1] on the CPU."""
+        raise ConfigError(f"task={self.name} does not sample from a condition")
+
     def interpolate(self, rows: int, steps: int, generator: torch.Generator, **options: Any) -> torch.Tensor:
         """``rows`` walks of ``steps`` images each between random latent points."""
         raise ConfigError(f"task={self.name} has no latent space to interpolate in")
@@ -264,6 +278,11 @@ def check_config(cfg: Any, manifest: DatasetManifest | None = None) -> None:
                     else "token shards are for task=prior"
                 )
             )
+        if cls.data_layouts is not None and manifest.layout not in cls.data_layouts:
+            problems.append(
+                f"task={cls.name} trains on {' or '.join(sorted(cls.data_layouts))} shards; {cfg.data.path} "
+                f"holds {manifest.layout} (see bigtrain prepare --help: --pairs, --domains)"
+            )
         if cfg.model.conditional and manifest.num_classes < 2:
             problems.append(f"model.conditional=true but the dataset has {manifest.num_classes} class(es)")
     try:
@@ -336,5 +355,8 @@ def expected_manifest(cfg: Any) -> tuple[DatasetManifest, str]:
     except Exception:  # noqa: BLE001 - a MISSING path, an absent folder or manifest: fall back
         d = cfg.data
         classes = [str(i) for i in range(d.num_classes)]
-        kind = {"kind": task_class(str(cfg.task)).data_kind}
-        return DatasetManifest(Path(), "declared", d.resolution, d.channels, classes, {}, kind), "preset"
+        cls = task_class(str(cfg.task))
+        extra: dict[str, Any] = {"kind": cls.data_kind}
+        if cls.data_layouts:  # the shards it needs (a pix2pix preset's pairs)
+            extra["layout"] = sorted(cls.data_layouts)[0]
+        return DatasetManifest(Path(), "declared", d.resolution, d.channels, classes, {}, extra), "preset"

@@ -71,16 +71,18 @@ def test_sbatch_preempted_job_requeues_and_finishes_exactly(
     cluster.run("scancel", "--signal=USR2", "--batch", job)
     info = cluster.wait_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=300, nudge=True)
     text = log.read_text()
-    assert info["JobState"] == "COMPLETED", text[-4000:]
-    assert info["Restarts"] == "1", info  # requeued once, by rank 0's `scontrol requeue`
-    assert "forwarding to the training processes" in text and "requeued SLURM job" in text
-    assert "restart 1" in text  # the log was appended to by the requeued run (--open-mode=append)
+    why = f"{info}\n--- job log ---\n{text}\n--- slurm ---\n{cluster.logs()}"  # all of it, on failure
+    assert info["JobState"] == "COMPLETED", why
+    assert info["Restarts"] == "1", why  # requeued once, by rank 0's `scontrol requeue`
+    assert "restart 1" in text, why  # the log was appended to by the requeued run (--open-mode=append)
+    assert "forwarding to the training processes" in text, why  # the batch shell's trap
+    assert "requeueing SLURM job" in text, why
     # no progress bar in a file: no carriage returns, a line every log_every steps instead
-    assert "\r" not in text and f"step 100/{steps}: " in text and f"step {steps}/{steps}: " in text
+    assert "\r" not in text and f"step 100/{steps}: " in text and f"step {steps}/{steps}: " in text, why
     saved = [line for line in text.splitlines() if "signal SIGUSR2: saved" in line]
-    assert len(saved) == 1 and saved[0].endswith("requeueing the job")
+    assert len(saved) == 1 and saved[0].endswith("requeueing the job"), why
     at = int(saved[0].split(" at step ")[1].split(";")[0])
-    assert 50 <= at < steps and f"resumed from {run}/checkpoints/step-{at:08d} (step {at})" in text
+    assert 50 <= at < steps and f"resumed from {run}/checkpoints/step-{at:08d} (step {at})" in text, why
     assert json.loads((run / "status.json").read_text()) == {"status": "FINISHED", "step": steps}
 
     straight = tmp_path / "straight"

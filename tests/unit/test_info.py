@@ -22,7 +22,9 @@ PRESETS = sorted(
 def test_every_preset_reports_parameter_counts(preset: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert info_main([f"experiment={preset}", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    networks = {"gan": {"G", "D"}, "tokenizer": {"vq", "D"}, "prior": {"prior"}}[info["task"]]
+    networks = {"gan": {"G", "D"}, "tokenizer": {"vq", "D"}, "prior": {"prior"}, "pix2pix": {"G", "D"}}[
+        info["task"]
+    ]
     assert set(info["params"]) >= networks and all(n > 0 for n in info["params"].values())
     assert info["params_total"] == sum(info["params"].values())
 

@@ -36,6 +36,9 @@ def test_schedule_warms_up_then_decays_to_the_floor() -> None:
     assert [lr_factor(s, lin, 100) for s in (0, 50, 100)] == [1.0, 0.5, 0.0]
     const = OmegaConf.create({"name": "constant", "warmup_steps": 4, "min_lr_ratio": 0.0})
     assert [lr_factor(s, const, 100) for s in (2, 4, 99)] == [0.5, 1.0, 1.0]
+    # pix2pix / CycleGAN: constant for the first half, then linear to 0
+    held = OmegaConf.create({"name": "linear", "warmup_steps": 0, "min_lr_ratio": 0.0, "decay_start": 50})
+    assert [lr_factor(s, held, 100) for s in (1, 50, 75, 100)] == [1.0, 1.0, 0.5, 0.0]
 
 
 def _token_dataset(root: Path, n: int = 40, grid: int = 4, vocab: int = 16) -> DatasetManifest:
