@@ -170,6 +170,37 @@ def mnist_edges(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built_once(tmp_path_factory, "mnist5k-edges", build)
 
 
+@pytest.fixture(scope="session")
+def mnist_domains(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in digits as two unpaired domains at 32x32 (`builtin:mnist5k-domains`: A plain,
+    B thick and inverted, no digit in both); tests must not write into it."""
+
+    def build(out: Path) -> None:
+        prepare(
+            "builtin:mnist5k-domains",
+            out,
+            PrepareOptions(resolution=32, samples_per_shard=500, progress=False),
+        )
+
+    return built_once(tmp_path_factory, "mnist5k-domains", build)
+
+
+@pytest.fixture(scope="session")
+def mnist_captions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in digits at 32x32 with a caption each (`builtin:mnist5k-captions`: "a thick,
+    right-slanted seven"; measured attribute thresholds in dataset.json), 500 per shard; tests must
+    not write into it."""
+
+    def build(out: Path) -> None:
+        prepare(
+            "builtin:mnist5k-captions",
+            out,
+            PrepareOptions(resolution=32, samples_per_shard=500, progress=False),
+        )
+
+    return built_once(tmp_path_factory, "mnist5k-captions", build)
+
+
 def free_port() -> int:
     """A free TCP port on loopback (for a process-group rendezvous or a server)."""
     with socket.socket() as s:
@@ -201,6 +232,8 @@ TINY = ["debug=tiny_gan"]
 TOKENIZER_SMALL = ("debug=tiny_tokenizer",)
 PRIOR_SMALL = ("debug=tiny_prior",)
 PIX2PIX_SMALL = ("debug=tiny_pix2pix",)
+CYCLEGAN_SMALL = ("debug=tiny_cyclegan",)
+TEXT_GAN_SMALL = ("debug=tiny_text_gan",)
 
 
 @pytest.fixture(scope="session")

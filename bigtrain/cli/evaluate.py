@@ -56,7 +56,9 @@ def main(argv: list[str]) -> int:
     raise_problems(check_metrics(names, type(snap.task).eval_provides, str(snap.cfg.task)))
     evaluator = Evaluator(ecfg, names, snap.device)
     snap.task.before_sampling()
-    raw = evaluator(snap.task.eval_source())  # under torchrun: every rank samples its share
+    raw: dict[str, float] = {}
+    for source in snap.task.eval_sources():  # under torchrun: every rank samples its share
+        raw |= evaluator(source)
     from bigtrain import distributed as bdist
 
     if not bdist.is_main():

@@ -1,6 +1,7 @@
 """``bigtrain sample CKPT --out grid.png``: a grid from a checkpoint's generator (a GAN's EMA G, a
 prior's decoded codes), one row per class with ``--per-class``, a translation model's outputs beside
-the images given with ``--condition``, or with ``--interpolate`` straight-line
+the images given with ``--condition``, a text-to-image model's samples for each ``--prompt`` (one
+row each), or with ``--interpolate`` straight-line
 walks in z between random points (Radford et al. 2016, sec. 6.1), one row each. ``--num-samples N --npz
 out.npz`` / ``--png-dir DIR`` write N samples for other evaluators (``bigtrain.train.export``). Sampling options
 (``--truncation`` for GANs; ``--temperature``, ``--top-k``, ``--top-p``, ``--cfg-scale`` for priors)
@@ -75,6 +76,14 @@ def main(argv: list[str]) -> int:
         help="an image (or a folder of images) to translate (task=pix2pix); repeatable. The grid shows "
         "each condition beside its output",
     )
+    p.add_argument(
+        "--prompt",
+        dest="prompts",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="a caption to draw (task=text_gan); repeatable. The grid has one row of --rows samples per prompt",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     gan = p.add_argument_group("task=gan checkpoints")
     gan.add_argument(
@@ -120,6 +129,18 @@ def main(argv: list[str]) -> int:
         return 0
     if a.out is None:
         raise ConfigError("give --out grid.png (a grid), or --num-samples N with --npz / --png-dir (samples)")
+    if a.prompts:
+        if task.condition_kind != "text":
+            raise ConfigError(f"--prompt: a task={snap.cfg.task} checkpoint does not sample from text")
+        prompts = [t for t in a.prompts for _ in range(a.rows)]
+        images = task.sample_conditioned(prompts, g, **given)
+        save_grid(images, a.out, a.rows)
+        print(f"wrote {a.out} ({len(a.prompts)} prompts x {a.rows} samples, step {snap.checkpoint.step})")
+        return 0
+    if task.condition_kind == "text":
+        raise ConfigError(
+            f'a task={snap.cfg.task} checkpoint draws from text: give --prompt TEXT (e.g. --prompt "a thick seven")'
+        )
     if a.condition:
         if task.condition_kind != "image":
             raise ConfigError(f"--condition: a task={snap.cfg.task} checkpoint does not sample from an image")

@@ -196,7 +196,7 @@ class EvalConfig:
     ref_split: str = "train"
     ref_max_images: int = 50000
     seed: int = 1234  # fixed z for FID, separate from training randomness
-    # registered metrics (bigtrain.eval.registry): fid, is, pr, kid, psnr, ssim, l1, class_agreement,
+    # registered metrics (bigtrain.eval.registry): fid, is, pr, kid, psnr, ssim, l1, class_agreement, attribute_agreement,
     # codebook; empty = the task's defaults (GAN, prior: fid, is, pr; tokenizer: fid, pr, psnr, ssim,
     # codebook; pix2pix: fid, l1, psnr, ssim)
     metrics: list[str] | None = None

@@ -127,6 +127,21 @@ class DatasetManifest:
     def count(self, split: str, domain: str | None = None) -> int:
         return sum(s.count for s in self.shards(split, domain))
 
+    def domain_view(self, domain: str) -> DatasetManifest:
+        """One domain of a ``domains`` dataset as a dataset of its own (named ``<name>-<domain>``,
+        only that domain's shards, layout ``images``): what FID references and a domain's stream
+        read. Its ``dataset_id`` differs from the other domain's, so caches never mix them."""
+        if domain not in self.domains:
+            raise DatasetError(
+                f"dataset {self.root} has no domain '{domain}' (domains: {', '.join(self.domains)})"
+            )
+        splits = {k: [s for s in v if s.domain == domain] for k, v in self.splits.items()}
+        extra = {k: v for k, v in self.extra.items() if k not in ("layout", "domains")}
+        return DatasetManifest(
+            self.root, f"{self.name}-{domain}", self.resolution, self.channels, list(self.classes),
+            {k: v for k, v in splits.items() if v}, extra,
+        )  # fmt: skip
+
     @property
     def dataset_id(self) -> str:
         """A short content id: changes whenever any shard's bytes change (used to key caches)."""

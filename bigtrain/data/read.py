@@ -153,30 +153,37 @@ def iter_images(
     """Decoded uint8 images [B, H, W, C] of ``split`` in shard order (for FID reference statistics),
     at ``resolution`` (default: the manifest's) the way the training stream makes them: ``method``
     is a filter (or ``box``) with an optional ``:pad`` (:func:`bigtrain.data.images.recipe`)."""
+    for images, _ in iter_labelled(manifest, split, batch_size, limit, resolution, method, policy):
+        yield images
+
+
+def iter_labelled(
+    manifest: DatasetManifest,
+    split: str,
+    batch_size: int,
+    limit: int | None = None,
+    resolution: int | None = None,
+    method: str = "lanczos",
+    policy: ReadPolicy | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """As :func:`iter_images`, with each image's class index (0 when unlabelled, -1 when a
+    labelled dataset's sample has no readable label)."""
     res = resolution if resolution is not None else manifest.resolution
     method, fit_policy = parse_recipe(method)
-    batch: list[np.ndarray] = []
-    seen = 0
+    classes = {name: i for i, name in enumerate(manifest.label_names)}
 
-    def fail(err: ShardReadError) -> None:
-        # statistics of a partial set would be cached and compared against for the whole run
-        raise DatasetError(f"cannot read the {split} split's images for the FID reference: {err}")
-
-    counts = dict(zip(manifest.shard_paths(split), (x.count for x in manifest.splits[split]), strict=True))
-    for sample in read_shards(counts, policy, on_error=fail, counts=counts):
-        if limit is not None and seen >= limit:
-            break
+    def part(sample: dict[str, Any]) -> tuple[np.ndarray, ...]:
+        arr = decode(sample[image_key(sample)], manifest.channels, res, fit_policy, method=method)
         try:
-            arr = decode(sample[image_key(sample)], manifest.channels, res, fit_policy, method=method)
-        except (OSError, UnidentifiedImageError, KeyError, ValueError):
-            continue
-        batch.append(arr)
-        seen += 1
-        if len(batch) == batch_size:
-            yield np.stack(batch)
-            batch = []
-    if batch:
-        yield np.stack(batch)
+            label = label_index(sample, manifest.label_key, classes)
+        except (KeyError, ValueError):
+            label = -1
+        return arr, np.int64(label)
+
+    # statistics of a partial set would be cached and compared against for the whole run
+    yield from _decoded_batches(
+        manifest, split, batch_size, limit, policy, part, "images for the FID reference"
+    )  # type: ignore[misc]
 
 
 def iter_pairs(
@@ -194,35 +201,48 @@ def iter_pairs(
 
     res = resolution if resolution is not None else manifest.resolution
     method, fit_policy = parse_recipe(method)
-    channels = int(manifest.source_channels)
     classes = {name: i for i, name in enumerate(manifest.label_names)}
-    src: list[np.ndarray] = []
-    tgt: list[np.ndarray] = []
-    labels: list[int] = []
+
+    def part(sample: dict[str, Any]) -> tuple[np.ndarray, ...]:
+        label = label_index(sample, manifest.label_key, classes)
+        src = decode(sample[source_key(sample)], manifest.source_channels, res, fit_policy, method=method)
+        tgt = decode(sample[image_key(sample)], manifest.channels, res, fit_policy, method=method)
+        return src, tgt, np.int64(label)
+
+    yield from _decoded_batches(manifest, split, batch_size, limit, None, part, "pairs")  # type: ignore[misc]
+
+
+def _decoded_batches(
+    manifest: DatasetManifest,
+    split: str,
+    batch_size: int,
+    limit: int | None,
+    policy: ReadPolicy | None,
+    part: Callable[[dict[str, Any]], tuple[np.ndarray, ...]],
+    what: str,
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """``split``'s samples in shard order through ``part`` (a sample -> its arrays), stacked into
+    batches; a sample ``part`` cannot decode is passed over, a shard that cannot be read stops."""
+    rows: list[tuple[np.ndarray, ...]] = []
     seen = 0
 
     def fail(err: ShardReadError) -> None:
-        raise DatasetError(f"cannot read the {split} split's pairs: {err}")
+        raise DatasetError(f"cannot read the {split} split's {what}: {err}")
 
     counts = dict(zip(manifest.shard_paths(split), (x.count for x in manifest.splits[split]), strict=True))
-    for sample in read_shards(counts, None, on_error=fail, counts=counts):
+    for sample in read_shards(counts, policy, on_error=fail, counts=counts):
         if limit is not None and seen >= limit:
             break
         try:
-            label = label_index(sample, manifest.label_key, classes)
-            s = decode(sample[source_key(sample)], channels, res, fit_policy, method=method)
-            t = decode(sample[image_key(sample)], manifest.channels, res, fit_policy, method=method)
+            rows.append(part(sample))
         except (OSError, UnidentifiedImageError, KeyError, ValueError):
             continue
-        src.append(s)
-        tgt.append(t)
-        labels.append(label)
         seen += 1
-        if len(src) == batch_size:
-            yield np.stack(src), np.stack(tgt), np.asarray(labels, dtype=np.int64)
-            src, tgt, labels = [], [], []
-    if src:
-        yield np.stack(src), np.stack(tgt), np.asarray(labels, dtype=np.int64)
+        if len(rows) == batch_size:
+            yield tuple(np.stack(col) for col in zip(*rows, strict=True))
+            rows = []
+    if rows:
+        yield tuple(np.stack(col) for col in zip(*rows, strict=True))
 
 
 def raw_label(sample: Mapping[str, Any], key: str) -> str | None:

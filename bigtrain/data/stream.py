@@ -474,3 +474,84 @@ class DataStream:
 
     def close(self) -> None:
         self._iter = None
+
+
+class DomainStreams:
+    """Unpaired domains stepped together (CycleGAN): one :class:`DataStream` per domain, each over
+    its own shards with its own shuffle, and every batch holds a batch of each. The first domain's
+    fields keep their names (``image``, ``label``, ...); the others' get a suffix (``image_B``,
+    ``label_B``). Positions are checkpointed per domain, so a resume is exact for both."""
+
+    def __init__(self, streams: dict[str, DataStream]):
+        if len(streams) < 2:
+            raise ValueError("DomainStreams needs at least two domains")
+        self.streams = streams
+        self.names = list(streams)
+
+    @classmethod
+    def build(
+        cls,
+        spec: StreamSpec,
+        shards: dict[str, tuple[str, ...]],
+        counts: dict[str, tuple[int, ...]],
+        device: torch.device | None = None,
+    ) -> DomainStreams:
+        """One stream per domain from ``spec`` (its shards replaced by the domain's; domain i's
+        shuffle seeded with ``spec.seed + i``, so two domains of equal size are not read in step)."""
+        return cls(
+            {
+                name: DataStream(
+                    replace(spec, shards=shards[name], shard_counts=counts[name], seed=spec.seed + i), device
+                )
+                for i, name in enumerate(shards)
+            }
+        )
+
+    @property
+    def spec(self) -> StreamSpec:
+        return self.streams[self.names[0]].spec
+
+    @property
+    def state(self) -> StreamState:
+        """The domains' positions together (for the skipped-sample and shard-error counts)."""
+        merged = StreamState()
+        for i, s in enumerate(self.streams.values()):
+            merged.positions |= {i * 1000 + k: v for k, v in s.state.positions.items()}
+            merged.batches += s.state.batches
+        return merged
+
+    def reshape(self, resolution: int, batch_size: int) -> bool:
+        return any([s.reshape(resolution, batch_size) for s in self.streams.values()])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"domains": {name: s.state_dict() for name, s in self.streams.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("domains")
+        if not isinstance(saved, dict) or set(saved) != set(self.streams):
+            raise DatasetError(
+                f"the checkpoint's data position is not one of domains {', '.join(self.names)} "
+                "(was it trained on another dataset layout?)"
+            )
+        for name, s in self.streams.items():
+            s.load_state_dict(saved[name])
+
+    def __iter__(self) -> DomainStreams:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        first, *others = self.names
+        batch = next(self.streams[first])
+        keys = list(batch["keys"])
+        for name in others:
+            other = next(self.streams[name])
+            keys += other["keys"]
+            for k, v in other.items():
+                if k not in ("keys", "worker", "position"):
+                    batch[f"{k}_{name}"] = v
+        batch["keys"] = keys
+        return batch
+
+    def close(self) -> None:
+        for s in self.streams.values():
+            s.close()

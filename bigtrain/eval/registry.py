@@ -161,7 +161,8 @@ class EvalRun:
     def key(self, metric: str, feature: str | None = None) -> str:
         """``fid/<net>`` for samples, ``rfid/<net>`` for reconstructions."""
         prefix = "r" if self.source.judged is Judged.reconstructions else ""
-        return f"{prefix}{metric}/{feature or self.cfg.feature}"
+        tag = f"_{self.source.tag}" if self.source.tag else ""
+        return f"{prefix}{metric}{tag}/{feature or self.cfg.feature}"
 
     def reference_for(self, feature: str) -> Reference:
         """The real images' reference under the feature network ``feature``."""
@@ -317,12 +318,13 @@ def _l1(run: EvalRun) -> dict[str, float]:
     "(a translation's source class)",
 )
 def _class_agreement(run: EvalRun) -> dict[str, float]:
+    if run.source.labels is None:  # a source that names no classes (one translation direction)
+        return {}
     probs = run.probs
     if probs is None:
         raise ValueError(
             f"class_agreement needs a feature network with a class head (eval.feature={run.cfg.feature} has none)"
         )
-    assert run.source.labels is not None
     wanted = np.asarray(run.source.labels(len(probs)))
     return {run.key("class_agreement"): float(np.mean(probs.argmax(axis=1) == wanted))}
 
@@ -334,6 +336,66 @@ def _codebook(run: EvalRun) -> dict[str, float]:
     assert run.source.codebook is not None
     usage = run.source.codebook()
     return {"vq/codebook_usage": usage["usage"], "vq/codebook_perplexity": usage["perplexity"]}
+
+
+def judged_images(run: EvalRun) -> np.ndarray:
+    """The ``eval.num_samples`` judged images again, as uint8 ``[N, C, H, W]``: drawn as the feature
+    metrics drew them (batch ``k`` from a generator seeded ``batch_seed(eval.seed, k)``, quantised as
+    PNGs), after rewinding a source that draws in order. Cached on the run."""
+    cached = getattr(run, "_judged_images", None)
+    if cached is not None:
+        return cached
+    from bigtrain.eval.fid import batch_seed, quantize_images, rank_batches
+
+    source = run.source
+    if source.rewind is not None:
+        source.rewind()
+    parts = []
+    with preserve_rng(), torch.no_grad():
+        for k, n in rank_batches(int(run.cfg.num_samples), int(run.cfg.batch_size)):
+            generator = torch.Generator(device=run.device).manual_seed(batch_seed(int(run.cfg.seed), k))
+            parts.append(quantize_images(source.images(n, generator)).cpu().numpy())
+    out = np.concatenate(parts)
+    run._judged_images = out  # type: ignore[attr-defined]
+    return out
+
+
+@register_metric(
+    "attribute_agreement",
+    Need.attributes,
+    "per attribute a prompt names (thickness: thin/thick, ...), the share of judged images whose "
+    "measured value lies where the word says (attribute_agreement/<attr>), and the mean measured "
+    "value for the highest word minus the lowest (attribute_gap/<attr>)",
+)
+def _attribute_agreement(run: EvalRun) -> dict[str, float]:
+    source = run.source
+    if source.attributes is None:  # a source whose prompts name no attributes
+        return {}
+    if source.measure is None or not source.word_ranges:
+        raise ValueError("attribute_agreement needs the source's measurement and its words' ranges")
+    images = judged_images(run)
+    asked = source.attributes(len(images))
+    measured = source.measure(images)
+    out: dict[str, float] = {}
+    tag = f"_{source.tag}" if source.tag else ""
+    for attr, ranges in sorted(source.word_ranges.items()):
+        values = np.asarray(measured[attr], dtype=np.float64)
+        hits, by_word = [], {}
+        for i, wanted in enumerate(asked):
+            word = wanted.get(attr)
+            if word is None or word not in ranges:
+                continue
+            low, high = ranges[word]
+            hits.append(low <= values[i] <= high)
+            by_word.setdefault(word, []).append(values[i])
+        if not hits:
+            continue
+        out[f"attribute_agreement{tag}/{attr}"] = float(np.mean(hits))
+        order = sorted(ranges, key=lambda w: (ranges[w][0], ranges[w][1]))
+        lowest, highest = order[0], order[-1]
+        if lowest in by_word and highest in by_word and lowest != highest:
+            out[f"attribute_gap{tag}/{attr}"] = float(np.mean(by_word[highest]) - np.mean(by_word[lowest]))
+    return out
 
 
 # -- choosing and running them -------------------------------------------------------------------
@@ -362,7 +424,7 @@ class Evaluator:
     def __init__(self, eval_cfg: Any, metrics: Sequence[str], device: torch.device) -> None:
         self.cfg, self.device = eval_cfg, device
         self.metrics = [METRICS[m] for m in metrics]
-        self._references: dict[tuple[str, int], Reference] = {}
+        self._references: dict[tuple[str, str, int, str, str], Reference] = {}
         self.produced: dict[str, list[str]] = {}  # metric name -> the keys its last call gave
 
     @property
@@ -382,7 +444,7 @@ class Evaluator:
         feature: str | None = None,
     ) -> Reference:
         feature = feature or str(self.cfg.feature)
-        key = (str(manifest.root), resolution, downsample, feature)
+        key = (str(manifest.root), manifest.dataset_id, resolution, downsample, feature)
         if key not in self._references:
             self._references[key] = Reference(
                 self.cfg, manifest, resolution, self.device, downsample, feature
@@ -446,7 +508,8 @@ class Evaluator:
         out: dict[str, float] = {}
         for m in self.metrics:
             values = m.compute(run)
-            self.produced[m.name] = list(values)
+            known = self.produced.setdefault(m.name, [])  # every source's keys (both directions)
+            known += [k for k in values if k not in known]
             out |= values
         out["eval/resolution"] = float(source.resolution)
         return out

@@ -35,6 +35,7 @@ class Need(StrEnum):
     pairs = "pairs"  # (original, reconstruction) pairs (PSNR, SSIM)
     codebook = "codebook"  # a quantiser's code counts since the last evaluation
     labels = "labels"  # the class each judged image should show (a translation's source class)
+    attributes = "attributes"  # the attribute words each judged image was asked to show (a prompt's)
 
 
 Sampler = Callable[[int, torch.Generator], torch.Tensor]
@@ -54,11 +55,25 @@ class EvalSource:
     # the class each of the first n judged images should show, in the order ``images`` draws
     # them (a deterministic source: a translation's source labels)
     labels: Callable[[int], np.ndarray] | None = None
+    # the attribute words each of the first n judged images was asked to show, in the order
+    # ``images`` draws them: one ``{attribute: word}`` per image (a text prompt's "thick", "wide")
+    attributes: Callable[[int], list[dict[str, str]]] | None = None
+    # thresholds and measurement of those attributes on the judged images: ``measure(uint8 images
+    # [N, C, H, W]) -> {attribute: values [N]}`` and ``{attribute: {word: (low, high)}}``, the range
+    # of the measured value each word asks for (a task whose prompts name attributes gives both)
+    measure: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
+    word_ranges: dict[str, dict[str, tuple[float, float]]] | None = None
+    # a source that draws in order (``splittable=False``) starts again at its first image: a metric
+    # that draws the judged images again (attribute agreement) gets the same images in the same order
+    rewind: Callable[[], None] | None = None
     # how the reference images are shrunk to ``resolution`` (a ProGAN stage's reals: "box")
     downsample: str = "lanczos"
     # whether every process can draw any batch (``images(n, generator)`` depends only on its
     # arguments): then a distributed evaluation splits the batches over the ranks
     splittable: bool = True
+    # names one of several sources of an evaluation (a translation's direction, "AB"): its metric
+    # keys carry it, as in ``fid_AB/<net>``
+    tag: str = ""
 
 
 __all__ = ["EvalSource", "Judged", "Need", "Sampler"]

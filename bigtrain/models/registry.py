@@ -19,6 +19,8 @@ Builders take their kind's fixed arguments plus ``arch`` (the parsed dataclass):
   arch) -> (G_AB, G_BA, D_A, D_B)`` (a named tuple): ``G_AB`` maps domain A (``in_channels``) to B
   (``out_channels``), ``G_BA`` back, and ``D_A(x)`` / ``D_B(x)`` -> ``[B, 1, h, w]`` patch logits judge
   images of A and of B.
+* ``text`` (text-to-image, GAN-CLS): ``(shape: TextGANShape, arch) -> (G, D)`` with
+  ``G(z [B, z_dim], e [B, text_dim])`` and ``D(x, e) -> [B]`` logits, ``e`` a text encoder's embedding.
 
 :func:`build_gan` and :func:`build_translation` build the GAN and translation kinds from plain
 keywords.
@@ -66,6 +68,19 @@ class TranslationShape:
 
 
 TRANSLATION_KINDS = ("paired", "unpaired")
+
+
+@dataclass(frozen=True)
+class TextGANShape:
+    """What every text-to-image GAN family (kind ``text``, GAN-CLS) is built from besides its own
+    options: the image size, the latent size, the text encoder's embedding size and the base widths."""
+
+    resolution: int
+    channels: int
+    z_dim: int
+    text_dim: int
+    g_width: int = 64
+    d_width: int = 64
 
 
 @dataclass(frozen=True)
@@ -178,15 +193,36 @@ def build_translation(
     return family.build(shape, parse_arch(name, arch))
 
 
+def build_text_gan(
+    name: str,
+    *,
+    resolution: int,
+    channels: int,
+    z_dim: int,
+    text_dim: int,
+    g_width: int = 64,
+    d_width: int = 64,
+    **arch: Any,
+) -> tuple[Any, Any]:
+    """A text-to-image family's ``(G, D)`` (kind ``text``): ``G(z [B, z_dim], e [B, text_dim])`` ->
+    ``[B, C, H, W]`` in [-1, 1] and ``D(x, e) -> [B]`` logits; ``arch`` holds its ``model.arch``
+    options as keywords."""
+    family = model_family(name, "text")
+    shape = TextGANShape(resolution, channels, z_dim, text_dim, g_width, d_width)
+    return family.build(shape, parse_arch(name, arch))
+
+
 __all__ = [
     "D_NORMS",
     "GANShape",
     "MODELS",
     "ModelFamily",
     "TRANSLATION_KINDS",
+    "TextGANShape",
     "TranslationShape",
     "build_gan",
     "build_model",
+    "build_text_gan",
     "build_translation",
     "families",
     "model_family",

@@ -9,7 +9,7 @@ One step's data flow::
     DataStream ──batches──► task.train_step ──metrics──► tracker (every log_every)
         ▲                       │ (per network: accumulate ─► NonFiniteGuard ─► all-reduce ─► step)
         └─ task.data_shape      ├─► sample_grid (every sample_every) ─► samples/ + MLflow image
-                                ├─► Evaluator(task.eval_source()) (every eval.every) ─► MLflow
+                                ├─► Evaluator(task.eval_sources()) (every eval.every) ─► MLflow
                                 └─► CheckpointManager.save (every ckpt_every; once per step)
 """
 
@@ -38,7 +38,7 @@ from bigtrain.config.launcher import batch_over
 from bigtrain.config.validate import missing_values, raise_problems
 from bigtrain.data.images import stream_method
 from bigtrain.data.manifest import DatasetManifest
-from bigtrain.data.stream import DataStream, StreamSpec
+from bigtrain.data.stream import DataStream, DomainStreams, StreamSpec
 from bigtrain.distributed import slurm
 from bigtrain.distributed.preemption import Preemption, Request
 from bigtrain.errors import ConfigError, NonFiniteLossError
@@ -224,36 +224,34 @@ class Trainer:
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.task = build_task(cfg, self.manifest, self.device, self.accelerator)
         seed_everything(cfg.seed + 100_003 * self.rank)  # per-rank noise for z and labels
-        self.stream = DataStream(
-            StreamSpec(
-                shards=tuple(shards),
-                batch_size=cfg.data.batch_size,
-                resolution=self.manifest.resolution,
-                channels=self.manifest.channels,
-                seed=cfg.seed,
-                rank=self.rank,
-                world_size=self.world,
-                num_workers=cfg.data.num_workers,
-                shuffle_buffer=cfg.data.shuffle_buffer,
-                flip=cfg.data.flip,
-                kind=self.manifest.kind,
-                downsample=stream_method(str(cfg.stages.downsample), str(cfg.data.resample)),
-                resize=str(cfg.data.resize),
-                label_key=self.manifest.label_key,
-                classes=self.manifest.label_names,
-                text=self.manifest.has_text,
-                meta=self.manifest.has_meta,
-                layout=self.manifest.layout,
-                source_channels=self.manifest.source_channels,
-                retries=int(cfg.data.retries),
-                backoff_s=float(cfg.data.retry_backoff_s),
-                max_shard_errors=int(cfg.data.max_shard_errors),
-                storage_options=tuple(sorted(OmegaConf.to_container(cfg.data.storage_options).items())),
-                shard_counts=tuple(s.count for s in self.manifest.splits[cfg.data.split]),
-                decode=str(cfg.data.decode),
-            ),
-            device=self.device,
+        spec = StreamSpec(
+            shards=tuple(shards),
+            batch_size=cfg.data.batch_size,
+            resolution=self.manifest.resolution,
+            channels=self.manifest.channels,
+            seed=cfg.seed,
+            rank=self.rank,
+            world_size=self.world,
+            num_workers=cfg.data.num_workers,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            flip=cfg.data.flip,
+            kind=self.manifest.kind,
+            downsample=stream_method(str(cfg.stages.downsample), str(cfg.data.resample)),
+            resize=str(cfg.data.resize),
+            label_key=self.manifest.label_key,
+            classes=self.manifest.label_names,
+            text=self.manifest.has_text,
+            meta=self.manifest.has_meta,
+            layout="images" if self.manifest.layout == "domains" else self.manifest.layout,
+            source_channels=self.manifest.source_channels,
+            retries=int(cfg.data.retries),
+            backoff_s=float(cfg.data.retry_backoff_s),
+            max_shard_errors=int(cfg.data.max_shard_errors),
+            storage_options=tuple(sorted(OmegaConf.to_container(cfg.data.storage_options).items())),
+            shard_counts=tuple(s.count for s in self.manifest.splits[cfg.data.split]),
+            decode=str(cfg.data.decode),
         )
+        self.stream = self._stream(spec)
         self.counters = Counters()
         self.evaluated_step = -1
         self.grid_step = -1
@@ -277,6 +275,9 @@ class Trainer:
         self.checkpoints.add("trainer", self.counters)
         self.checkpoints.add("rng", RNGState(), per_rank=True)
         self.checkpoints.add("data", self.stream, per_rank=True)
+        rank_state = self.task.rank_state()
+        if rank_state is not None:  # a task's per-rank state (CycleGAN's history of generated images)
+            self.checkpoints.add("task_rank", rank_state, per_rank=True)
         ck = self.checkpoints.resume(before_load=self.guard.check)
         run_id = resume_step = None
         # fine-tuning's source (meta.json keeps it across resumes); loaded only into a fresh run
@@ -292,10 +293,11 @@ class Trainer:
         self.evaluator: Evaluator | None = None
         if cfg.eval.enabled:
             self.evaluator = Evaluator(cfg.eval, eval_metrics(cfg), self.device)
-            source = self.task.eval_source()  # every rank: a missing reference fails everywhere
-            # absent weights fail now on every rank, not after an hour of training; the main process
-            # also computes the reference statistics (the others only run feature networks)
-            self.evaluator.prepare(source, stats=self.main)
+            # every rank: a missing reference fails everywhere. Absent weights fail now on every
+            # rank, not after an hour of training; the main process also computes the reference
+            # statistics (the others only run feature networks)
+            for source in self.task.eval_sources():
+                self.evaluator.prepare(source, stats=self.main)
         self.tracker = _build_tracker(cfg, run_id, resume_step, self.config_yaml)
         if self.main:
             previous = self.guard.keep_previous(self.run_dir)
@@ -396,7 +398,10 @@ class Trainer:
         self.task.before_sampling()
         t = time.time()
         # collective: the ranks share the sampling when the source allows; the main process gets the metrics
-        results = self.evaluator(self.task.eval_source()) if self.evaluator is not None else {}
+        results: dict[str, float] = {}
+        for source in self.task.eval_sources() if self.evaluator is not None else []:
+            assert self.evaluator is not None
+            results |= self.evaluator(source)
         if self.main and self.evaluator is not None:
             headline = self.evaluator.headline(results)
             value = results[headline]
@@ -443,6 +448,17 @@ class Trainer:
                 "step %d: best %s so far (%.4f): %s", self.step, self.best.metric or "headline", score, path
             )
             self.tracker.set_tags({"best_checkpoint": str(path.resolve()), "best_value": f"{score:.4f}"})
+
+    def _stream(self, spec: StreamSpec) -> DataStream | DomainStreams:
+        """The training stream: one over the split's shards, or for unpaired domains one per
+        domain, stepped together (each batch holds a batch of every domain)."""
+        if self.manifest.layout != "domains":
+            return DataStream(spec, device=self.device)
+        split = str(self.cfg.data.split)
+        names = self.manifest.domains
+        shards = {d: tuple(self.manifest.shard_paths(split, d)) for d in names}
+        counts = {d: tuple(s.count for s in self.manifest.shards(split, d)) for d in names}
+        return DomainStreams.build(spec, shards, counts, self.device)
 
     # -- the loop -----------------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict[str, Any]]:

@@ -78,8 +78,9 @@ class Task(ABC):
     """Keyword options :meth:`sample` takes (GAN: ``truncation``; prior: ``temperature``, ...)."""
 
     condition_kind: ClassVar[str | None] = None
-    """What ``bigtrain sample --condition`` gives :meth:`sample_conditioned`: ``image`` (a source
-    image to translate); None: the task samples without one."""
+    """What :meth:`sample_conditioned` takes: ``image`` (``bigtrain sample --condition``: a source
+    image to translate), ``text`` (``bigtrain sample --prompt``: a caption to draw, task=text_gan);
+    None: the task samples without one."""
 
     num_classes: int = 0  # 0 = unconditional
 
@@ -119,6 +120,12 @@ class Task(ABC):
 
     @abstractmethod
     def load_state_dict(self, states: Mapping[str, Any]) -> None: ...
+
+    def rank_state(self) -> Any | None:
+        """State that differs between ranks and must survive a resume (an object with
+        ``state_dict`` / ``load_state_dict``; CycleGAN's history of generated images): saved per
+        rank as ``task_rank.rank<R>``. None for most tasks."""
+        return None
 
     def native_state(self) -> NativeState | None:
         """An engine that writes its own files into the checkpoint (DeepSpeed), or None."""
@@ -193,10 +200,10 @@ class Task(ABC):
         raise ConfigError(f"task={self.name} does not generate images")
 
     def sample_conditioned(
-        self, conditions: torch.Tensor, generator: torch.Generator, **options: Any
+        self, conditions: torch.Tensor | list[str], generator: torch.Generator, **options: Any
     ) -> torch.Tensor:
         """One image per condition (``condition_kind``): ``conditions`` [N, C, H, W] in [-1, 1] for
-        ``image``. Images in [-1, 1] on the CPU."""
+        ``image``, a list of N prompts for ``text``. Images in [-1, 1] on the CPU."""
         raise ConfigError(f"task={self.name} does not sample from a condition")
 
     def interpolate(self, rows: int, steps: int, generator: torch.Generator, **options: Any) -> torch.Tensor:
@@ -207,6 +214,11 @@ class Task(ABC):
     @abstractmethod
     def eval_source(self) -> EvalSource:
         """What evaluation judges now (at the current resolution), and against which real images."""
+
+    def eval_sources(self) -> list[EvalSource]:
+        """Every source an evaluation judges: one for most tasks; a translation in both directions
+        gives one per direction (their metric keys carry the source's ``tag``)."""
+        return [self.eval_source()]
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """The run is over (on every rank, before the process group ends): release engines."""
@@ -359,4 +371,6 @@ def expected_manifest(cfg: Any) -> tuple[DatasetManifest, str]:
         extra: dict[str, Any] = {"kind": cls.data_kind}
         if cls.data_layouts:  # the shards it needs (a pix2pix preset's pairs)
             extra["layout"] = sorted(cls.data_layouts)[0]
+            if extra["layout"] == "domains":
+                extra["domains"] = ["A", "B"]
         return DatasetManifest(Path(), "declared", d.resolution, d.channels, classes, {}, extra), "preset"

@@ -73,6 +73,11 @@ def test_pix2pix_samples_from_given_conditions(mnist_edges: Path, tmp_path: Path
     again = tmp_path / "again.png"
     run_cli(*args, "--out", str(again), "--rows", "4")
     assert np.array_equal(np.asarray(Image.open(again)), grid)  # the same seed, the same dropout noise
+    # samples for other evaluators: the validation sources in order, batch after batch
+    npz = tmp_path / "s.npz"
+    run_cli("sample", str(ckpt), "--num-samples", "6", "--batch-size", "3", "--npz", str(npz))
+    arr = np.load(npz)["arr_0"]
+    assert arr.shape == (6, 32, 32, 3) and not np.array_equal(arr[:3], arr[3:])
     bad = run_cli("sample", str(ckpt), "--out", str(out), check=False)
     assert bad.returncode != 0 and "give --condition IMAGE" in bad.stderr
 

@@ -22,7 +22,8 @@ GROUP_OPTIONS = [
 
 # a debug config is for one task: it composes on that task's digits preset
 DEBUG_ON = {"debug=tiny_gan": "experiment=mnist_dcgan", "debug=tiny_tokenizer": "experiment=mnist_vqgan",
-            "debug=tiny_prior": "experiment=mnist_transformer", "debug=tiny_pix2pix": "experiment=mnist_pix2pix"}  # fmt: skip
+            "debug=tiny_prior": "experiment=mnist_transformer", "debug=tiny_pix2pix": "experiment=mnist_pix2pix",
+            "debug=tiny_cyclegan": "experiment=mnist_cyclegan", "debug=tiny_text_gan": "experiment=mnist_text_gan"}  # fmt: skip
 
 
 @pytest.mark.parametrize("override", GROUP_OPTIONS)
@@ -31,9 +32,11 @@ def test_every_config_file_composes(override: str) -> None:
     cfg = compose(*base, override, "data.path=/x")
     assert OmegaConf.to_container(cfg, resolve=True)
     if override.startswith(("experiment=", "task=", "debug=")):
-        layout = {"pix2pix": "pairs"}.get(str(cfg.task), "images")
+        layout = {"pix2pix": "pairs", "cyclegan": "domains"}.get(str(cfg.task), "images")
+        extra = {"domains": ["A", "B"]} if layout == "domains" else {}
+        extra |= {"captions": True} if cfg.task == "text_gan" else {}
         kind = "tokens" if cfg.task == "prior" else "images"
-        check_config(cfg, declared_manifest(classes=10, kind=kind, layout=layout))
+        check_config(cfg, declared_manifest(classes=10, kind=kind, layout=layout, **extra))
 
 
 def test_experiment_and_debug_presets_found() -> None:
@@ -144,7 +147,7 @@ def test_model_arch_is_typed_per_family(overrides: list[str], message: str) -> N
 def test_metrics_are_checked_against_the_task() -> None:
     with pytest.raises(
         ConfigError,
-        match="unknown metric 'kdi'; registered: class_agreement, codebook, fid, is, kid, l1, pr, psnr, ssim",
+        match="unknown metric 'kdi'; registered: attribute_agreement, class_agreement, codebook, fid, is, kid, l1, pr, psnr, ssim",
     ):
         check_config(compose("eval.metrics=[fid,kdi]", "data.path=/x"), declared_manifest())
     with pytest.raises(ConfigError, match="psnr needs pairs, which task=gan does not provide"):

@@ -22,9 +22,14 @@ PRESETS = sorted(
 def test_every_preset_reports_parameter_counts(preset: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert info_main([f"experiment={preset}", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    networks = {"gan": {"G", "D"}, "tokenizer": {"vq", "D"}, "prior": {"prior"}, "pix2pix": {"G", "D"}}[
-        info["task"]
-    ]
+    networks = {
+        "gan": {"G", "D"},
+        "tokenizer": {"vq", "D"},
+        "prior": {"prior"},
+        "pix2pix": {"G", "D"},
+        "cyclegan": {"G_AB", "G_BA", "D_A", "D_B"},
+        "text_gan": {"G", "D", "text"},
+    }[info["task"]]
     assert set(info["params"]) >= networks and all(n > 0 for n in info["params"].values())
     assert info["params_total"] == sum(info["params"].values())
 

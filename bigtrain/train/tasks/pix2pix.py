@@ -4,12 +4,12 @@ One step, as the reference (junyanz/pytorch-CycleGAN-and-pix2pix, ``pix2pix_mode
 
 1. ``fake = G(source)``, once;
 2. discriminator: the conditional PatchGAN sees ``(source, target)`` as real and ``(source, fake)``
-   as generated; its loss is halved (``loss.d_scale``) so D learns more slowly than G;
+   as generated; its loss is halved so D learns more slowly than G;
 3. generator: the GAN term on ``D(source, fake)`` with D frozen (after D's update, as the
    reference does) plus ``loss.l1_weight`` (100) times the L1 distance to the target.
 
 ``loss.name`` is ``non_saturating`` (the reference's ``vanilla``: BCE with target 1 for G) or
-``lsgan``. There is no latent input: G's dropout is its noise (``eval.dropout`` keeps it on when
+``lsgan``, both scaled as the reference scales them (:mod:`bigtrain.losses.translation`). There is no latent input: G's dropout is its noise (``eval.dropout`` keeps it on when
 sampling, as the reference's test script does without ``--eval``; BatchNorm then uses its running
 statistics, so an output does not depend on the other images of its batch).
 
@@ -37,13 +37,12 @@ from bigtrain.config.schema import EvalConfig, ModelConfig, OptimConfig, Optimiz
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.read import iter_pairs
 from bigtrain.eval.source import EvalSource, Judged, Need
-from bigtrain.losses import build_loss
+from bigtrain.losses.translation import TRANSLATION_LOSSES, PatchObjective
 from bigtrain.models.registry import build_translation
+from bigtrain.train.in_order import InOrder, first
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
 from bigtrain.train.task import Batches, Task, eval_recipe, register_task
-
-PIX2PIX_LOSSES = ("non_saturating", "lsgan")
 
 
 @dataclass
@@ -52,7 +51,6 @@ class Pix2PixLossConfig:
 
     name: str = "non_saturating"  # non_saturating (the reference's "vanilla" BCE) | lsgan
     l1_weight: float = 100.0  # lambda of the L1 term (the paper's 100)
-    d_scale: float = 0.5  # D's loss is (real + fake) * 0.5 in the reference: D learns at half G's pace
 
 
 @dataclass
@@ -125,10 +123,10 @@ class Pix2PixTask(Task):
     @classmethod
     def check_config(cls, cfg: Any, manifest: DatasetManifest) -> list[str]:  # noqa: ARG003
         problems = []
-        if str(cfg.loss.name) not in PIX2PIX_LOSSES:
-            problems.append(f"loss.name must be one of {', '.join(PIX2PIX_LOSSES)} for task=pix2pix")
-        if cfg.loss.l1_weight < 0 or cfg.loss.d_scale <= 0:
-            problems.append("loss.l1_weight must be >= 0 and loss.d_scale > 0")
+        if str(cfg.loss.name) not in TRANSLATION_LOSSES:
+            problems.append(f"loss.name must be one of {', '.join(TRANSLATION_LOSSES)} for task=pix2pix")
+        if cfg.loss.l1_weight < 0:
+            problems.append("loss.l1_weight must be >= 0")
         if cfg.stages.schedule:
             problems.append("task=pix2pix trains at one resolution: leave stages.schedule empty")
         if str(cfg.trainer.precision) == "fp16":
@@ -165,7 +163,7 @@ class Pix2PixTask(Task):
         self.D.to(device)
         bdist.broadcast_module(self.G)
         bdist.broadcast_module(self.D)
-        self.loss = build_loss(str(cfg.loss.name))
+        self.loss = PatchObjective(str(cfg.loss.name))
         self.batch_size = int(cfg.data.batch_size)
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         self.guard = NonFiniteGuard(cfg.trainer)
@@ -177,6 +175,7 @@ class Pix2PixTask(Task):
             "G", self.G, cfg.optim.g, self.guard, accumulation=self.accumulation, broadcast=(self.G, self.D)
         )
         self.resolution = int(manifest.resolution)
+        self._sampled: Callable[[int, torch.Generator], torch.Tensor] | None = None  # sample()'s draw
 
     # -- checkpointable state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -226,7 +225,7 @@ class Pix2PixTask(Task):
                 fake_logits = self.D(src, fake.detach()).float()
             sums["real"] = sums["real"] + real_logits.detach().mean() / acc
             sums["fake"] = sums["fake"] + fake_logits.detach().mean() / acc
-            return self.cfg.loss.d_scale * self.loss.d_loss(real_logits, fake_logits)
+            return self.loss.d_loss(real_logits, fake_logits)
 
         d_value = self.d_update.apply(accumulate(self.d_update, d_micro), step)
         pending = iter(made)
@@ -289,19 +288,9 @@ class Pix2PixTask(Task):
                 torch.from_numpy(labels),
             )
 
-    def _first(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The first ``n`` evaluation pairs, cycling through the split if it has fewer."""
-        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        have = 0
-        while have < n:
-            before = have
-            for batch in self._eval_pairs(n - have):
-                parts.append(batch)
-                have += len(batch[0])
-            if have == before:
-                raise ValueError(f"no readable pairs in the {self.cfg.eval.ref_split} split")
-        src, tgt, lab = (torch.cat(t)[:n] for t in zip(*parts, strict=True))
-        return src, tgt, lab
+    def _first(self, n: int) -> tuple[torch.Tensor, ...]:
+        """The first ``n`` evaluation pairs (source, target, label), cycling through the split if it has fewer."""
+        return first(lambda: self._eval_pairs(10**9), n, f"pairs in the {self.cfg.eval.ref_split} split")
 
     def sample_grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:
         """``rows`` rows of source | output | target triples of the evaluation split's first pairs."""
@@ -314,10 +303,15 @@ class Pix2PixTask(Task):
     def sample(
         self, n: int, generator: torch.Generator, *, classes: list[int] | None = None, **options: Any
     ) -> torch.Tensor:
-        """Translations of the first ``n`` sources of ``eval.ref_split`` (what FID judges)."""
+        """Translations of the next ``n`` sources of ``eval.ref_split`` (from its start on the first
+        call, cycling): what FID judges."""
         if classes:
             raise ValueError("task=pix2pix translates given sources: --class does not apply")
-        return self._translations()(n, generator)
+        if (
+            self._sampled is None
+        ):  # continuing from the last call: `bigtrain sample --npz` asks batch by batch
+            self._sampled = self._translations()
+        return self._sampled(n, generator)
 
     def sample_conditioned(
         self, conditions: torch.Tensor, generator: torch.Generator, **options: Any
@@ -327,32 +321,8 @@ class Pix2PixTask(Task):
     def _translations(self) -> Callable[[int, torch.Generator], torch.Tensor]:
         """``f(n, generator)``: translations of the split's sources in order, continuing where the
         last call stopped (FID asks batch by batch) and cycling past its end."""
-        stream: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = iter(())
-        stock: list[torch.Tensor] = []
-
-        def images(n: int, generator: torch.Generator) -> torch.Tensor:
-            nonlocal stream
-            have = sum(len(t) for t in stock)
-            restarted = False
-            while have < n:
-                try:
-                    src = next(stream)[0]
-                except StopIteration:
-                    if restarted and have == 0:
-                        raise ValueError(
-                            f"no readable pairs in the {self.cfg.eval.ref_split} split"
-                        ) from None
-                    stream, restarted = self._eval_pairs(10**9), True
-                    continue
-                stock.append(src)
-                have += len(src)
-            x = torch.cat(stock)
-            stock.clear()
-            if len(x) > n:
-                stock.append(x[n:])
-            return self.translate(x[:n], generator)
-
-        return images
+        sources = InOrder(lambda: self._eval_pairs(10**9), f"pairs in the {self.cfg.eval.ref_split} split")
+        return lambda n, generator: self.translate(sources.take(n)[0], generator)
 
     # -- evaluation -------------------------------------------------------------------------------
     def _pairs(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
