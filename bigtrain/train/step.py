@@ -100,6 +100,33 @@ def accumulate(update: Update, micro: Callable[[], torch.Tensor]) -> torch.Tenso
     return total
 
 
+def apply_frozen(
+    update: Update, micro: Callable[[], torch.Tensor], step: int, frozen: nn.Module
+) -> float | None:
+    """:func:`accumulate` and apply ``update`` with ``frozen``'s parameters out of autograd: a
+    generator's step through its discriminator, whose weights must collect no gradient from it."""
+    frozen.requires_grad_(False)
+    try:
+        return update.apply(accumulate(update, micro), step)
+    finally:
+        frozen.requires_grad_(True)
+
+
+def record_updates(
+    metrics: dict[str, float],
+    guard: NonFiniteGuard,
+    updates: Mapping[str, tuple[OptimizerStep, float | None]],
+) -> None:
+    """``loss/<name>`` and ``grad_norm/<name>`` of every update that was applied (its value is not
+    None); a step in which all of them were applied counts as good for the guard."""
+    for name, (update, value) in updates.items():
+        if value is not None:
+            metrics[f"loss/{name}"] = value
+            metrics[f"grad_norm/{name}"] = update.gradient_norm()
+    if all(value is not None for _, value in updates.values()):
+        guard.good_step()
+
+
 def set_lr(optimizer: Any, lr: float) -> None:
     """Every parameter group of a torch or DeepSpeed optimizer at ``lr``."""
     for group in optimizer.param_groups:
@@ -200,4 +227,12 @@ class OptimizerStep:
         return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
-__all__ = ["NonFiniteGuard", "OptimizerStep", "Update", "accumulate", "set_lr"]
+__all__ = [
+    "NonFiniteGuard",
+    "OptimizerStep",
+    "Update",
+    "accumulate",
+    "apply_frozen",
+    "record_updates",
+    "set_lr",
+]

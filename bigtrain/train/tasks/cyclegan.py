@@ -44,7 +44,7 @@ from bigtrain.losses.translation import TRANSLATION_LOSSES, PatchObjective
 from bigtrain.models.registry import build_translation
 from bigtrain.train.in_order import InOrder, first
 from bigtrain.train.optim import lr_factor
-from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
+from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, apply_frozen, record_updates
 from bigtrain.train.task import Batches, Task, eval_recipe, register_task
 from bigtrain.train.tasks.pix2pix import TranslationModelConfig
 
@@ -294,11 +294,7 @@ class CycleGANTask(Task):
             made.append((a, b, fake_a.detach(), fake_b.detach()))
             return loss
 
-        self.D.requires_grad_(False)  # the generators' loss collects no gradient in D
-        try:
-            g_value = self.g_update.apply(accumulate(self.g_update, g_micro), step)
-        finally:
-            self.D.requires_grad_(True)
+        g_value = apply_frozen(self.g_update, g_micro, step, self.D)
         pending = iter(made)
 
         def d_micro() -> torch.Tensor:
@@ -312,14 +308,7 @@ class CycleGANTask(Task):
             return d_a + d_b
 
         d_value = self.d_update.apply(accumulate(self.d_update, d_micro), step)
-        if g_value is not None:
-            metrics["loss/G"] = g_value
-            metrics["grad_norm/G"] = self.g_update.gradient_norm()
-        if d_value is not None:
-            metrics["loss/D"] = d_value
-            metrics["grad_norm/D"] = self.d_update.gradient_norm()
-        if g_value is not None and d_value is not None:
-            self.guard.good_step()
+        record_updates(metrics, self.guard, {"G": (self.g_update, g_value), "D": (self.d_update, d_value)})
         keys = sorted(sums)
         reduced = bdist.all_reduce_mean(torch.stack([sums[k].float() for k in keys]))
         metrics |= {f"loss/{k}": float(v) for k, v in zip(keys, reduced, strict=True)}

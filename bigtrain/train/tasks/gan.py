@@ -34,7 +34,7 @@ from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
 from bigtrain.train.gan_sampling import GeneratorSampling
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.stages import StageDriver, StagedTask, build_driver, fade_reals
-from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
+from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, apply_frozen
 from bigtrain.train.task import Batches, eval_recipe, register_task
 
 log = logging.getLogger(__name__)
@@ -405,12 +405,7 @@ class GANTask(StagedTask):
                 loss = loss + orthogonal_penalty(self.G, self.cfg.loss.g_ortho, self._g_ortho_exempt)
             return loss
 
-        # D's weights are frozen so its parameters collect no gradient from G's loss
-        self.D.requires_grad_(False)
-        try:
-            return self.g_update.apply(accumulate(self.g_update, micro), step)
-        finally:
-            self.D.requires_grad_(True)
+        return apply_frozen(self.g_update, micro, step, self.D)
 
     def train_step(self, step: int, data: Batches) -> dict[str, float]:
         autocast = self.accelerator.autocast

@@ -41,7 +41,7 @@ from bigtrain.losses.translation import TRANSLATION_LOSSES, PatchObjective
 from bigtrain.models.registry import build_translation
 from bigtrain.train.in_order import InOrder, first
 from bigtrain.train.optim import lr_factor
-from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
+from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, apply_frozen, record_updates
 from bigtrain.train.task import Batches, Task, eval_recipe, register_task
 
 
@@ -239,19 +239,8 @@ class Pix2PixTask(Task):
             sums["l1"] = sums["l1"] + l1.detach() / acc
             return gan + self.cfg.loss.l1_weight * l1
 
-        self.D.requires_grad_(False)  # G's loss collects no gradient in D
-        try:
-            g_value = self.g_update.apply(accumulate(self.g_update, g_micro), step)
-        finally:
-            self.D.requires_grad_(True)
-        if d_value is not None:
-            metrics["loss/D"] = d_value
-            metrics["grad_norm/D"] = self.d_update.gradient_norm()
-        if g_value is not None:
-            metrics["loss/G"] = g_value
-            metrics["grad_norm/G"] = self.g_update.gradient_norm()
-        if d_value is not None and g_value is not None:
-            self.guard.good_step()
+        g_value = apply_frozen(self.g_update, g_micro, step, self.D)
+        record_updates(metrics, self.guard, {"D": (self.d_update, d_value), "G": (self.g_update, g_value)})
         keys = sorted(sums)
         reduced = bdist.all_reduce_mean(torch.stack([sums[k].float() for k in keys]))
         parts = dict(zip(keys, (float(v) for v in reduced), strict=True))

@@ -64,7 +64,7 @@ from bigtrain.models.registry import build_text_gan
 from bigtrain.models.text_encoder import TextEncoder, build_vocabulary
 from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
 from bigtrain.train.optim import build_optimizer, lr_factor
-from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
+from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, apply_frozen, record_updates
 from bigtrain.train.task import Batches, Task, eval_recipe, register_task
 from bigtrain.train.tasks.gan import LossName
 
@@ -389,19 +389,10 @@ class TextGANTask(Task):
                     loss = loss + self.cfg.loss.interpolate * gan_int
             return loss
 
-        self.D.requires_grad_(False)  # G's loss collects no gradient in D (nor in the encoder)
-        try:
-            g_value = self.g_update.apply(accumulate(self.g_update, g_micro), step)
-        finally:
-            self.D.requires_grad_(True)
-        if d_value is not None:
-            metrics["loss/D"] = d_value
-            metrics["grad_norm/D"] = self.d_update.gradient_norm()
-        if g_value is not None:
-            metrics["loss/G"] = g_value
-            metrics["grad_norm/G"] = self.g_update.gradient_norm()
-        if d_value is not None and g_value is not None:
-            self.guard.good_step()
+        g_value = apply_frozen(
+            self.g_update, g_micro, step, self.D
+        )  # (the encoder's embeddings are detached)
+        record_updates(metrics, self.guard, {"D": (self.d_update, d_value), "G": (self.g_update, g_value)})
         if self.ema is not None:
             self.ema.update(self.G, step)
             metrics["ema/decay"] = self.ema.current_decay(step)
