@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from filelock import FileLock
 from omegaconf import DictConfig
 
@@ -257,3 +258,50 @@ def token_shards(small_tokenizer: Path, mnist_shards: Path, tmp_path_factory: py
         )
 
     return built_once(tmp_path_factory, "tokens", build) / "mnist5k-tokens"
+
+
+@pytest.fixture(scope="session")
+def caption_tokens(
+    small_tokenizer: Path, mnist_captions: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The captioned digits as codes of ``small_tokenizer``, captions carried along."""
+
+    def build(out: Path) -> None:
+        run_cli("tokenize", str(small_tokenizer), str(mnist_captions), str(out / "t"), "--workers", "1")
+
+    return built_once(tmp_path_factory, "caption-tokens", build) / "t"
+
+
+@pytest.fixture(scope="session")
+def edge_tokens(small_tokenizer: Path, mnist_edges: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The (outline, digit) pairs as codes of ``small_tokenizer``: digits as tokens, outlines as
+    condition codes."""
+
+    def build(out: Path) -> None:
+        run_cli("tokenize", str(small_tokenizer), str(mnist_edges), str(out / "t"), "--workers", "1")
+
+    return built_once(tmp_path_factory, "edge-tokens", build) / "t"
+
+
+def tiny_hf_encoder(out: Path) -> Path:
+    """A randomly initialised 2-layer BERT and a word-piece tokenizer over the digit captions'
+    words, saved as ``save_pretrained`` writes a downloaded one: a real local Hugging Face folder,
+    made without a network."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "a", "an"]
+    words += ["thick", "thin", "wide", "narrow", "upright", "left", "right", "slanted", "-", ","]
+    vocab = out / "vocab.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(out)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(words) + 5,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+    )
+    BertModel(config).save_pretrained(out)
+    return out

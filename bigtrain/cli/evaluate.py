@@ -53,7 +53,9 @@ def main(argv: list[str]) -> int:
         if a.metrics:
             ecfg.metrics = a.metrics
     names = eval_metrics(snap.cfg)
-    raise_problems(check_metrics(names, type(snap.task).eval_provides, str(snap.cfg.task)))
+    raise_problems(
+        check_metrics(names, type(snap.task).provides(snap.cfg, snap.manifest), str(snap.cfg.task))
+    )
     evaluator = Evaluator(ecfg, names, snap.device)
     snap.task.before_sampling()
     raw: dict[str, float] = {}

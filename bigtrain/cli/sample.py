@@ -30,6 +30,7 @@ OPTIONS = {
     "top_k": "--top-k",
     "top_p": "--top-p",
     "cfg_scale": "--cfg-scale",
+    "size": "--size",
 }
 
 
@@ -73,8 +74,8 @@ def main(argv: list[str]) -> int:
         action="append",
         default=None,
         metavar="IMAGE",
-        help="an image (or a folder of images) to translate (task=pix2pix); repeatable. The grid shows "
-        "each condition beside its output",
+        help="an image (or a folder of images) to translate (task=pix2pix, cyclegan) or to draw from "
+        "(a prior tokenized from pairs); repeatable. The grid shows each condition beside its output",
     )
     p.add_argument(
         "--prompt",
@@ -82,7 +83,8 @@ def main(argv: list[str]) -> int:
         action="append",
         default=None,
         metavar="TEXT",
-        help="a caption to draw (task=text_gan); repeatable. The grid has one row of --rows samples per prompt",
+        help="a caption to draw (task=text_gan; task=prior with prior.condition=text); repeatable. The grid has "
+        "one row of --rows samples per prompt",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     gan = p.add_argument_group("task=gan checkpoints")
@@ -94,6 +96,13 @@ def main(argv: list[str]) -> int:
     prior.add_argument("--top-k", type=int, default=None)
     prior.add_argument("--top-p", type=float, default=None)
     prior.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
+    prior.add_argument(
+        "--size",
+        type=_multiple,
+        default=None,
+        metavar="Kx",
+        help="images K times the training size (e.g. 2x): a sliding window over a larger code grid",
+    )
     a = p.parse_args(argv)
     snap = load_snapshot(a.ckpt, a.device, a.overrides)
     task = snap.task
@@ -146,6 +155,10 @@ def main(argv: list[str]) -> int:
             raise ConfigError(f"--condition: a task={snap.cfg.task} checkpoint does not sample from an image")
         x = load_conditions(a.condition, snap.manifest)
         out = task.sample_conditioned(x, g, **given)
+        if out.shape[-1] != x.shape[-1]:  # --size: the conditions shown at the outputs' size
+            x = torch.nn.functional.interpolate(x, size=out.shape[-2:], mode="nearest")
+        if out.shape[1] != x.shape[1]:
+            x = x.expand(-1, out.shape[1], -1, -1)
         per_row = max(1, a.rows // 2)
         save_grid(torch.stack([x, out], dim=1).flatten(0, 1), a.out, 2 * per_row)
         print(f"wrote {a.out} ({len(x)} conditions beside their outputs, step {snap.checkpoint.step})")
@@ -194,6 +207,17 @@ def load_conditions(paths: list[str], manifest: DatasetManifest) -> torch.Tensor
             ) from None
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
     return batch.div(127.5).sub(1.0)
+
+
+def _multiple(text: str) -> float:
+    """``2x`` (or ``2``) -> 2.0."""
+    try:
+        value = float(text.lower().removesuffix("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a multiple of the training size, e.g. 2x") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the multiple must be >= 1")
+    return value
 
 
 def _check_classes(a: argparse.Namespace, num_classes: int) -> None:

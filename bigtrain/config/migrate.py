@@ -7,7 +7,13 @@ the new one and says when it was introduced.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
+
+from bigtrain.errors import CheckpointError
 
 OWNED_SECTIONS = {"gan": ("loss", "ema"), "tokenizer": ("vq",), "prior": ("prior",)}
 
@@ -47,4 +53,22 @@ def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-__all__ = ["upgrade"]
+def on_schema(schema: type, raw: dict[str, Any], checkpoint: str | Path) -> DictConfig:
+    """``raw`` (checkpoint ``checkpoint``'s saved config) upgraded and merged onto ``schema``, its
+    task's config dataclass. A key that neither today's schema nor a rule above knows means the
+    checkpoint was written by another bigtrain (usually a newer one); OmegaConf would raise it as a
+    traceback, so it is one :class:`CheckpointError` line naming the key, the checkpoint and the fix."""
+    task = str(raw.get("task", "gan"))
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), upgrade(raw))  # type: ignore[return-value]
+    except ConfigKeyError as exc:
+        key = getattr(exc, "full_key", "") or exc.key or "?"
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: its config.yaml has '{key}', which task={task}'s config does not "
+            "have; likely cause: it was written by another bigtrain version (older layouts are upgraded "
+            f"on reading; this key is not one of them); use that version, or remove '{key}' from "
+            f"{Path(checkpoint) / 'config.yaml'} if the run does not need it"
+        ) from None
+
+
+__all__ = ["on_schema", "upgrade"]

@@ -168,12 +168,10 @@ def iter_labelled(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """As :func:`iter_images`, with each image's class index (0 when unlabelled, -1 when a
     labelled dataset's sample has no readable label)."""
-    res = resolution if resolution is not None else manifest.resolution
-    method, fit_policy = parse_recipe(method)
-    classes = {name: i for i, name in enumerate(manifest.label_names)}
+    image, classes = _decoding(manifest, resolution, method)
 
     def part(sample: dict[str, Any]) -> tuple[np.ndarray, ...]:
-        arr = decode(sample[image_key(sample)], manifest.channels, res, fit_policy, method=method)
+        arr = image(sample[image_key(sample)], manifest.channels)
         try:
             label = label_index(sample, manifest.label_key, classes)
         except (KeyError, ValueError):
@@ -199,17 +197,31 @@ def iter_pairs(
     when unlabelled). A sample whose source, target or label does not read is passed over."""
     from bigtrain.data.images import source_key
 
-    res = resolution if resolution is not None else manifest.resolution
-    method, fit_policy = parse_recipe(method)
-    classes = {name: i for i, name in enumerate(manifest.label_names)}
+    image, classes = _decoding(manifest, resolution, method)
 
     def part(sample: dict[str, Any]) -> tuple[np.ndarray, ...]:
         label = label_index(sample, manifest.label_key, classes)
-        src = decode(sample[source_key(sample)], manifest.source_channels, res, fit_policy, method=method)
-        tgt = decode(sample[image_key(sample)], manifest.channels, res, fit_policy, method=method)
+        src = image(sample[source_key(sample)], manifest.source_channels)
+        tgt = image(sample[image_key(sample)], manifest.channels)
         return src, tgt, np.int64(label)
 
     yield from _decoded_batches(manifest, split, batch_size, limit, None, part, "pairs")  # type: ignore[misc]
+
+
+def _decoding(
+    manifest: DatasetManifest, resolution: int | None, method: str
+) -> tuple[Callable[[bytes, int], np.ndarray], dict[str, int]]:
+    """What every reader of decoded samples derives from its arguments alike, so that images,
+    labelled images and pairs are made the same way: ``image(raw, channels)``, one encoded image
+    decoded at ``resolution`` (default: the manifest's) by the ``method`` recipe, and the class
+    index of each label name."""
+    res = resolution if resolution is not None else manifest.resolution
+    filter_method, fit_policy = parse_recipe(method)
+
+    def image(raw: bytes, channels: int) -> np.ndarray:
+        return decode(raw, channels, res, fit_policy, method=filter_method)
+
+    return image, {name: i for i, name in enumerate(manifest.label_names)}
 
 
 def _decoded_batches(

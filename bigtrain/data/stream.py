@@ -94,6 +94,9 @@ class StreamSpec:
     # and batch["image"] (the target), cropped and flipped alike
     layout: str = "images"
     source_channels: int | None = None  # pairs: the sources' channels (None: ``channels``)
+    # token shards of pairs (`bigtrain tokenize` of a paired set): each sample's condition codes,
+    # ``cond.npy`` -> batch["cond"] long [B, h * w]
+    cond_tokens: bool = False
 
     def __post_init__(self) -> None:
         if self.layout == "domains":
@@ -193,8 +196,12 @@ class _ShardStream(IterableDataset):
         token sample -> its codes, flattened in raster order."""
         s = self.spec
         if s.kind == "tokens":
-            codes = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False)
-            return codes.reshape(-1).astype(np.int64), int(raw["cls"]) if "cls" in raw else 0
+            codes = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False).reshape(-1).astype(np.int64)
+            label = int(raw["cls"]) if "cls" in raw else 0
+            if s.cond_tokens:
+                cond = np.load(io.BytesIO(raw["cond.npy"]), allow_pickle=False).reshape(-1).astype(np.int64)
+                return (codes, cond), label
+            return codes, label
         # first: an unlabelled sample is skipped before any decoding
         label = label_index(raw, s.label_key, self._class_index)
         u = unit_hash(s.seed, epoch, slot, cursor, "crop") if s.resize == "random" else 0.5
@@ -293,6 +300,11 @@ class _ShardStream(IterableDataset):
             epoch, cursor = epoch + 1, 0
 
     def _collate(self, items: list[Any]) -> dict[str, Any]:
+        if self.spec.kind == "tokens" and self.spec.cond_tokens:
+            return {
+                "tokens": torch.from_numpy(np.stack([t for t, _ in items])),
+                "cond": torch.from_numpy(np.stack([c for _, c in items])),
+            }
         if self.spec.kind == "tokens":
             return {"tokens": torch.from_numpy(np.stack(items))}
         if self.spec.decode == "gpu":

@@ -9,6 +9,12 @@ step, weight digest, architecture), so a prior knows exactly which tokenizer dec
 Shards are independent: ``workers`` processes take them in turns, each loading the tokenizer
 once. Writing is deterministic (fixed tar mtimes, evaluation-mode encoder): tokenizing the same
 shards with the same checkpoint gives byte-identical token shards.
+
+A paired set (``bigtrain prepare --pairs``) tokenizes both parts: the target with the tokenizer,
+the source with a *condition tokenizer* (``--condition-tokenizer``; the same one by default) into
+``<key>.cond.npy``. A prior trained on such shards draws targets given sources: taming's
+cond-transformer, whose ``cond_stage_model`` is that second tokenizer. ``dataset.json`` records it
+under ``condition`` as it records the image tokenizer.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from omegaconf import OmegaConf
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from bigtrain.data.images import decode, image_key
+from bigtrain.data.images import decode, image_key, source_key
 from bigtrain.data.manifest import DatasetManifest, ShardInfo
 from bigtrain.data.read import ReadPolicy, configure, default_policy, label_index, shard_samples
 from bigtrain.data.urls import is_url
@@ -43,10 +49,26 @@ passes ``bigtrain.train.snapshot.load_tokenizer``), so this data module needs no
 module-level function, so the spawned workers receive it by reference."""
 
 
-def _init_worker(load: TokenizerLoader, ckpt: str, device: str, threads: int, policy: ReadPolicy) -> None:
+def _init_worker(
+    load: TokenizerLoader,
+    ckpt: str,
+    device: str,
+    threads: int,
+    policy: ReadPolicy,
+    cond_ckpt: str | None = None,
+) -> None:
     torch.set_num_threads(threads)
     configure(policy)  # a spawned worker starts with the default read settings
     _WORKER["vq"], _ = load(ckpt, device)
+    _WORKER["cond"] = (
+        None if cond_ckpt is None else (_WORKER["vq"] if cond_ckpt == ckpt else load(cond_ckpt, device)[0])
+    )
+
+
+def _codes_npy(codes: np.ndarray, num_codes: int) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, codes.astype(np.uint16 if num_codes <= 2**16 else np.int32), allow_pickle=False)
+    return buf.getvalue()
 
 
 @torch.no_grad()
@@ -63,16 +85,17 @@ def tokenize_shard(
     resolution: int | None = None,
     label_key: str | None = "cls",
     classes: tuple[str, ...] = (),
+    source_channels: int | None = None,
 ) -> tuple[str, int, str, int]:
     """Encode one image shard (a path or URL) into ``dst``; returns (file name, samples, sha256,
     skipped). Images not at ``resolution`` are centre-cropped to it, as the FID references are;
     ``.txt`` captions and ``.json`` metadata travel with the tokens (a text-conditioned prior's data),
-    and the label, wherever the source kept it, becomes the token sample's ``.cls``."""
-    vq = _WORKER["vq"]
+    and the label, wherever the source kept it, becomes the token sample's ``.cls``. With a
+    condition tokenizer (a paired set), each source image becomes ``.cond.npy``."""
+    vq, cvq = _WORKER["vq"], _WORKER.get("cond")
     device = next(vq.parameters()).device
-    dtype = np.uint16 if vq.num_codes <= 2**16 else np.int32
     count = skipped = 0
-    pending: list[tuple[dict[str, Any], np.ndarray]] = []
+    pending: list[tuple[dict[str, Any], np.ndarray, np.ndarray | None]] = []
     class_index = {name: i for i, name in enumerate(classes)}
     with wds.TarWriter(dst, mtime=0) as sink:
 
@@ -81,10 +104,12 @@ def tokenize_shard(
             if not pending:
                 return
             codes = _encode(vq, [p[1] for p in pending], device)
-            for (extra, _), tokens in zip(pending, codes, strict=True):
-                buf = io.BytesIO()
-                np.save(buf, tokens.astype(dtype), allow_pickle=False)
-                sink.write({**extra, "tokens.npy": buf.getvalue()})
+            conds = _encode(cvq, [p[2] for p in pending], device) if cvq is not None else [None] * len(codes)
+            for (extra, _, _), tokens, cond in zip(pending, codes, conds, strict=True):
+                parts = {**extra, "tokens.npy": _codes_npy(tokens, vq.num_codes)}
+                if cond is not None:
+                    parts["cond.npy"] = _codes_npy(cond, cvq.num_codes)
+                sink.write(parts)
                 count += 1
             pending.clear()
 
@@ -92,12 +117,15 @@ def tokenize_shard(
             try:
                 label = label_index(sample, label_key, class_index)
                 arr = decode(sample[image_key(sample)], channels, resolution)
+                src = None
+                if cvq is not None:
+                    src = decode(sample[source_key(sample)], source_channels or channels, resolution)
             except (OSError, UnidentifiedImageError, KeyError, ValueError):
                 skipped += 1
                 continue
             extra = {k: sample[k] for k in ("__key__", "txt", "json") if k in sample}
             extra["cls"] = str(label).encode()
-            pending.append((extra, arr))
+            pending.append((extra, arr, src))
             if len(pending) == batch_size:
                 flush()
         flush()
@@ -122,12 +150,25 @@ def tokenize_dataset(
     progress: bool = True,
     on_shard: Callable[[str], None] | None = None,
     policy: ReadPolicy | None = None,
+    cond_ckpt: str | Path | None = None,
 ) -> DatasetManifest:
     """Tokenize every split of the image dataset at ``src`` into ``out``; returns the new manifest.
-    ``policy`` (retries, fsspec options) reaches the workers' reads of remote shards."""
+    ``policy`` (retries, fsspec options) reaches the workers' reads of remote shards. A paired set's
+    sources are tokenized with ``cond_ckpt`` (default: ``ckpt``)."""
     ckpt = str(Path(ckpt).resolve())
     manifest = DatasetManifest.load(src)
+    if cond_ckpt is not None and manifest.layout != "pairs":
+        raise ValueError(
+            f"a condition tokenizer encodes a paired set's sources; {src} holds {manifest.layout}"
+        )
+    cond = str(Path(cond_ckpt or ckpt).resolve()) if manifest.layout == "pairs" else None
     vq, ck = load(ckpt, device)
+    cvq, cck = (vq, ck) if cond in (None, ckpt) else load(str(cond), device)
+    if cond is not None and cvq.channels != manifest.source_channels:
+        raise ValueError(
+            f"the condition tokenizer {cond} reads {cvq.channels}-channel images; the sources of {src} "
+            f"have {manifest.source_channels} (give --condition-tokenizer CKPT trained on such images)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [
@@ -143,7 +184,7 @@ def tokenize_dataset(
         max(1, workers),
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(load, ckpt, device, threads, policy or default_policy()),
+        initargs=(load, ckpt, device, threads, policy or default_policy(), cond),
     ) as pool:
         futures = {
             name: pool.submit(
@@ -155,6 +196,7 @@ def tokenize_dataset(
                 manifest.resolution,
                 manifest.label_key,
                 manifest.label_names,
+                manifest.source_channels,
             )
             for _, s, name in jobs
         }
@@ -177,6 +219,10 @@ def tokenize_dataset(
         splits=splits,
         extra={
             "kind": "tokens",
+            **({"source_channels": manifest.source_channels} if cond is not None else {}),
+            # the captions' measured attribute thresholds (builtin:mnist5k-captions): what a
+            # text-conditioned prior's attribute agreement checks
+            **({"attributes": manifest.extra["attributes"]} if "attributes" in manifest.extra else {}),
             "label_key": "cls" if manifest.label_key else None,
             "captions": manifest.has_text,
             "metadata": manifest.has_meta,
@@ -187,18 +233,36 @@ def tokenize_dataset(
             },
             "skipped": sum(r[3] for r in results.values()),
             "source": {"path": str(manifest.root.resolve()), "dataset_id": manifest.dataset_id},
-            "tokenizer": {
-                "checkpoint": ckpt,
-                "step": ck.step,
-                "digest": ck.meta.get("digests", {}).get("vq"),
-                "arch": OmegaConf.to_container(
-                    OmegaConf.load(ck.path / "config.yaml").model.get("arch", {}), resolve=True
-                ),
-            },
+            "tokenizer": _identity(ckpt, ck),
+            **({"condition": _condition_entry(cond, cvq, cck, manifest)} if cond is not None else {}),
         },
     )
     tokens_manifest.write()
     return tokens_manifest
+
+
+def _identity(ckpt: str, ck: Any) -> dict[str, Any]:
+    """What names a tokenizer exactly: its checkpoint, step, weight digest and architecture."""
+    return {
+        "checkpoint": ckpt,
+        "step": ck.step,
+        "digest": ck.meta.get("digests", {}).get("vq"),
+        "arch": OmegaConf.to_container(
+            OmegaConf.load(ck.path / "config.yaml").model.get("arch", {}), resolve=True
+        ),
+    }
+
+
+def _condition_entry(ckpt: str, cvq: Any, ck: Any, manifest: DatasetManifest) -> dict[str, Any]:
+    """``dataset.json``'s ``condition``: the sources' code grid and the tokenizer that made them."""
+    g = cvq.token_grid
+    return {
+        "grid": [g, g],
+        "vocab": cvq.num_codes,
+        "dtype": "uint16" if cvq.num_codes <= 2**16 else "int32",
+        "channels": manifest.source_channels,
+        "tokenizer": _identity(ckpt, ck),
+    }
 
 
 def read_tokens(manifest: DatasetManifest, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -211,4 +275,16 @@ def read_tokens(manifest: DatasetManifest, split: str) -> tuple[np.ndarray, np.n
     return np.stack(toks), np.array(labels), keys
 
 
-__all__ = ["read_tokens", "tokenize_dataset", "tokenize_shard"]
+def read_conditions(manifest: DatasetManifest, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """All ``(condition codes [N, h, w], labels [N])`` of a paired token split, in shard order
+    (what a conditioned prior is evaluated on, in order)."""
+    conds, labels = [], []
+    for sample in wds.tarfile_samples([{"url": p} for p in manifest.shard_paths(split)]):
+        conds.append(np.load(io.BytesIO(sample["cond.npy"]), allow_pickle=False))
+        labels.append(int(sample.get("cls", b"0")))
+    if not conds:
+        raise ValueError(f"no condition codes in the {split} split of {manifest.root}")
+    return np.stack(conds), np.array(labels)
+
+
+__all__ = ["read_conditions", "read_tokens", "tokenize_dataset", "tokenize_shard"]

@@ -46,23 +46,18 @@ def build_vocabulary(captions: Iterable[str]) -> list[str]:
     return [PAD, UNK, *sorted({w for c in captions for w in words(c)})]
 
 
-class TextEncoder(nn.Module):
-    """``captions: list[str]`` -> ``[B, 2 * hidden]`` (see the module docstring)."""
+class WordVocabulary(nn.Module):
+    """The word vocabulary a caption encoder reads with, kept in its ``state_dict`` (see the module
+    docstring); subclasses set ``vocab_size`` and ``max_len`` before calling :meth:`set_vocabulary`."""
 
-    def __init__(
-        self, vocab_size: int = 64, word_dim: int = 64, hidden: int = 128, max_len: int = 16
-    ) -> None:
-        super().__init__()
-        if vocab_size < 3 or word_dim < 1 or hidden < 1 or max_len < 1:
-            raise ValueError("text encoder sizes must be positive (text.vocab_size >= 3)")
-        self.vocab_size, self.max_len, self.out_dim = vocab_size, max_len, 2 * hidden
-        self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
-        self.rnn = nn.GRU(word_dim, hidden, batch_first=True, bidirectional=True)
+    vocab_size: int
+    max_len: int
+
+    def _init_vocabulary(self) -> None:
         self.vocabulary: list[str] = [PAD, UNK]
         self._index: dict[str, int] = {}
         self.set_vocabulary([PAD, UNK])
 
-    # -- the vocabulary, saved with the weights ---------------------------------------------------
     def set_vocabulary(self, vocabulary: Sequence[str]) -> None:
         vocab = [str(w) for w in vocabulary]
         if vocab[:2] != [PAD, UNK]:
@@ -81,15 +76,30 @@ class TextEncoder(nn.Module):
     def set_extra_state(self, state: Any) -> None:
         self.set_vocabulary(state["vocabulary"])
 
-    # -- encoding ---------------------------------------------------------------------------------
-    def tokenize(self, captions: Sequence[str]) -> Tensor:
-        """Word indices ``[B, L]`` (``L`` the longest caption, at most ``max_len``; 0-padded);
-        an empty caption is one ``<unk>``."""
+    def tokenize(self, captions: Sequence[str], pad_to: int | None = None) -> Tensor:
+        """Word indices ``[B, L]``, 0-padded: ``L`` the longest caption (at most ``max_len``), or
+        ``pad_to``; an empty caption is one ``<unk>``."""
         rows = [[self._index.get(w, 1) for w in words(c)][: self.max_len] or [1] for c in captions]
-        out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+        width = pad_to if pad_to is not None else max(len(r) for r in rows)
+        out = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):
             out[i, : len(r)] = torch.tensor(r)
         return out
+
+
+class TextEncoder(WordVocabulary):
+    """``captions: list[str]`` -> ``[B, 2 * hidden]`` (see the module docstring)."""
+
+    def __init__(
+        self, vocab_size: int = 64, word_dim: int = 64, hidden: int = 128, max_len: int = 16
+    ) -> None:
+        super().__init__()
+        if vocab_size < 3 or word_dim < 1 or hidden < 1 or max_len < 1:
+            raise ValueError("text encoder sizes must be positive (text.vocab_size >= 3)")
+        self.vocab_size, self.max_len, self.out_dim = vocab_size, max_len, 2 * hidden
+        self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
+        self.rnn = nn.GRU(word_dim, hidden, batch_first=True, bidirectional=True)
+        self._init_vocabulary()
 
     def forward(self, captions: Sequence[str]) -> Tensor:
         device = self.embed.weight.device
@@ -99,4 +109,39 @@ class TextEncoder(nn.Module):
         return (h * mask).sum(1) / mask.sum(1)
 
 
-__all__ = ["PAD", "UNK", "TextEncoder", "build_vocabulary", "words"]
+class CaptionTransformer(WordVocabulary):
+    """``ids [B, max_len]`` -> one vector per word position ``[B, max_len, dim]``: the caption
+    encoder a text-conditioned prior trains with itself (``task=prior`` with ``prior.condition=text``).
+
+    A small bidirectional transformer (pre-norm blocks, learned positions) over the words; padding
+    positions are masked as keys, and their outputs are still defined (the prior sees a fixed
+    ``max_len`` prefix, as LlamaGen's text-to-image models see 120 T5 positions). A row of padding
+    only (a dropped caption) is the caller's to replace; here its first position is read unmasked so
+    that attention never normalises over nothing."""
+
+    def __init__(self, vocab_size: int, dim: int, layers: int, heads: int, max_len: int) -> None:
+        super().__init__()
+        if vocab_size < 3 or dim < 1 or layers < 1 or heads < 1 or max_len < 1 or dim % heads:
+            raise ValueError(
+                "caption encoder sizes must be positive, with text.heads dividing the prior's width"
+            )
+        self.vocab_size, self.max_len = vocab_size, max_len
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.pos = nn.Parameter(torch.zeros(max_len, dim))
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        nn.init.normal_(self.embed.weight, 0.0, 0.02)
+        nn.init.normal_(self.pos, 0.0, 0.02)
+        self._init_vocabulary()
+
+    def forward(self, ids: Tensor) -> Tensor:
+        pad = ids == 0
+        pad[:, 0] &= ~pad.all(1)  # an all-padding row attends to its first position
+        x = self.embed(ids) + self.pos[: ids.shape[1]]
+        return self.norm(self.blocks(x, src_key_padding_mask=pad))
+
+
+__all__ = ["PAD", "UNK", "CaptionTransformer", "TextEncoder", "WordVocabulary", "build_vocabulary", "words"]

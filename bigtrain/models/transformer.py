@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bigtrain.config.typed import option
+from bigtrain.models.prior_prefix import Condition, build_prefix
 from bigtrain.models.registry import register_model
 
 
@@ -93,10 +94,13 @@ def rope_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[Ten
     return angles.cos(), angles.sin()
 
 
-def rope2d_tables(grid: int, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """LlamaGen's 2-D rotary tables ``[1 + grid * grid, head_dim / 2]``: for the code at (row r,
+def rope2d_tables(grid: int, head_dim: int, base: float = 10000.0, prefix: int = 1) -> tuple[Tensor, Tensor]:
+    """LlamaGen's 2-D rotary tables ``[prefix + grid * grid, head_dim / 2]``: for the code at (row r,
     column c) the first ``head_dim / 4`` angles are ``r * f`` and the last ``c * f`` with
-    ``f = base^(-4i / head_dim)``; row 0 (the class token) is all zeros, cosines included."""
+    ``f = base^(-4i / head_dim)``. A one-position prefix (the class token) has a row of zeros,
+    cosines included, as LlamaGen has it; a longer prefix (caption words, condition codes) is not
+    rotated (cosine 1, sine 0): zero rows would zero those positions' queries and keys, so the codes
+    could attend to a caption's words only uniformly."""
     if head_dim % 4:
         raise ValueError(f"2-D rotary positions need a head size divisible by 4, got {head_dim}")
     half = head_dim // 2
@@ -105,8 +109,9 @@ def rope2d_tables(grid: int, head_dim: int, base: float = 10000.0) -> tuple[Tens
     table = torch.cat(
         [angles[:, None, :].expand(-1, grid, -1), angles[None, :, :].expand(grid, -1, -1)], dim=-1
     ).flatten(0, 1)  # [grid * grid, head_dim / 2], row-major like the raster order of the codes
-    zero = torch.zeros(1, half)
-    return torch.cat([zero, table.cos()]), torch.cat([zero, table.sin()])
+    zero = torch.zeros(prefix, half)
+    first = zero if prefix == 1 else torch.ones(prefix, half)
+    return torch.cat([first, table.cos()]), torch.cat([zero, table.sin()])
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -212,17 +217,24 @@ class Block(nn.Module):
 
 
 class TokenPrior(nn.Module):
-    def __init__(self, cfg: PriorConfig) -> None:
+    def __init__(self, cfg: PriorConfig, condition: Condition | None = None) -> None:
         super().__init__()
+        condition = condition or Condition("class", cfg.num_classes)
+        if condition.kind == "class" and condition.num_classes != cfg.num_classes:
+            raise ValueError("a class condition's num_classes must be the prior's")
         if cfg.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {cfg.positions!r}")
         if cfg.block not in BLOCKS:
             raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {cfg.block!r}")
-        self.cfg = cfg
+        self.cfg, self.condition = cfg, condition
+        self.prefix_len = p = condition.prefix_len
         self.tok_emb = nn.Embedding(cfg.vocab, cfg.dim)
-        self.cls_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)  # the last row is the null class
+        self.cls_emb: nn.Embedding | None = None
+        if condition.kind == "class":  # the last row is the null class
+            self.cls_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)
+        self.prefix = build_prefix(condition, cfg.dim)
         self.pos_emb = (
-            nn.Parameter(torch.zeros(cfg.seq_len + 1, cfg.dim)) if cfg.positions == "learned" else None
+            nn.Parameter(torch.zeros(p + cfg.seq_len, cfg.dim)) if cfg.positions == "learned" else None
         )
         self.token_dropout = nn.Dropout(cfg.token_dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
@@ -230,12 +242,12 @@ class TokenPrior(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
         head_dim = cfg.dim // cfg.heads
         if cfg.positions == "rope":
-            cos, sin = rope_tables(cfg.seq_len + 1, head_dim)
+            cos, sin = rope_tables(p + cfg.seq_len, head_dim)
         elif cfg.positions == "rope2d":
             grid = math.isqrt(cfg.seq_len)
             if grid * grid != cfg.seq_len:
                 raise ValueError(f"positions=rope2d needs a square token grid, got {cfg.seq_len} codes")
-            cos, sin = rope2d_tables(grid, head_dim)
+            cos, sin = rope2d_tables(grid, head_dim, prefix=p)
         if cfg.positions != "learned":
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
@@ -260,28 +272,52 @@ class TokenPrior(nn.Module):
     def null_class(self) -> int:
         return self.cfg.num_classes
 
-    def forward(self, tokens: Tensor, labels: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-        """Logits ``[B, T, vocab]`` predicting token ``t`` from the class token and tokens ``< t``.
+    def embed_prefix(self, cond: Tensor | None, batch: int, drop: Tensor | None = None) -> Tensor:
+        """The condition as ``[batch, prefix_len, dim]``: class labels ``[B]``, caption word ids
+        ``[B, L]`` or features ``[B, L, F]``, or condition codes ``[B, P]``; None (or ``drop``
+        true for a row) gives the null prefix."""
+        if self.cls_emb is not None:
+            device = self.cls_emb.weight.device
+            if cond is None:
+                cond = torch.full((batch,), self.null_class, dtype=torch.long, device=device)
+            if drop is not None:
+                cond = torch.where(drop, torch.full_like(cond, self.null_class), cond)
+            return self.cls_emb(cond)[:, None]
+        assert self.prefix is not None
+        if cond is None:
+            return self.prefix.null_prefix(batch)
+        return self.prefix(cond, drop)
 
-        Without a cache (training), ``tokens [B, T]`` are the first ``T <= seq_len`` codes and the
-        output has ``T + 1`` positions (the last one predicts code ``T``); with a cache, only the new
-        positions are computed: the first call passes the class token alone (``tokens`` of length 0).
+    def forward(
+        self,
+        tokens: Tensor,
+        labels: Tensor | None = None,
+        cache: KVCache | None = None,
+        *,
+        prefix: Tensor | None = None,
+        drop: Tensor | None = None,
+    ) -> Tensor:
+        """Logits ``[B, P - 1 + T + 1, vocab]``: the last ``T + 1`` positions predict codes ``0..T``
+        from the condition prefix (``P`` positions) and the codes before them.
+
+        Without a cache (training), ``tokens [B, T]`` are the first ``T <= seq_len`` codes; with a
+        cache, only the new positions are computed: the first call passes the prefix alone
+        (``tokens`` of length 0). The condition is ``labels`` (any kind :meth:`embed_prefix` takes;
+        rows where ``drop`` is true become the null prefix) or its embedding ``prefix`` already made
+        (sampling makes it once).
         """
         b = tokens.shape[0]
         start = 0 if cache is None else cache.length
         parts = []
         if start == 0:
-            if labels is None:
-                labels = torch.full((b,), self.null_class, dtype=torch.long, device=tokens.device)
-            parts.append(self.cls_emb(labels)[:, None])
+            parts.append(self.embed_prefix(labels, b, drop) if prefix is None else prefix)
         if tokens.shape[1] > 0:
             parts.append(self.tok_emb(tokens))
         x = self.token_dropout(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
         t = x.shape[1]
-        if start + t > self.cfg.seq_len + 1:
-            raise ValueError(
-                f"sequence of {start + t} positions exceeds seq_len + 1 = {self.cfg.seq_len + 1}"
-            )
+        total = self.prefix_len + self.cfg.seq_len
+        if start + t > total:
+            raise ValueError(f"sequence of {start + t} positions exceeds prefix + seq_len = {total}")
         rope = None
         if self.pos_emb is not None:
             x = x + self.pos_emb[start : start + t]
@@ -293,18 +329,22 @@ class TokenPrior(nn.Module):
             cache.length += t
         return self.head(self.ln_f(x))
 
+    def code_logits(self, tokens: Tensor, cond: Tensor | None, drop: Tensor | None = None) -> Tensor:
+        """Training's logits ``[B, seq_len, vocab]``: position ``t`` predicts code ``t`` from the
+        condition (replaced by the null prefix where ``drop``) and ``tokens[:, :t]``."""
+        return self(tokens[:, :-1], cond, drop=drop)[:, self.prefix_len - 1 :]
+
     def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> KVCache:
         c = self.cfg
-        return KVCache(c.layers, batch, c.heads, c.seq_len + 1, c.dim // c.heads, device, dtype)
+        return KVCache(c.layers, batch, c.heads, self.prefix_len + c.seq_len, c.dim // c.heads, device, dtype)
 
     def loss(self, tokens: Tensor, labels: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
-        """Next-token cross-entropy over all ``seq_len`` codes, with label dropout for CFG."""
+        """Next-token cross-entropy over all ``seq_len`` codes, with condition dropout for CFG."""
+        drop = None
         if labels is not None and self.training and self.cfg.label_dropout > 0:
-            drop = (
-                torch.rand(labels.shape, generator=generator, device=labels.device) < self.cfg.label_dropout
-            )
-            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
-        logits = self(tokens[:, :-1], labels)
+            u = torch.rand(tokens.shape[0], generator=generator, device=tokens.device)
+            drop = u < self.cfg.label_dropout
+        logits = self.code_logits(tokens, labels, drop)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
 
 
@@ -322,6 +362,36 @@ def _filter(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     return logits
 
 
+def _guided_prefix(
+    model: TokenPrior, cond: Tensor | None, batch: int, cfg_scale: float
+) -> tuple[Tensor, bool]:
+    """The prefix to sample from: ``[batch]`` rows, or ``[2 * batch]`` (conditional, then null) for
+    classifier-free guidance."""
+    guided = cfg_scale != 1.0 and cond is not None
+    prefix = model.embed_prefix(cond, batch)
+    if guided:
+        prefix = torch.cat([prefix, model.embed_prefix(None, batch).to(prefix.dtype)])
+    return prefix, guided
+
+
+def _next_code(
+    logits: Tensor,
+    batch: int,
+    guided: bool,
+    cfg_scale: float,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    logits = logits.float()
+    if guided:
+        cond, uncond = logits[:batch], logits[batch:]
+        logits = uncond + cfg_scale * (cond - uncond)
+    logits = _filter(logits / max(temperature, 1e-6), top_k, top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+
+
 @torch.no_grad()
 def generate(
     model: TokenPrior,
@@ -335,40 +405,96 @@ def generate(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Sample ``[batch, seq_len]`` codes. ``cfg_scale != 1`` mixes conditional and null-class logits:
-    ``uncond + s * (cond - uncond)`` (both halves run in one batch). ``use_cache=False`` recomputes
-    the whole prefix at every step (the reference path the KV-cache test compares against)."""
+    """Sample ``[batch, seq_len]`` codes given the condition ``labels`` (any kind
+    :meth:`TokenPrior.embed_prefix` takes; None: unconditional). ``cfg_scale != 1`` mixes the
+    conditional and null-prefix logits: ``uncond + s * (cond - uncond)`` (both halves run in one
+    batch). ``use_cache=False`` recomputes the whole prefix at every step (the reference path the
+    KV-cache test compares against)."""
     device = next(model.parameters()).device
-    guided = cfg_scale != 1.0 and labels is not None
-    if labels is None:
-        labels = torch.full((batch,), model.null_class, dtype=torch.long, device=device)
-    cls = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels
-    n = cls.shape[0]
-    out = torch.empty(batch, 0, dtype=torch.long, device=device)
-    cache = model.new_cache(n, device, next(model.parameters()).dtype) if use_cache else None
     was = model.training
     model.eval()
     try:
+        prefix, guided = _guided_prefix(model, labels, batch, cfg_scale)
+        out = torch.empty(batch, 0, dtype=torch.long, device=device)
+        cache = model.new_cache(prefix.shape[0], device, prefix.dtype) if use_cache else None
         for _ in range(model.cfg.seq_len):
             seq = torch.cat([out, out]) if guided else out
             if cache is not None:
                 new = seq[:, -1:] if cache.length > 0 else seq[:, :0]
-                logits = model(new, cls, cache)[:, -1]
+                logits = model(new, cache=cache, prefix=prefix)[:, -1]
             else:
-                logits = model(seq, cls)[:, -1]
-            logits = logits.float()
-            if guided:
-                cond, uncond = logits[:batch], logits[batch:]
-                logits = uncond + cfg_scale * (cond - uncond)
-            logits = _filter(logits / max(temperature, 1e-6), top_k, top_p)
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+                logits = model(seq, prefix=prefix)[:, -1]
+            nxt = _next_code(logits, batch, guided, cfg_scale, temperature, top_k, top_p, generator)
             out = torch.cat([out, nxt], dim=1)
     finally:
         model.train(was)
     return out
 
 
-__all__ = ["GPTArch", "KVCache", "PriorConfig", "TokenPrior", "build_gpt", "generate"]
+def window_start(i: int, size: int, window: int) -> int:
+    """Where a ``window``-long window over ``size`` positions starts so that it holds position ``i``
+    at its centre where it can (taming's sliding-window sampling), clamped to the grid."""
+    return min(max(i - window // 2, 0), size - window)
+
+
+@torch.no_grad()
+def generate_windowed(
+    model: TokenPrior,
+    labels: Tensor | None,
+    batch: int,
+    grid: tuple[int, int],
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    cfg_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sample a code grid ``[batch, H, W]`` larger than the training grid (Esser et al. 2021, sec.
+    4.3): each code is drawn by the prior looking at a training-sized window of the grid around it
+    (centred where the grid allows), in raster order, so the window always holds the codes drawn
+    before it and the prior sees sequences of the length and layout it was trained on. The condition
+    prefix is the same for every window. On the training grid itself every window is the whole grid
+    and this is :func:`generate` without a cache, draw for draw."""
+    side = math.isqrt(model.cfg.seq_len)
+    if side * side != model.cfg.seq_len:
+        raise ValueError(
+            f"windowed sampling needs a square token grid, the prior has {model.cfg.seq_len} codes"
+        )
+    h, w = grid
+    if h < side or w < side:
+        raise ValueError(f"the grid {h}x{w} is smaller than the training grid {side}x{side}")
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    try:
+        prefix, guided = _guided_prefix(model, labels, batch, cfg_scale)
+        codes = torch.zeros(batch, h, w, dtype=torch.long, device=device)
+        for i in range(h):
+            i0 = window_start(i, h, side)
+            for j in range(w):
+                j0 = window_start(j, w, side)
+                seen = codes[:, i0 : i0 + side, j0 : j0 + side].reshape(batch, -1)
+                seen = seen[:, : (i - i0) * side + (j - j0)]
+                seq = torch.cat([seen, seen]) if guided else seen
+                logits = model(seq, prefix=prefix)[:, -1]
+                nxt = _next_code(logits, batch, guided, cfg_scale, temperature, top_k, top_p, generator)
+                codes[:, i, j] = nxt[:, 0]
+    finally:
+        model.train(was)
+    return codes
+
+
+__all__ = [
+    "GPTArch",
+    "KVCache",
+    "PriorConfig",
+    "TokenPrior",
+    "build_gpt",
+    "generate",
+    "generate_windowed",
+    "window_start",
+]
 
 
 @dataclass
@@ -394,8 +520,11 @@ class GPTArch:
 @register_model(
     "gpt", kind="prior", arch=GPTArch, help="decoder-only transformer over codes (VQGAN, LlamaGen)"
 )
-def build_gpt(*, vocab: int, seq_len: int, num_classes: int, arch: GPTArch) -> TokenPrior:
-    """The prior over ``seq_len`` codes of a ``vocab``-code tokenizer."""
+def build_gpt(
+    *, vocab: int, seq_len: int, num_classes: int, arch: GPTArch, condition: Condition | None = None
+) -> TokenPrior:
+    """The prior over ``seq_len`` codes of a ``vocab``-code tokenizer, conditioned on a class
+    (``num_classes``; the default) or on ``condition`` (text, a condition image's codes)."""
     return TokenPrior(
         PriorConfig(
             vocab=vocab,
@@ -411,5 +540,6 @@ def build_gpt(*, vocab: int, seq_len: int, num_classes: int, arch: GPTArch) -> T
             block=arch.block,
             token_dropout=float(arch.token_dropout),
             ffn_multiple_of=int(arch.ffn_multiple_of),
-        )
+        ),
+        condition,
     )

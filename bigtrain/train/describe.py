@@ -131,6 +131,12 @@ def _prior_part(
     tokens = tokens_meta.get("tokens") or {}
     if not tokens:
         raise CheckpointError(f"{ck.path}: the prior's token dataset shape is not recorded in meta.json")
+    condition = str(cfg.prior.condition)
+    if condition == "text" or (condition in ("auto", "image") and "condition" in tokens_meta):
+        raise CheckpointError(
+            f"{ck.path}: a prior conditioned on {'text' if condition == 'text' else 'condition images'} has no "
+            "export format yet; sample it from its checkpoint (bigtrain sample CKPT --prompt/--condition)"
+        )
     h, w = (int(v) for v in tokens["grid"])
     num_classes = len(desc["data"]["classes"]) if cfg.model.conditional else 0
     desc["model"] |= {"num_classes": num_classes, "vocab": int(tokens["vocab"]), "seq_len": h * w}

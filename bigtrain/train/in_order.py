@@ -43,6 +43,11 @@ class InOrder:
         self._stock = [tuple(t[n:] for t in joined)] if have > n else []
         return tuple(t[:n] for t in joined)
 
+    def rewind(self) -> None:
+        """Start again at the split's first row: a metric that draws the judged images a second
+        time (``EvalSource.rewind``) must get the same rows in the same order."""
+        self._it, self._stock = iter(()), []
+
 
 def first(batches: Callable[[], Iterator[Rows]], n: int, what: str) -> Rows:
     """The split's first ``n`` rows (cycling when it has fewer)."""

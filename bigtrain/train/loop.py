@@ -244,6 +244,7 @@ class Trainer:
             meta=self.manifest.has_meta,
             layout="images" if self.manifest.layout == "domains" else self.manifest.layout,
             source_channels=self.manifest.source_channels,
+            cond_tokens=self.manifest.kind == "tokens" and "condition" in self.manifest.extra,
             retries=int(cfg.data.retries),
             backoff_s=float(cfg.data.retry_backoff_s),
             max_shard_errors=int(cfg.data.max_shard_errors),

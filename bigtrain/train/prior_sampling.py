@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bigtrain.models.transformer import generate
+from bigtrain.errors import ConfigError
+from bigtrain.models.transformer import generate, generate_windowed
 
 SETTINGS = ("temperature", "top_k", "top_p", "cfg_scale")
 
@@ -41,21 +42,37 @@ class PriorSampling:
         }
 
     def tokens(
-        self, labels: torch.Tensor | None, n: int, generator: torch.Generator, **overrides: Any
+        self,
+        labels: torch.Tensor | None,
+        n: int,
+        generator: torch.Generator,
+        size: float | None = None,
+        **overrides: Any,
     ) -> torch.Tensor:
-        """``[n, seq_len]`` codes with the run's sampling settings (or ``overrides``)."""
+        """``[n, seq_len]`` codes with the run's sampling settings (or ``overrides``), given the
+        condition ``labels`` (classes, caption ids or features, condition codes). ``size``: a
+        multiple of the training grid's side, > 1 sampled through a sliding window -> ``[n, H, W]``."""
         opts = self.defaults | {k: v for k, v in overrides.items() if v is not None}
         if generator.device != self.device:  # derive a generator where the model samples
             generator = torch.Generator(self.device).manual_seed(seed_of(generator))
         if labels is not None:
             labels = labels.to(self.device)
+        if size is not None and float(size) != 1.0:
+            side = round(self.grid_size * float(size))
+            if float(size) < 1.0 or side * 1.0 != self.grid_size * float(size):
+                raise ConfigError(
+                    f"--size {size}x: a prior samples whole codes of a {self.grid_size}x{self.grid_size} grid; "
+                    f"give a multiple >= 1 that makes a whole grid (e.g. 2x -> {2 * self.grid_size}x{2 * self.grid_size})"
+                )
+            return generate_windowed(self.model(), labels, n, (side, side), generator=generator, **opts)
         return generate(self.model(), labels, n, generator=generator, **opts)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes ``[n, seq_len]`` -> images in [-1, 1] on the CPU."""
-        h = self.grid_size
-        images = self.vq().decode_indices(codes.view(-1, h, h).to(self.device))
+        """Codes ``[n, seq_len]`` (the training grid) or ``[n, H, W]`` -> images in [-1, 1] on the CPU."""
+        if codes.dim() == 2:
+            codes = codes.view(-1, self.grid_size, self.grid_size)
+        images = self.vq().decode_indices(codes.to(self.device))
         return images.float().clamp(-1, 1).cpu()
 
     def images(

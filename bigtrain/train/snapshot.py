@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bigtrain.checkpoint.io import Checkpoint, open_checkpoint
-from bigtrain.config.migrate import upgrade
+from bigtrain.config.migrate import on_schema
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.distributed import build_accelerator
 from bigtrain.errors import CheckpointError, ConfigError
@@ -43,7 +43,7 @@ def checkpoint_config(ck: Checkpoint) -> DictConfig:
     raw = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
     assert isinstance(raw, dict)
     schema = task_class(str(raw.get("task", "gan"))).config
-    return OmegaConf.merge(OmegaConf.structured(schema), upgrade(raw))  # type: ignore[return-value]
+    return on_schema(schema, raw, ck.path)
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:

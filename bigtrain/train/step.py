@@ -127,6 +127,15 @@ def record_updates(
         guard.good_step()
 
 
+def rank_means(sums: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Every scalar of ``sums`` (a step's logged parts, summed over its micro-batches) averaged over
+    ranks, as floats by name: one all-reduce of them stacked, in sorted key order, so every rank
+    contributes the same entries in the same order whatever order the task filled them in."""
+    keys = sorted(sums)
+    reduced = bdist.all_reduce_mean(torch.stack([sums[k].float() for k in keys]))
+    return dict(zip(keys, (float(v) for v in reduced), strict=True))
+
+
 def set_lr(optimizer: Any, lr: float) -> None:
     """Every parameter group of a torch or DeepSpeed optimizer at ``lr``."""
     for group in optimizer.param_groups:
@@ -233,6 +242,7 @@ __all__ = [
     "Update",
     "accumulate",
     "apply_frozen",
+    "rank_means",
     "record_updates",
     "set_lr",
 ]

@@ -85,6 +85,18 @@ class Task(ABC):
     num_classes: int = 0  # 0 = unconditional
 
     @classmethod
+    def provides(cls, cfg: Any, manifest: DatasetManifest | None) -> frozenset[Need]:  # noqa: ARG003
+        """What this run's evaluation can feed metrics: :attr:`eval_provides`, unless what the
+        task judges depends on the config (a prior conditioned on captions gives labels)."""
+        return cls.eval_provides
+
+    @classmethod
+    def declared_data(cls, cfg: Any) -> dict[str, Any]:  # noqa: ARG003
+        """``dataset.json`` entries the config implies when its shards are not at hand (``bigtrain
+        info`` of a preset): a text-conditioned model's captions, a conditioned prior's codes."""
+        return {}
+
+    @classmethod
     def own_sections(cls) -> tuple[str, ...]:
         """Top-level sections only this task has (GAN: ``loss``, ``ema``)."""
         shared = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -308,7 +320,7 @@ def check_config(cfg: Any, manifest: DatasetManifest | None = None) -> None:
             parse_arch(family.name, cfg.model.arch)
     except ConfigError as exc:
         problems.append(str(exc))
-    problems += check_metrics(eval_metrics(cfg), cls.eval_provides, cls.name)
+    problems += check_metrics(eval_metrics(cfg), cls.provides(cfg, manifest), cls.name)
     if owned and manifest is not None:
         problems += cls.check_config(cfg, manifest)
     raise_problems(problems)
@@ -373,4 +385,5 @@ def expected_manifest(cfg: Any) -> tuple[DatasetManifest, str]:
             extra["layout"] = sorted(cls.data_layouts)[0]
             if extra["layout"] == "domains":
                 extra["domains"] = ["A", "B"]
+        extra |= cls.declared_data(cfg)
         return DatasetManifest(Path(), "declared", d.resolution, d.channels, classes, {}, extra), "preset"

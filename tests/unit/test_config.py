@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from bigtrain.config.migrate import upgrade
 from bigtrain.errors import ConfigError
-from bigtrain.train.task import check_config
+from bigtrain.train.task import check_config, task_class
 from tests.conftest import compose, declared_manifest
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bigtrain" / "configs"
@@ -34,7 +34,7 @@ def test_every_config_file_composes(override: str) -> None:
     if override.startswith(("experiment=", "task=", "debug=")):
         layout = {"pix2pix": "pairs", "cyclegan": "domains"}.get(str(cfg.task), "images")
         extra = {"domains": ["A", "B"]} if layout == "domains" else {}
-        extra |= {"captions": True} if cfg.task == "text_gan" else {}
+        extra |= task_class(str(cfg.task)).declared_data(cfg)
         kind = "tokens" if cfg.task == "prior" else "images"
         check_config(cfg, declared_manifest(classes=10, kind=kind, layout=layout, **extra))
 

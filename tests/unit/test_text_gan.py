@@ -19,8 +19,9 @@ from bigtrain.eval.registry import METRICS, EvalRun
 from bigtrain.eval.source import EvalSource, Judged, Need
 from bigtrain.models.registry import build_text_gan
 from bigtrain.models.text_encoder import PAD, UNK, TextEncoder, build_vocabulary, words
+from bigtrain.train.captions import word_ranges
 from bigtrain.train.task import build_task
-from bigtrain.train.tasks.text_gan import mismatched, word_ranges
+from bigtrain.train.tasks.text_gan import mismatched
 from tests.conftest import compose, cpu, declared_manifest
 
 CAPTIONS = ["a thick, right-slanted seven", "a drawing of an eight", "a thin one, handwritten", "a wide zero"]

@@ -65,5 +65,7 @@ def test_in_order_continues_and_cycles() -> None:
     assert a[0].tolist() == [0, 1, 2] and b[0].tolist() == [3, 4, 5, 6, 7] and c[0].tolist() == [8, 9, 0, 1]
     assert c[1].tolist() == [-8, -9, 0, -1]  # every tensor of a row stays with it
     assert first(batches, 12, "rows")[0].tolist() == [*range(10), 0, 1]
+    draw.rewind()  # a metric drawing the judged images again starts at the first row
+    assert draw.take(5)[0].tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="no readable rows"):
         InOrder(lambda: iter(()), "rows").take(1)

@@ -40,13 +40,20 @@ from bigtrain.config.schema import EvalConfig, OptimConfig, OptimizerConfig, Tra
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.data.read import iter_labelled
 from bigtrain.eval.source import EvalSource, Judged, Need
-from bigtrain.losses.translation import TRANSLATION_LOSSES, PatchObjective
+from bigtrain.losses.translation import PatchObjective
 from bigtrain.models.registry import build_translation
 from bigtrain.train.in_order import InOrder, first
 from bigtrain.train.optim import lr_factor
-from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, apply_frozen, record_updates
+from bigtrain.train.step import (
+    NonFiniteGuard,
+    OptimizerStep,
+    accumulate,
+    apply_frozen,
+    rank_means,
+    record_updates,
+)
 from bigtrain.train.task import Batches, Task, eval_recipe, register_task
-from bigtrain.train.tasks.pix2pix import TranslationModelConfig
+from bigtrain.train.tasks.pix2pix import TranslationModelConfig, translation_problems
 
 
 @dataclass
@@ -154,28 +161,18 @@ class CycleGANTask(Task):
 
     @classmethod
     def check_config(cls, cfg: Any, manifest: DatasetManifest) -> list[str]:
-        problems = []
+        own: list[str] = []
         loss = cfg.loss
-        if str(loss.name) not in TRANSLATION_LOSSES:
-            problems.append(f"loss.name must be one of {', '.join(TRANSLATION_LOSSES)} for task=cyclegan")
         if loss.cycle_weight < 0 or loss.identity_weight < 0 or loss.pool_size < 0:
-            problems.append("loss.cycle_weight, loss.identity_weight and loss.pool_size must be >= 0")
+            own.append("loss.cycle_weight, loss.identity_weight and loss.pool_size must be >= 0")
         if len(manifest.domains) != 2 and manifest.layout == "domains":
-            problems.append(
+            own.append(
                 f"task=cyclegan translates between two domains; {cfg.data.path} has {manifest.domains}"
             )
         bad = [d for d in cfg.eval.agreement if d not in ("AB", "BA")]
         if bad:
-            problems.append(f"eval.agreement: directions are AB and BA (got {', '.join(map(str, bad))})")
-        if cfg.stages.schedule:
-            problems.append("task=cyclegan trains at one resolution: leave stages.schedule empty")
-        if str(cfg.trainer.precision) == "fp16":
-            problems.append("task=cyclegan trains in fp32 or bf16: set trainer.precision=bf16")
-        if cfg.model.conditional:
-            problems.append(
-                "task=cyclegan is conditioned on its input image, not a class: model.conditional=false"
-            )
-        return problems
+            own.append(f"eval.agreement: directions are AB and BA (got {', '.join(map(str, bad))})")
+        return translation_problems(cfg, "cyclegan", "its input image", own)
 
     @classmethod
     def describe(cls, cfg: Any) -> dict[str, Any]:
@@ -309,9 +306,7 @@ class CycleGANTask(Task):
 
         d_value = self.d_update.apply(accumulate(self.d_update, d_micro), step)
         record_updates(metrics, self.guard, {"G": (self.g_update, g_value), "D": (self.d_update, d_value)})
-        keys = sorted(sums)
-        reduced = bdist.all_reduce_mean(torch.stack([sums[k].float() for k in keys]))
-        metrics |= {f"loss/{k}": float(v) for k, v in zip(keys, reduced, strict=True)}
+        metrics |= {f"loss/{k}": v for k, v in rank_means(sums).items()}
         metrics["train/nonfinite_skips"] = float(self.guard.total)
         return metrics
 

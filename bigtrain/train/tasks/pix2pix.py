@@ -22,7 +22,7 @@ target triples.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,14 @@ from bigtrain.losses.translation import TRANSLATION_LOSSES, PatchObjective
 from bigtrain.models.registry import build_translation
 from bigtrain.train.in_order import InOrder, first
 from bigtrain.train.optim import lr_factor
-from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, apply_frozen, record_updates
+from bigtrain.train.step import (
+    NonFiniteGuard,
+    OptimizerStep,
+    accumulate,
+    apply_frozen,
+    rank_means,
+    record_updates,
+)
 from bigtrain.train.task import Batches, Task, eval_recipe, register_task
 
 
@@ -83,6 +90,25 @@ class Pix2PixConfig(TrainConfig):
     eval: Pix2PixEvalConfig = field(default_factory=Pix2PixEvalConfig)
 
 
+def translation_problems(cfg: Any, task: str, condition: str, own: Sequence[str]) -> list[str]:
+    """The start-up rules every image-translation task (pix2pix, CycleGAN) shares, with the task's
+    ``own`` problems after the loss check and before the rest, the order its messages always came
+    in. They share them because both reuse the reference's training recipe: a patch objective of
+    :data:`TRANSLATION_LOSSES`, one resolution, no fp16 loss scaling, and an image (``condition``,
+    as the message words it) rather than a class as the condition."""
+    problems: list[str] = []
+    if str(cfg.loss.name) not in TRANSLATION_LOSSES:
+        problems.append(f"loss.name must be one of {', '.join(TRANSLATION_LOSSES)} for task={task}")
+    problems += own
+    if cfg.stages.schedule:
+        problems.append(f"task={task} trains at one resolution: leave stages.schedule empty")
+    if str(cfg.trainer.precision) == "fp16":
+        problems.append(f"task={task} trains in fp32 or bf16: set trainer.precision=bf16")
+    if cfg.model.conditional:
+        problems.append(f"task={task} is conditioned on {condition}, not a class: model.conditional=false")
+    return problems
+
+
 def _to_unit(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 [B, H, W, C] -> float [B, C, H, W] in [-1, 1]."""
     return torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -122,20 +148,8 @@ class Pix2PixTask(Task):
 
     @classmethod
     def check_config(cls, cfg: Any, manifest: DatasetManifest) -> list[str]:  # noqa: ARG003
-        problems = []
-        if str(cfg.loss.name) not in TRANSLATION_LOSSES:
-            problems.append(f"loss.name must be one of {', '.join(TRANSLATION_LOSSES)} for task=pix2pix")
-        if cfg.loss.l1_weight < 0:
-            problems.append("loss.l1_weight must be >= 0")
-        if cfg.stages.schedule:
-            problems.append("task=pix2pix trains at one resolution: leave stages.schedule empty")
-        if str(cfg.trainer.precision) == "fp16":
-            problems.append("task=pix2pix trains in fp32 or bf16: set trainer.precision=bf16")
-        if cfg.model.conditional:
-            problems.append(
-                "task=pix2pix is conditioned on its source image, not a class: model.conditional=false"
-            )
-        return problems
+        own = ["loss.l1_weight must be >= 0"] if cfg.loss.l1_weight < 0 else []
+        return translation_problems(cfg, "pix2pix", "its source image", own)
 
     @classmethod
     def describe(cls, cfg: Any) -> dict[str, Any]:
@@ -241,9 +255,7 @@ class Pix2PixTask(Task):
 
         g_value = apply_frozen(self.g_update, g_micro, step, self.D)
         record_updates(metrics, self.guard, {"D": (self.d_update, d_value), "G": (self.g_update, g_value)})
-        keys = sorted(sums)
-        reduced = bdist.all_reduce_mean(torch.stack([sums[k].float() for k in keys]))
-        parts = dict(zip(keys, (float(v) for v in reduced), strict=True))
+        parts = rank_means(sums)
         metrics |= {
             "D/real_logit": parts["real"],
             "D/fake_logit": parts["fake"],

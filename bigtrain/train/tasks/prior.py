@@ -14,17 +14,25 @@ per step, no DeepSpeed needed).
 The learning rate follows ``optim.schedule`` (warm-up + cosine in the presets), AdamW with weight
 decay on matrices and embeddings only (GPT-2 / LlamaGen practice). Label dropout (for classifier-free
 guidance) draws from the per-rank torch RNG, which the checkpoint restores, so resuming is exact.
+
+What the prior is conditioned on (``prior.condition``, :mod:`bigtrain.train.prior_conditions`): a
+class, a caption (text-to-image, as LlamaGen's t2i models: the caption's positions prefix the codes),
+or the codes of a condition image (taming's cond-transformer: ``bigtrain tokenize`` of a paired set
+writes them). ``bigtrain sample --prompt`` / ``--condition`` sample from them, and ``--size 2x``
+samples a grid larger than the training one through a sliding window (taming's approach).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -34,12 +42,23 @@ from bigtrain.checkpoint.io import NativeState
 from bigtrain.checkpoint.manager import load_component
 from bigtrain.config.schema import ModelConfig, OptimConfig, OptimizerConfig, TrainConfig
 from bigtrain.data.manifest import DatasetManifest
+from bigtrain.data.tokenize import read_conditions
 from bigtrain.errors import ConfigError
-from bigtrain.eval.source import EvalSource, Judged
+from bigtrain.eval.source import EvalSource, Judged, Need
 from bigtrain.models import build_model, parse_arch
+from bigtrain.models.text_encoder import build_vocabulary
 from bigtrain.models.transformer import TokenPrior
+from bigtrain.train.captions import Captions, read_captions
 from bigtrain.train.engines import DeepSpeedEngine, Engine, TorchEngine
+from bigtrain.train.in_order import InOrder, Rows
 from bigtrain.train.optim import lr_factor
+from bigtrain.train.prior_conditions import (
+    PriorTextConfig,
+    build_condition,
+    condition_kind,
+    condition_problems,
+    drop_mask,
+)
 from bigtrain.train.prior_sampling import PriorSampling
 from bigtrain.train.step import NonFiniteGuard, accumulate
 from bigtrain.train.task import Batches, Task, register_task
@@ -78,11 +97,15 @@ class PriorTrainConfig:
     # The frozen tokenizer that decodes samples; empty = the checkpoint recorded by `bigtrain tokenize`
     # in the token dataset's dataset.json
     tokenizer: str = ""
+    cond_tokenizer: str = ""  # the condition images' tokenizer when it moved (prior.condition=image)
     # Sampling for grids, FID and `bigtrain sample` (Esser et al. 2021; LlamaGen's CFG)
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     cfg_scale: float = 1.0  # classifier-free guidance; 1 = off
+    # what the prior is conditioned on: auto (condition codes when the token shards have them, else
+    # the class when model.conditional) | text (the captions; text.*) | image (the condition codes)
+    condition: str = "auto"
 
 
 @dataclass
@@ -98,6 +121,7 @@ class PriorTaskConfig(TrainConfig):
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="gpt", conditional=True))
     optim: PriorOptimConfig = field(default_factory=PriorOptimConfig)
     prior: PriorTrainConfig = field(default_factory=PriorTrainConfig)
+    text: PriorTextConfig = field(default_factory=PriorTextConfig)
 
 
 @register_task
@@ -108,7 +132,7 @@ class PriorTask(Task):
     data_kind = "tokens"
     inference_components = ("prior",)
     default_metrics = ("fid", "is", "pr")
-    sample_options = frozenset({"temperature", "top_k", "top_p", "cfg_scale"})
+    sample_options = frozenset({"temperature", "top_k", "top_p", "cfg_scale", "size"})
 
     @classmethod
     def check_config(cls, cfg: Any, manifest: DatasetManifest) -> list[str]:  # noqa: ARG003
@@ -129,7 +153,28 @@ class PriorTask(Task):
             )
         if cfg.data.flip:
             problems.append("data.flip must be false for task=prior (a flipped image has other codes)")
-        return problems
+        return problems + condition_problems(cfg, manifest)
+
+    @classmethod
+    def provides(cls, cfg: Any, manifest: DatasetManifest | None) -> frozenset[Need]:
+        """Text and image priors draw for known conditions: the class each should show (and, for
+        captions with measured attributes, the attribute words)."""
+        if manifest is None or condition_kind(cfg, manifest) not in ("text", "image"):
+            return cls.eval_provides
+        # captions name attributes; whether the data measured them is condition_problems' check
+        extra = {Need.labels, Need.attributes} if condition_kind(cfg, manifest) == "text" else {Need.labels}
+        return cls.eval_provides | extra
+
+    @classmethod
+    def declared_data(cls, cfg: Any) -> dict[str, Any]:
+        """Captions for ``prior.condition=text``; for ``image``, condition codes shaped as the image
+        codes ``model.arch.vocab`` / ``token_grid`` declare (one tokenizer for both, the default)."""
+        if str(cfg.prior.condition) == "text":
+            return {"captions": True}
+        if str(cfg.prior.condition) == "image":
+            arch = parse_arch(cfg.model.name, cfg.model.arch)
+            return {"condition": {"grid": [arch.token_grid] * 2, "vocab": arch.vocab}}
+        return {}
 
     @classmethod
     def describe(cls, cfg: Any) -> dict[str, Any]:
@@ -145,13 +190,28 @@ class PriorTask(Task):
         self.cfg, self.manifest, self.device, self.accelerator = cfg, manifest, device, accelerator
         arch = parse_arch(cfg.model.name, cfg.model.arch)
         vocab, seq_len = token_space(manifest, arch)
-        self.num_classes = manifest.num_classes if cfg.model.conditional else 0
+        self.kind = condition_kind(cfg, manifest)
+        self.num_classes = manifest.num_classes if self.kind == "class" else 0
+        self.condition = build_condition(cfg, manifest, self.num_classes)
         where = torch.device("meta") if device.type == "meta" else torch.device("cpu")
         with where:
             self.model: TokenPrior = build_model(
-                cfg.model.name, arch, vocab=vocab, seq_len=seq_len, num_classes=self.num_classes
+                cfg.model.name,
+                arch,
+                vocab=vocab,
+                seq_len=seq_len,
+                num_classes=self.num_classes,
+                condition=self.condition,
             )
+        if self.condition.own_text_encoder and manifest.splits and device.type != "meta":
+            # every rank reads the same captions: the same sorted vocabulary everywhere (a checkpoint's
+            # own vocabulary replaces it when one is loaded)
+            self.words.set_vocabulary(build_vocabulary(read_captions(manifest, "train")))
         self.model.to(device)
+        self._hf: Any = None  # the frozen Hugging Face encoder (text.encoder=hf), loaded on first use
+        self._cond_vq: nn.Module | None = None
+        self._captions = Captions(manifest, str(cfg.eval.ref_split)) if self.kind == "text" else None
+        self._drawn: InOrder | None = None  # the conditions sample() draws, continuing
         self.batch_size = int(cfg.data.batch_size)
         self.accumulation = max(1, int(cfg.trainer.accumulation))
         self.guard = NonFiniteGuard(cfg.trainer)
@@ -199,16 +259,22 @@ class PriorTask(Task):
 
     # -- checkpointable state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "prior": self.engine.full_weights(),
-            "task": self.guard.state_dict(),
-            **self.engine.state_dict(),
-        }
+        task: dict[str, Any] = self.guard.state_dict()
+        if self._uses_hf:  # which frozen encoder the caption projection was trained on
+            task["text_encoder_digest"] = self.hf.digest
+        return {"prior": self.engine.full_weights(), "task": task, **self.engine.state_dict()}
 
     def load_state_dict(self, states: Mapping[str, Any]) -> None:
         load_component("prior", self.model, states)
         self.engine.load_state_dict(states)
-        self.guard.load_state_dict(states.get("task", {}))
+        task = states.get("task", {})
+        self.guard.load_state_dict(task)
+        want = task.get("text_encoder_digest")
+        if want and self.hf.digest != want:
+            raise ConfigError(
+                f"text.hf_path={self.cfg.text.hf_path} holds another encoder than the one this prior was "
+                f"trained with (weights digest {self.hf.digest[:12]}, the checkpoint records {want[:12]})"
+            )
 
     def native_state(self) -> NativeState | None:
         return self.engine.native_state()
@@ -226,14 +292,65 @@ class PriorTask(Task):
         n = self.images_per_step()
         return {"img": n, "tokens": n * self.seq_len}
 
+    # -- the condition --------------------------------------------------------------------------
+    @property
+    def _uses_hf(self) -> bool:
+        return self.kind == "text" and not self.condition.own_text_encoder
+
+    @property
+    def words(self) -> Any:
+        """The own caption encoder (its vocabulary reads prompts)."""
+        prefix = self.model.prefix
+        assert prefix is not None and getattr(prefix, "encoder", None) is not None
+        return prefix.encoder  # type: ignore[union-attr]
+
+    @property
+    def hf(self) -> Any:
+        """The frozen Hugging Face encoder (``text.encoder=hf``), loaded on first use."""
+        if self._hf is None:
+            from bigtrain.models.hf_text import FrozenTextEncoder
+
+            with preserve_rng():
+                self._hf = FrozenTextEncoder(
+                    str(self.cfg.text.hf_path), int(self.cfg.text.max_len), self.device
+                )
+            if self._hf.dim != self.condition.text_features:
+                raise ConfigError(
+                    f"text.hf_path={self.cfg.text.hf_path}: features {self._hf.dim} wide, the prior was "
+                    f"built for {self.condition.text_features}"
+                )
+        return self._hf
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """Captions as the prefix module reads them: word ids (own encoder) or frozen features."""
+        if self._uses_hf:
+            return self.hf(captions)
+        return self.words.tokenize(captions, pad_to=int(self.cfg.text.max_len)).to(self.device)
+
+    @property
+    def cond_vq(self) -> nn.Module:
+        """The frozen tokenizer of the condition images (``--condition``, grids), digest-checked."""
+        if self._cond_vq is None:
+            self._cond_vq = self._load_tokenizer(
+                self.manifest.extra["condition"]["tokenizer"], "cond_tokenizer"
+            )
+        return self._cond_vq
+
+    def encode_conditions(self, images: torch.Tensor) -> torch.Tensor:
+        """Condition images ``[N, C, H, W]`` in [-1, 1] -> their codes ``[N, P]``."""
+        with torch.no_grad():
+            return self.cond_vq.encode_indices(images.to(self.device)).reshape(len(images), -1)
+
+    def _batch_condition(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        if self.kind == "class":
+            return batch["label"].to(self.device)
+        if self.kind == "text":
+            return self.encode_text(list(batch["text"]))
+        if self.kind == "image":
+            return batch["cond"].to(self.device)
+        return None
+
     # -- one step ---------------------------------------------------------------------------------
-    def _drop_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
-        """Label dropout for classifier-free guidance, drawn from the (checkpointed) torch RNG."""
-        p = self.model.cfg.label_dropout
-        if labels is None or p <= 0:
-            return labels
-        drop = torch.rand(labels.shape).to(labels.device) < p
-        return torch.where(drop, torch.full_like(labels, self.model.null_class), labels)
 
     def train_step(self, step: int, data: Batches) -> dict[str, float]:
         factor = lr_factor(step, self.cfg.optim.schedule, self.cfg.trainer.max_steps)
@@ -243,10 +360,11 @@ class PriorTask(Task):
         def micro() -> torch.Tensor:
             batch = next(data)
             tokens = batch["tokens"].to(self.device, non_blocking=True)
-            labels = batch["label"].to(self.device) if self.num_classes else None
-            labels = self._drop_labels(labels)
+            cond = self._batch_condition(batch)
+            drop = None if cond is None else drop_mask(len(tokens), self.model.cfg.label_dropout, self.device)
             with self.engine.autocast():
-                logits = self.engine.forward()(tokens[:, :-1], labels)
+                logits = self.engine.forward()(tokens[:, :-1], cond, drop=drop)
+                logits = logits[:, self.model.prefix_len - 1 :]
                 return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
 
         value = update.apply(accumulate(update, micro), step)
@@ -268,27 +386,31 @@ class PriorTask(Task):
         """The frozen tokenizer that decodes samples (loaded on first use, checked against the
         digest that ``bigtrain tokenize`` recorded)."""
         if self._vq is None:
-            from bigtrain.train.snapshot import load_tokenizer
-
-            recorded = self.manifest.extra.get("tokenizer", {})
-            path = str(self.cfg.prior.tokenizer or recorded.get("checkpoint", ""))
-            if not path:
-                raise ConfigError("no tokenizer to decode samples: set prior.tokenizer=CHECKPOINT")
-            if not Path(path).is_dir():
-                raise ConfigError(
-                    f"the tokenizer checkpoint {path} (recorded in {self.manifest.root}/dataset.json) "
-                    "is gone: set prior.tokenizer=PATH to a copy of it"
-                )
-            with preserve_rng():  # building it draws initial weights: training's RNG must not move
-                vq, ck = load_tokenizer(path, self.device)
-            want, have = recorded.get("digest"), ck.meta.get("digests", {}).get("vq")
-            if want and have != want:
-                raise ConfigError(
-                    f"tokenizer {path} is not the one that made these tokens (vq digest {str(have)[:12]}, "
-                    f"dataset.json records {str(want)[:12]})"
-                )
-            self._vq = vq
+            self._vq = self._load_tokenizer(self.manifest.extra.get("tokenizer", {}), "tokenizer")
         return self._vq
+
+    def _load_tokenizer(self, recorded: Mapping[str, Any], key: str) -> nn.Module:
+        """The tokenizer ``dataset.json`` records (``recorded``), or the copy ``prior.<key>`` names,
+        checked against the recorded weight digest."""
+        from bigtrain.train.snapshot import load_tokenizer
+
+        path = str(self.cfg.prior[key] or recorded.get("checkpoint", ""))
+        if not path:
+            raise ConfigError(f"no tokenizer to decode samples: set prior.{key}=CHECKPOINT")
+        if not Path(path).is_dir():
+            raise ConfigError(
+                f"the tokenizer checkpoint {path} (recorded in {self.manifest.root}/dataset.json) "
+                f"is gone: set prior.{key}=PATH to a copy of it"
+            )
+        with preserve_rng():  # building it draws initial weights: training's RNG must not move
+            vq, ck = load_tokenizer(path, self.device)
+        want, have = recorded.get("digest"), ck.meta.get("digests", {}).get("vq")
+        if want and have != want:
+            raise ConfigError(
+                f"tokenizer {path} is not the one that made these tokens (vq digest {str(have)[:12]}, "
+                f"dataset.json records {str(want)[:12]})"
+            )
+        return vq
 
     @property
     def sampling(self) -> PriorSampling:
@@ -317,21 +439,105 @@ class PriorTask(Task):
     ) -> torch.Tensor:
         return self.sampling.images(labels, n, generator, **overrides)
 
+    @property
+    def condition_kind(self) -> str | None:  # type: ignore[override]
+        """``text`` or ``image`` (``bigtrain sample --prompt`` / ``--condition``); None for a class."""
+        return self.kind if self.kind in ("text", "image") else None
+
+    def _condition_rows(self) -> Iterator[Rows]:
+        """``eval.ref_split``'s conditions as one batch: caption indices, or condition codes with
+        the labels of their images."""
+        if self._captions is not None:
+            yield (torch.arange(len(self._captions.all)),)
+            return
+        cond, labels = read_conditions(self.manifest, str(self.cfg.eval.ref_split))
+        yield torch.from_numpy(cond.reshape(len(cond), -1).astype(np.int64)), torch.from_numpy(labels)
+
+    def _condition_order(self) -> InOrder:
+        return InOrder(self._condition_rows, f"conditions in the {self.cfg.eval.ref_split} split")
+
+    def _next_conditions(self, order: InOrder, n: int) -> torch.Tensor:
+        """The next ``n`` conditions ``order`` draws, as the prefix module reads them."""
+        if self._captions is not None:
+            return self.encode_text(self._captions.take(order, n))
+        return order.take(n)[0].to(self.device)
+
+    def _condition_labels(self, n: int) -> np.ndarray:
+        """The class of each of the first ``n`` conditions' images (what class agreement checks)."""
+        if self._captions is not None:
+            return self._captions.labels(n)
+        return self._condition_order().take(n)[1].numpy()
+
+    def sample_conditioned(
+        self, conditions: torch.Tensor | list[str], generator: torch.Generator, **options: Any
+    ) -> torch.Tensor:
+        """One image per prompt (``prior.condition=text``) or per condition image ``[N, C, H, W]``
+        in [-1, 1] (``image``: encoded by the condition tokenizer first)."""
+        if self.kind == "text" and not isinstance(conditions, torch.Tensor):
+            cond = self.encode_text(list(conditions))
+        elif self.kind == "image" and isinstance(conditions, torch.Tensor):
+            cond = self.encode_conditions(conditions)
+        else:
+            raise ConfigError(
+                f"this prior is conditioned on {self.kind}: give --prompt for text, --condition for images"
+            )
+        return self.sampling.images(cond, len(cond), generator, **options)
+
     def sample_grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:
+        """Class priors: one row per class. Text: one row per prompt. Image: one row per condition,
+        the condition (as its tokenizer decodes it) first."""
+        g = torch.Generator(self.device).manual_seed(seed)
+        if self._captions is not None:
+            prompts = [p for p in self._captions.grid_prompts(rows) for _ in range(rows)]
+            return self.sampling.images(self.encode_text(prompts), len(prompts), g), rows
+        if self.kind == "image":
+            cond = self._next_conditions(self._condition_order(), rows)
+            side = math.isqrt(cond.shape[1])
+            with torch.no_grad():
+                shown = self.cond_vq.decode_indices(cond.view(rows, side, side)).float().clamp(-1, 1).cpu()
+            out = self.sampling.images(cond.repeat_interleave(rows - 1, 0), rows * (rows - 1), g)
+            out = out.view(rows, rows - 1, *out.shape[1:])
+            if shown.shape[1] != out.shape[2]:
+                shown = shown.expand(-1, out.shape[2], -1, -1)
+            return torch.cat([shown[:, None], out], dim=1).flatten(0, 1), rows
         return self.sampling.grid(seed, rows)
 
     def sample(
         self, n: int, generator: torch.Generator, *, classes: list[int] | None = None, **options: Any
     ) -> torch.Tensor:
-        return self.sampling.sample(n, generator, classes=classes, **options)
+        """Class priors: labels drawn from ``classes``. Text and image priors: the next ``n``
+        conditions of ``eval.ref_split`` (from its first on the first call, continuing, cycling)."""
+        if self.kind not in ("text", "image"):
+            return self.sampling.sample(n, generator, classes=classes, **options)
+        if classes:
+            raise ConfigError(f"this prior samples from {self.kind} conditions: --class does not apply")
+        if self._drawn is None:
+            self._drawn = self._condition_order()
+        return self.sampling.images(self._next_conditions(self._drawn, n), n, generator, **options)
 
     def sample_labels(self, labels: torch.Tensor, generator: torch.Generator, **options: Any) -> torch.Tensor:
         return self.sampling.for_labels(labels, generator, **options)
 
     # -- evaluation -------------------------------------------------------------------------------
     def eval_source(self) -> EvalSource:
-        """Decoded samples against the token dataset's source images."""
+        """Decoded samples against the token dataset's source images. A text or image prior draws
+        for ``eval.ref_split``'s conditions in order (the main process alone), so class agreement
+        (and, for captions with measured attributes, attribute agreement) can be judged."""
         reference = self.source_manifest()
+        if self.kind in ("text", "image"):
+            order = self._condition_order()
+            fields: dict[str, Any] = {"labels": self._condition_labels}
+            if self._captions is not None:
+                fields = self._captions.eval_fields()
+            return EvalSource(
+                Judged.samples,
+                lambda n, g: self.sampling.images(self._next_conditions(order, n), n, g),
+                reference,
+                reference.resolution,
+                rewind=order.rewind,
+                splittable=False,
+                **fields,
+            )
         # ZeRO-3 gathers a full copy for the main process only: it samples alone then
         return EvalSource(
             Judged.samples,

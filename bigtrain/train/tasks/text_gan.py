@@ -42,12 +42,10 @@ samples with :func:`bigtrain.data.digits.measure`). The grid: one row per prompt
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -55,34 +53,27 @@ from torch import nn
 from bigtrain import distributed as bdist
 from bigtrain.checkpoint.manager import load_component
 from bigtrain.config.schema import EvalConfig, ModelConfig, OptimConfig, OptimizerConfig, TrainConfig
-from bigtrain.data import digits
 from bigtrain.data.manifest import DatasetManifest
-from bigtrain.data.read import decode_text, read_shards
 from bigtrain.eval.source import EvalSource, Judged, Need
 from bigtrain.losses import build_loss
 from bigtrain.models.registry import build_text_gan
 from bigtrain.models.text_encoder import TextEncoder, build_vocabulary
+from bigtrain.train.captions import Captions, read_captions
 from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
 from bigtrain.train.optim import build_optimizer, lr_factor
-from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, apply_frozen, record_updates
+from bigtrain.train.step import (
+    NonFiniteGuard,
+    OptimizerStep,
+    accumulate,
+    apply_frozen,
+    rank_means,
+    record_updates,
+)
 from bigtrain.train.task import Batches, Task, eval_recipe, register_task
 from bigtrain.train.tasks.gan import LossName
 
 TEXT_GAN_LOSSES = ("non_saturating", "minimax", "lsgan", "hinge")
 INT_BETA = 0.5  # GAN-INT's interpolation weight (Reed et al. 2016, section 4.3)
-# the grid's prompts for the digit captions (builtin:mnist5k-captions): every digit, every attribute word
-DIGIT_PROMPTS = (
-    "a zero",
-    "a thick one",
-    "a thin two",
-    "a wide, thick three",
-    "a narrow four",
-    "an upright five",
-    "a right-slanted six",
-    "a left-slanted seven",
-    "a wide, thin eight",
-    "a thick nine",
-)
 
 
 @dataclass
@@ -135,36 +126,6 @@ class TextGANConfig(TrainConfig):
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def read_captions(manifest: DatasetManifest, split: str) -> list[str]:
-    """The ``.txt`` captions of ``split`` in shard order ("" for a sample without one)."""
-    counts = dict(zip(manifest.shard_paths(split), (x.count for x in manifest.splits[split]), strict=True))
-    return [decode_text(s) for s in read_shards(counts, counts=counts)]
-
-
-def word_ranges(attributes: Mapping[str, Any]) -> dict[str, dict[str, tuple[float, float]]]:
-    """The measured range each attribute word asks for, from ``dataset.json``'s
-    ``extra["attributes"]`` (:func:`bigtrain.data.digits.describe`): below the first threshold the
-    first word, above the second the second; slant by its magnitude, its sign giving the side."""
-    inf = math.inf
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for attr, (low_word, high_word) in (("thickness", ("thin", "thick")), ("width", ("narrow", "wide"))):
-        if attr in attributes:
-            lo, hi = (float(v) for v in attributes[attr]["thresholds"])
-            out[attr] = {low_word: (-inf, lo), high_word: (hi, inf)}
-    if "slant" in attributes:
-        lo, hi = (float(v) for v in attributes["slant"]["thresholds"])
-        out["slant"] = {"left-slanted": (-inf, -hi), "upright": (-lo, lo), "right-slanted": (hi, inf)}
-    return out
-
-
-def measure_digits(images: np.ndarray) -> dict[str, np.ndarray]:
-    """:func:`bigtrain.data.digits.measure` of uint8 ``[N, C, H, W]`` images (grey levels: the mean
-    over channels) by attribute."""
-    grey = images[:, 0] if images.shape[1] == 1 else images.mean(axis=1).round().astype(np.uint8)
-    a = digits.measure(np.ascontiguousarray(grey))
-    return {"thickness": np.asarray(a.thickness), "slant": np.asarray(a.slant), "width": np.asarray(a.width)}
-
-
 @contextlib.contextmanager
 def _eval_mode(*nets: nn.Module) -> Iterator[None]:
     """``nets`` in eval mode (BatchNorm's running statistics), restored afterwards."""
@@ -196,6 +157,10 @@ class TextGANTask(Task):
     default_metrics = ("fid",)
     eval_provides = frozenset({Need.features, Need.labels, Need.attributes})
     condition_kind = "text"
+
+    @classmethod
+    def declared_data(cls, cfg: Any) -> dict[str, Any]:  # noqa: ARG003
+        return {"captions": True}
 
     @classmethod
     def check_config(cls, cfg: Any, manifest: DatasetManifest) -> list[str]:
@@ -279,8 +244,8 @@ class TextGANTask(Task):
             "G", self.G, cfg.optim.g, self.guard, accumulation=self.accumulation, broadcast=(self.G, self.D)
         )
         self.resolution = int(manifest.resolution)
-        self._captions: dict[str, list[str]] = {}
-        self._sampled = 0  # captions sample() has drawn so far
+        self.captions = Captions(manifest, str(cfg.eval.ref_split))  # what it samples for and is judged on
+        self._sampled = self.captions.order()  # the captions sample() draws, continuing
 
     # -- checkpointable state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -396,9 +361,7 @@ class TextGANTask(Task):
         if self.ema is not None:
             self.ema.update(self.G, step)
             metrics["ema/decay"] = self.ema.current_decay(step)
-        keys = sorted(sums)
-        reduced = bdist.all_reduce_mean(torch.stack([sums[k].float() for k in keys]))
-        parts = dict(zip(keys, (float(v) for v in reduced), strict=True))
+        parts = rank_means(sums)
         metrics |= {
             "D/real_logit": parts["real"],
             "D/wrong_logit": parts["wrong"],
@@ -422,32 +385,9 @@ class TextGANTask(Task):
             out = G(z.to(self.device), self.text(list(prompts)))
         return out.float().clamp(-1, 1).cpu()
 
-    def captions(self, split: str | None = None) -> list[str]:
-        """The captions of ``split`` (default ``eval.ref_split``), read once."""
-        split = split or str(self.cfg.eval.ref_split)
-        if split not in self._captions:
-            found = read_captions(self.manifest, split)
-            if not found:
-                raise ValueError(f"no captions in the {split} split")
-            self._captions[split] = found
-        return self._captions[split]
-
-    def _cycled(self, start: int, n: int) -> list[str]:
-        caps = self.captions()
-        return [caps[(start + i) % len(caps)] for i in range(n)]
-
-    def grid_prompts(self, rows: int) -> list[str]:
-        """The grid's prompts: every digit and attribute word for the digit captions (a dataset
-        with measured attributes), else the first distinct captions of ``eval.ref_split``."""
-        if self.manifest.extra.get("attributes"):
-            pool = list(DIGIT_PROMPTS)
-        else:
-            pool = list(dict.fromkeys(self.captions()))
-        return [pool[i % len(pool)] for i in range(rows)]
-
     def sample_grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:
         """``rows`` rows, one per prompt, of ``rows`` samples each."""
-        prompts = [p for p in self.grid_prompts(rows) for _ in range(rows)]
+        prompts = [p for p in self.captions.grid_prompts(rows) for _ in range(rows)]
         return self.generate(prompts, torch.Generator().manual_seed(seed)), rows
 
     def sample(
@@ -458,9 +398,7 @@ class TextGANTask(Task):
         if classes:
             raise ValueError("task=text_gan samples for captions: --class does not apply (use --prompt)")
         # continuing from the last call: `bigtrain sample --npz` asks batch by batch
-        prompts = self._cycled(self._sampled, n)
-        self._sampled += n
-        return self.generate(prompts, generator)
+        return self.generate(self.captions.take(self._sampled, n), generator)
 
     def sample_conditioned(
         self, conditions: torch.Tensor | list[str], generator: torch.Generator, **options: Any
@@ -471,44 +409,18 @@ class TextGANTask(Task):
         return self.generate(list(conditions), generator)
 
     # -- evaluation -------------------------------------------------------------------------------
-    def _in_order(self) -> tuple[Callable[[int, torch.Generator], torch.Tensor], Callable[[], None]]:
-        """``f(n, generator)``: samples for the split's captions in order, continuing where the
-        last call stopped (FID asks batch by batch) and cycling; and its rewind."""
-        position = 0
-
-        def images(n: int, generator: torch.Generator) -> torch.Tensor:
-            nonlocal position
-            prompts = self._cycled(position, n)
-            position += n
-            return self.generate(prompts, generator)
-
-        def rewind() -> None:
-            nonlocal position
-            position = 0
-
-        return images, rewind
-
-    def _labels(self, n: int) -> np.ndarray:
-        found = [digits.parse_caption(c)[0] for c in self._cycled(0, n)]
-        return np.asarray([-1 if d is None else d for d in found], dtype=np.int64)
-
-    def _attributes(self, n: int) -> list[dict[str, str]]:
-        return [digits.parse_caption(c)[1] for c in self._cycled(0, n)]
-
     def eval_source(self) -> EvalSource:
         """Samples for ``eval.ref_split``'s captions against the same split's images."""
-        images, rewind = self._in_order()
-        attributes = self.manifest.extra.get("attributes")
+        # samples for the split's captions in order, continuing where the last call stopped (FID
+        # asks batch by batch) and cycling
+        order = self.captions.order()
         return EvalSource(
             Judged.samples,
-            images,
+            lambda n, generator: self.generate(self.captions.take(order, n), generator),
             self.manifest,
             self.resolution,
-            labels=self._labels,
-            attributes=self._attributes if attributes else None,
-            measure=measure_digits if attributes else None,
-            word_ranges=word_ranges(attributes) if attributes else None,
-            rewind=rewind,
+            **self.captions.eval_fields(),
+            rewind=order.rewind,
             downsample=eval_recipe(self.cfg),
             splittable=False,  # the captions are drawn in order: the main process alone
         )
