@@ -38,6 +38,7 @@ from bigtrain.data.images import decode, image_key, source_key
 from bigtrain.data.manifest import DatasetManifest, ShardInfo
 from bigtrain.data.read import ReadPolicy, configure, default_policy, label_index, shard_samples
 from bigtrain.data.urls import is_url
+from bigtrain.errors import ConfigError
 from bigtrain.utils.console import bar_disable
 
 _WORKER: dict[str, Any] = {}
@@ -165,7 +166,7 @@ def tokenize_dataset(
     vq, ck = load(ckpt, device)
     cvq, cck = (vq, ck) if cond in (None, ckpt) else load(str(cond), device)
     if cond is not None and cvq.channels != manifest.source_channels:
-        raise ValueError(
+        raise ConfigError(
             f"the condition tokenizer {cond} reads {cvq.channels}-channel images; the sources of {src} "
             f"have {manifest.source_channels} (give --condition-tokenizer CKPT trained on such images)"
         )

@@ -7,6 +7,7 @@ from the CLI with its condition, also at twice the training size."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,28 @@ def test_paired_tokens_carry_the_sources_codes(edge_tokens: Path, mnist_edges: P
     assert conds.shape == codes.shape == (500, 8, 8) and (labels == cond_labels).all()
     assert (conds != codes).any()  # an outline is coded otherwise than its digit
     assert m.count("train") == DatasetManifest.load(mnist_edges).count("train")
+
+
+def test_a_second_tokenizer_codes_the_sources(
+    small_tokenizer: Path, mnist_edges: Path, mnist_shards: Path, edge_tokens: Path, tmp_path: Path
+) -> None:
+    """``--condition-tokenizer``: the sources through another checkpoint (a copy of the same weights
+    elsewhere, so the codes can be compared), recorded as the condition's tokenizer; for a set
+    without pairs it is refused in one line."""
+    other = tmp_path / "cond-tok"
+    shutil.copytree(small_tokenizer, other)
+    out = tmp_path / "t"
+    run_cli("tokenize", str(small_tokenizer), str(mnist_edges), str(out), "--condition-tokenizer", str(other))
+    m = DatasetManifest.load(out)
+    assert m.extra["condition"]["tokenizer"]["checkpoint"] == str(other.resolve())
+    assert m.extra["tokenizer"]["checkpoint"] == str(small_tokenizer.resolve())
+    conds, _ = read_conditions(m, "val")
+    same, _ = read_conditions(DatasetManifest.load(edge_tokens), "val")
+    assert conds.shape == (500, 8, 8) and (conds == same).all()
+    refused = run_cli("tokenize", str(small_tokenizer), str(mnist_shards), str(tmp_path / "x"),
+                      "--condition-tokenizer", str(other), check=False)  # fmt: skip
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode != 0 and "paired set" in last and "images" in last
 
 
 def test_text_prior_trains_resumes_exactly_and_draws_prompts(caption_tokens: Path, tmp_path: Path) -> None:
