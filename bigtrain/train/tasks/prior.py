@@ -159,11 +159,12 @@ class PriorTask(Task):
     def provides(cls, cfg: Any, manifest: DatasetManifest | None) -> frozenset[Need]:
         """Text and image priors draw for known conditions: the class each should show (and, for
         captions with measured attributes, the attribute words)."""
-        if manifest is None or condition_kind(cfg, manifest) not in ("text", "image"):
-            return cls.eval_provides
-        # captions name attributes; whether the data measured them is condition_problems' check
-        extra = {Need.labels, Need.attributes} if condition_kind(cfg, manifest) == "text" else {Need.labels}
-        return cls.eval_provides | extra
+        kind = condition_kind(cfg, manifest) if manifest is not None else "class"
+        if kind == "image":
+            return cls.eval_provides | {Need.labels}
+        if kind == "text":  # captions name attributes; whether the data measured them: condition_problems
+            return cls.eval_provides | {Need.labels, Need.attributes}
+        return cls.eval_provides
 
     @classmethod
     def declared_data(cls, cfg: Any) -> dict[str, Any]:
