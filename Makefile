@@ -44,8 +44,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix bigtrain tests benchmarks
 
 # everything: unit, integration (multi-process, servers, SLURM), e2e (the CLI as a user runs it)
+# one OpenMP thread per process: two test workers with two threads each on 2 cores spin against each other
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS) tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS) tests
 
 # the fast tier: tests not marked slow (unit tests of each module), for the edit-test loop
 test-fast: $(STAMP) lint

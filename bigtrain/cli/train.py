@@ -35,7 +35,9 @@ def summary(result) -> str:  # noqa: ANN001 - a TrainResult
     if result.fid:
         steps = sorted(result.fid)
         curve = ", ".join(f"{s}: {result.fid[s]:.2f}" for s in steps)
-        lines.append(f"  FID by step: {curve}")
+        key = result.headline or "fid"
+        name = {"fid": "FID", "rfid": "rFID"}.get(key.split("/")[0], key)
+        lines.append(f"  {name} by step: {curve}")
     if result.mlflow_run_id:
         lines.append(f"  MLflow run: {result.mlflow_run_id}")
         if result.tracking_uri and not result.tracking_uri.startswith("http"):

@@ -338,6 +338,17 @@ def _codebook(run: EvalRun) -> dict[str, float]:
     return {"vq/codebook_usage": usage["usage"], "vq/codebook_perplexity": usage["perplexity"]}
 
 
+@register_metric(
+    "nll",
+    Need.likelihood,
+    "negative log-likelihood of the evaluation split's real images in bits per dimension (exact for an "
+    "autoregressive model; a VAE's ELBO and importance-weighted bound), and in nats per image",
+)
+def _nll(run: EvalRun) -> dict[str, float]:
+    assert run.source.likelihood is not None
+    return run.source.likelihood()
+
+
 def judged_images(run: EvalRun) -> np.ndarray:
     """The ``eval.num_samples`` judged images again, as uint8 ``[N, C, H, W]``: drawn as the feature
     metrics drew them (batch ``k`` from a generator seeded ``batch_seed(eval.seed, k)``, quantised as

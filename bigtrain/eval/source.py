@@ -36,6 +36,7 @@ class Need(StrEnum):
     codebook = "codebook"  # a quantiser's code counts since the last evaluation
     labels = "labels"  # the class each judged image should show (a translation's source class)
     attributes = "attributes"  # the attribute words each judged image was asked to show (a prompt's)
+    likelihood = "likelihood"  # the model's negative log-likelihood of real images (explicit density)
 
 
 Sampler = Callable[[int, torch.Generator], torch.Tensor]
@@ -71,6 +72,9 @@ class EvalSource:
     # whether every process can draw any batch (``images(n, generator)`` depends only on its
     # arguments): then a distributed evaluation splits the batches over the ranks
     splittable: bool = True
+    # an explicit-density model's negative log-likelihood of ``eval.ref_split`` (or its bounds),
+    # keyed as logged: ``{"nll/bits_per_dim": ..}``; computed by the main process
+    likelihood: Callable[[], dict[str, float]] | None = None
     # names one of several sources of an evaluation (a translation's direction, "AB"): its metric
     # keys carry it, as in ``fid_AB/<net>``
     tag: str = ""

@@ -1,7 +1,7 @@
 """Model families by name (``model.name``), each with its typed ``model.arch`` options.
 
 A family registers a builder with :func:`register_model` next to its own code, naming the kind of
-task that trains it (``gan``, ``tokenizer``, ``prior``, ``paired``, ``unpaired``) and the dataclass of
+task that trains it (``gan``, ``tokenizer``, ``prior``, ``paired``, ``unpaired``, ``text``, ``density``) and the dataclass of
 its options. Every
 module of ``bigtrain.models`` is imported on the first lookup, so a new family is one new file.
 
@@ -21,6 +21,8 @@ Builders take their kind's fixed arguments plus ``arch`` (the parsed dataclass):
   images of A and of B.
 * ``text`` (text-to-image, GAN-CLS): ``(shape: TextGANShape, arch) -> (G, D)`` with
   ``G(z [B, z_dim], e [B, text_dim])`` and ``D(x, e) -> [B]`` logits, ``e`` a text encoder's embedding.
+* ``density`` (explicit likelihood: PixelCNN, PixelRNN, VAE): ``(shape: DensityShape, arch) ->
+  DensityModel`` (``bigtrain.models.density``: ``objective``, ``bounds``, ``sample`` over pixel levels).
 
 :func:`build_gan` and :func:`build_translation` build the GAN and translation kinds from plain
 keywords.

@@ -64,6 +64,7 @@ class TrainResult:
     last_checkpoint: Path | None
     grid: Path | None
     fid: dict[int, float] = field(default_factory=dict)  # the headline metric (FID, rFID) by step
+    headline: str | None = None  # its key (fid/digits, nll/bits_per_dim), None before any evaluation
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     tracker: str | None = None  # tracking.backend, None when tracking is off
@@ -255,6 +256,7 @@ class Trainer:
         self.stream = self._stream(spec)
         self.counters = Counters()
         self.evaluated_step = -1
+        self.headline: str | None = None  # the key standing for an evaluation (fid/digits, nll/bits_per_dim)
         self.grid_step = -1
         self.checkpoints = CheckpointManager(
             self.run_dir,
@@ -404,7 +406,7 @@ class Trainer:
             assert self.evaluator is not None
             results |= self.evaluator(source)
         if self.main and self.evaluator is not None:
-            headline = self.evaluator.headline(results)
+            headline = self.headline = self.evaluator.headline(results)
             value = results[headline]
             score = results.get(self.best.metric or headline) if self.best is not None else None
             self.counters.history[self.step] = value
@@ -595,6 +597,7 @@ class Trainer:
             last_checkpoint=self.last_checkpoint,
             grid=grid,
             fid=dict(self.counters.history),
+            headline=self.headline,
             mlflow_run_id=self.tracker.run_id if self._backend == "mlflow" else None,
             tracking_uri=self.cfg.tracking.uri if self._backend == "mlflow" else None,
             tracker=self._backend,

@@ -262,6 +262,26 @@ def test_sample_export_on_two_ranks_equals_one(mnist_shards: Path, tmp_path: Pat
     assert not list(tmp_path.glob("*/*.part.npz"))  # the ranks' parts are gone
 
 
+def _same_pair_of_runs(tmp_path: Path, networks: set[str], *, keys: bool = True) -> dict[str, str]:
+    """Checks of a 6-step 2-rank run ``a`` and its twin ``b`` resumed at step 3: the ranks agree on
+    ``networks``' weights, read disjoint samples (8 a step each, with ``keys``), and both runs end
+    with the same checkpoint; returns its digests."""
+    meta = json.loads((tmp_path / "a" / "checkpoints" / "step-00000006" / "meta.json").read_text())
+    rank0, rank1 = meta["rank_weight_digests"]
+    assert set(rank0) == networks and rank0 == rank1
+    if keys:
+        seen = [(tmp_path / "a" / "data-keys" / f"rank-{r}.txt").read_text().split() for r in range(2)]
+        assert len(seen[0]) == len(seen[1]) == 6 * 8 and not set(seen[0]) & set(seen[1])
+    da, db = (
+        json.loads(run_cli("inspect", str(tmp_path / d / "checkpoints" / "step-00000006"), "--json").stdout)[
+            "digests"
+        ]
+        for d in ("a", "b")
+    )
+    assert da == db
+    return da
+
+
 def test_pix2pix_trains_on_two_ranks_and_resumes_exactly(mnist_edges: Path, tmp_path: Path) -> None:
     """Paired batches split over 2 ranks (the source and target of a sample stay together), the
     ranks' G and D agree, the 2-rank resume is exact, and the main process evaluates alone."""
@@ -273,16 +293,7 @@ def test_pix2pix_trains_on_two_ranks_and_resumes_exactly(mnist_edges: Path, tmp_
     assert "eval/l1" in straight.stderr  # evaluated by the main process alone (pairs read in order)
     run("b", 3)
     run("b", 6)
-    meta = json.loads((tmp_path / "a" / "checkpoints" / "step-00000006" / "meta.json").read_text())
-    rank0, rank1 = meta["rank_weight_digests"]
-    assert set(rank0) == {"G", "D"} and rank0 == rank1
-    keys = [(tmp_path / "a" / "data-keys" / f"rank-{r}.txt").read_text().split() for r in range(2)]
-    assert len(keys[0]) == len(keys[1]) == 6 * 8 and not set(keys[0]) & set(keys[1])
-    da, db = (
-        json.loads(run_cli("inspect", str(tmp_path / d / "checkpoints" / "step-00000006"), "--json").stdout)
-        for d in ("a", "b")
-    )
-    assert da["digests"] == db["digests"]
+    _same_pair_of_runs(tmp_path, {"G", "D"})
 
 
 def test_cyclegan_trains_on_two_ranks_and_resumes_exactly(mnist_domains: Path, tmp_path: Path) -> None:
@@ -295,18 +306,9 @@ def test_cyclegan_trains_on_two_ranks_and_resumes_exactly(mnist_domains: Path, t
     run("a", 6)
     run("b", 3)
     run("b", 6)
-    meta = json.loads((tmp_path / "a" / "checkpoints" / "step-00000006" / "meta.json").read_text())
-    rank0, rank1 = meta["rank_weight_digests"]
-    assert set(rank0) == {"G_AB", "G_BA", "D_A", "D_B"} and rank0 == rank1
-    digests = [
-        json.loads(run_cli("inspect", str(tmp_path / d / "checkpoints" / "step-00000006"), "--json").stdout)[
-            "digests"
-        ]
-        for d in ("a", "b")
-    ]
-    assert {"task_rank.rank0", "task_rank.rank1"} <= set(digests[0])
-    assert digests[0]["task_rank.rank0"] != digests[0]["task_rank.rank1"]  # each rank's own history
-    assert digests[0] == digests[1]
+    digests = _same_pair_of_runs(tmp_path, {"G_AB", "G_BA", "D_A", "D_B"}, keys=False)
+    assert {"task_rank.rank0", "task_rank.rank1"} <= set(digests)
+    assert digests["task_rank.rank0"] != digests["task_rank.rank1"]  # each rank's own history
 
 
 def test_text_gan_trains_on_two_ranks_and_resumes_exactly(mnist_captions: Path, tmp_path: Path) -> None:
@@ -321,13 +323,32 @@ def test_text_gan_trains_on_two_ranks_and_resumes_exactly(mnist_captions: Path, 
     assert "attribute_agreement/thickness" in straight.stderr and "class_agreement/digits" in straight.stderr
     run("b", 3)
     run("b", 6)
-    meta = json.loads((tmp_path / "a" / "checkpoints" / "step-00000006" / "meta.json").read_text())
-    rank0, rank1 = meta["rank_weight_digests"]
-    assert set(rank0) == {"G", "D", "text", "G_ema"} and rank0 == rank1
-    keys = [(tmp_path / "a" / "data-keys" / f"rank-{r}.txt").read_text().split() for r in range(2)]
-    assert len(keys[0]) == len(keys[1]) == 6 * 8 and not set(keys[0]) & set(keys[1])
-    da, db = (
-        json.loads(run_cli("inspect", str(tmp_path / d / "checkpoints" / "step-00000006"), "--json").stdout)
-        for d in ("a", "b")
-    )
-    assert da["digests"] == db["digests"]
+    _same_pair_of_runs(tmp_path, {"G", "D", "text", "G_ema"})
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [
+        ("experiment=mnist_pixelcnn", "model.arch.layers=2", "ema.enabled=true"),
+        ("experiment=mnist_pixelrnn", "model.arch.layers=1"),
+        ("experiment=mnist_vae", "density.iw_samples=4"),
+    ],
+    ids=["pixelcnn-ema", "pixelrnn", "vae"],
+)
+def test_likelihood_trains_on_two_ranks_and_resumes_exactly(
+    mnist_shards: Path, tmp_path: Path, preset: tuple[str, ...]
+) -> None:
+    """Each density family on 2 ranks (the PixelCNN with an EMA copy): the ranks agree on the
+    networks, read disjoint samples, the 2-rank resume is exact, and the evaluation (samples split
+    over the ranks, the likelihood on the main process) reports bits/dim."""
+    experiment = preset[0].split("=", 1)[1]
+    run = lambda d, steps: _torchrun(  # noqa: E731
+        mnist_shards, tmp_path / d, f"trainer.max_steps={steps}", "trainer.ckpt_every=3",
+        "eval.enabled=true", "eval.every=6", *preset[1:], experiment=experiment,
+        debug=("debug=tiny_likelihood",),
+    )  # fmt: skip
+    straight = run("a", 6)
+    assert "nll/" in straight.stderr and "fid/digits" in straight.stderr
+    run("b", 3)
+    run("b", 6)
+    _same_pair_of_runs(tmp_path, {"net", "net_ema"} if "ema.enabled=true" in preset else {"net"})

@@ -23,7 +23,8 @@ GROUP_OPTIONS = [
 # a debug config is for one task: it composes on that task's digits preset
 DEBUG_ON = {"debug=tiny_gan": "experiment=mnist_dcgan", "debug=tiny_tokenizer": "experiment=mnist_vqgan",
             "debug=tiny_prior": "experiment=mnist_transformer", "debug=tiny_pix2pix": "experiment=mnist_pix2pix",
-            "debug=tiny_cyclegan": "experiment=mnist_cyclegan", "debug=tiny_text_gan": "experiment=mnist_text_gan"}  # fmt: skip
+            "debug=tiny_cyclegan": "experiment=mnist_cyclegan", "debug=tiny_text_gan": "experiment=mnist_text_gan",
+            "debug=tiny_likelihood": "experiment=mnist_pixelcnn"}  # fmt: skip
 
 
 @pytest.mark.parametrize("override", GROUP_OPTIONS)
@@ -147,7 +148,7 @@ def test_model_arch_is_typed_per_family(overrides: list[str], message: str) -> N
 def test_metrics_are_checked_against_the_task() -> None:
     with pytest.raises(
         ConfigError,
-        match="unknown metric 'kdi'; registered: attribute_agreement, class_agreement, codebook, fid, is, kid, l1, pr, psnr, ssim",
+        match="unknown metric 'kdi'; registered: attribute_agreement, class_agreement, codebook, fid, is, kid, l1, nll, pr, psnr, ssim",
     ):
         check_config(compose("eval.metrics=[fid,kdi]", "data.path=/x"), declared_manifest())
     with pytest.raises(ConfigError, match="psnr needs pairs, which task=gan does not provide"):

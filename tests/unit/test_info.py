@@ -29,6 +29,7 @@ def test_every_preset_reports_parameter_counts(preset: str, capsys: pytest.Captu
         "pix2pix": {"G", "D"},
         "cyclegan": {"G_AB", "G_BA", "D_A", "D_B"},
         "text_gan": {"G", "D", "text"},
+        "likelihood": {"net"},
     }[info["task"]]
     assert set(info["params"]) >= networks and all(n > 0 for n in info["params"].values())
     assert info["params_total"] == sum(info["params"].values())
