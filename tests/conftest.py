@@ -47,6 +47,7 @@ LONGEST_FIRST = [
     "e2e/test_tokenizer_cli.py",
     "integration/test_faults.py",
     "e2e/test_progan_cli.py",
+    "e2e/test_likelihood_cli.py",
     "integration/test_multiprocess.py",
     "integration/test_mlflow_server.py",
     "e2e/test_preemption.py",

@@ -1,8 +1,9 @@
 """``bigtrain sample CKPT --out grid.png``: a grid from a checkpoint's generator (a GAN's EMA G, a
 prior's decoded codes), one row per class with ``--per-class``, a translation model's outputs beside
 the images given with ``--condition``, a text-to-image model's samples for each ``--prompt`` (one
-row each), or with ``--interpolate`` straight-line
-walks in z between random points (Radford et al. 2016, sec. 6.1), one row each. ``--num-samples N --npz
+row each), with ``--interpolate`` straight-line
+walks in z between random points (Radford et al. 2016, sec. 6.1), one row each, or with ``--arithmetic``
+the DCGAN paper's vector arithmetic on latents (``bigtrain.train.latent_arithmetic``). ``--num-samples N --npz
 out.npz`` / ``--png-dir DIR`` write N samples for other evaluators (``bigtrain.train.export``). Sampling options
 (``--truncation`` for GANs; ``--temperature``, ``--top-k``, ``--top-p``, ``--cfg-scale`` for priors)
 are passed to the task, which refuses the ones it does not take; ``eval.KEY=VALUE`` overrides set the
@@ -60,6 +61,19 @@ def main(argv: list[str]) -> int:
         "--interpolate", action="store_true", help="each row walks z from one random point to another"
     )
     p.add_argument("--steps", type=int, default=10, help="images per interpolation row")
+    p.add_argument(
+        "--arithmetic",
+        default=None,
+        metavar="EXPR",
+        help="latent vector arithmetic on the digits (unconditional GANs and VAEs), e.g. "
+        "'7:thick - 7:thin + 1:thin': each term's exemplars are prior samples the digits classifier "
+        "reads as CLASS with the thickest / thinnest strokes; a row per term, then the result row. "
+        "Prints a JSON report (what the results are read as)",
+    )
+    p.add_argument(
+        "--pool", type=int, default=2000, help="--arithmetic: prior samples to pick exemplars from"
+    )
+    p.add_argument("--per-group", type=int, default=3, help="--arithmetic: exemplars averaged per term")
     p.add_argument(
         "--class",
         dest="classes",
@@ -167,6 +181,17 @@ def main(argv: list[str]) -> int:
         raise ConfigError(
             f"a task={snap.cfg.task} checkpoint translates images: give --condition IMAGE (a file or a folder)"
         )
+    if a.arithmetic:
+        from bigtrain.train.latent_arithmetic import Pool, arithmetic, digit_reader, parse_expression
+
+        terms = parse_expression(a.arithmetic)
+        space = task.latent_space()
+        read = digit_reader()
+        pool = Pool.draw(space, a.pool, g, read)
+        images, nrow, report = arithmetic(space, terms, pool, g, per_group=a.per_group, read=read)
+        save_grid(images, a.out, nrow)
+        print(json.dumps({**report, "out": str(a.out), "step": snap.checkpoint.step, "seed": a.seed}))
+        return 0
     if a.interpolate:
         images, nrow = task.interpolate(a.rows, a.steps, g, **given), a.steps
     elif a.per_class:

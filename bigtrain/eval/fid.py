@@ -103,8 +103,7 @@ def images_to_features(
             images = _to_bhwc3_uint8(batch)
             if len(images) == 0:
                 continue
-            resized = np.stack([resize(img) for img in images]).transpose(0, 3, 1, 2)
-            x = torch.from_numpy(np.ascontiguousarray(resized, dtype=np.float32))
+            x = _network_input(images, resize)
             feats.append(np.asarray(get_batch_features(x, extractor, device)))
             if probs_out is not None and extractor.probs is not None:
                 with torch.no_grad():
@@ -118,6 +117,26 @@ def images_to_features(
             f"extractor {extractor.name!r} returned features {out.shape}, expected [N, {extractor.dim}]"
         )
     return out
+
+
+def _network_input(images: np.ndarray, resize: Callable[[np.ndarray], np.ndarray]) -> Tensor:
+    """uint8 ``[B, H, W, 3]`` -> the feature network's float input ``[B, 3, S, S]`` (clean-fid's resize)."""
+    resized = np.stack([resize(img) for img in images]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(resized, dtype=np.float32))
+
+
+def class_probs(
+    images: Tensor, extractor: FeatureExtractor, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """The feature network's class probabilities ``[N, K]`` for ``[-1, 1]`` images ``[N, C, H, W]``,
+    quantised and resized exactly as FID's samples are (the digits classifier's reading of a sample)."""
+    if extractor.probs is None:
+        raise ValueError(f"feature network {extractor.name} has no class head")
+    size = extractor.input_size
+    resize = make_resizer("PIL", False, "bicubic", (size, size))
+    x = _network_input(_to_bhwc3_uint8(quantize_images(images)), resize)
+    with torch.no_grad():
+        return extractor.probs(x.to(device)).float().cpu().numpy()
 
 
 def quantize_images(x: Tensor) -> Tensor:

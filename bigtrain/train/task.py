@@ -14,7 +14,8 @@ and ``bigtrain sample`` read them); methods are the run-time hooks, grouped as
   across ranks);
 * training: :meth:`train_step`, :meth:`data_shape` (resolution stages), :meth:`units_per_step`;
 * sampling: :meth:`before_sampling` (collective: ZeRO-3 gathers), :meth:`sample_grid`,
-  :meth:`sample`, :meth:`sample_per_class`, :meth:`sample_conditioned`, :meth:`interpolate`;
+  :meth:`sample`, :meth:`sample_per_class`, :meth:`sample_conditioned`, :meth:`interpolate`,
+  :meth:`latent_space` (vector arithmetic);
 * evaluation: :meth:`eval_source` (what is judged, against which real images);
 * the end: :meth:`close` (an engine releases its hooks and buffers before the process group ends).
 """
@@ -47,6 +48,7 @@ from bigtrain.eval.source import EvalSource, Need
 from bigtrain.models.registry import families, model_family, parse_arch
 
 if TYPE_CHECKING:
+    from bigtrain.train.latent_arithmetic import LatentSpace
     from bigtrain.train.stages import StageSchedule
 
 Batches = Iterator[dict[str, Any]]
@@ -221,6 +223,11 @@ class Task(ABC):
     def interpolate(self, rows: int, steps: int, generator: torch.Generator, **options: Any) -> torch.Tensor:
         """``rows`` walks of ``steps`` images each between random latent points."""
         raise ConfigError(f"task={self.name} has no latent space to interpolate in")
+
+    def latent_space(self) -> LatentSpace:
+        """The prior's latents and their decoder, for vector arithmetic (``bigtrain sample
+        --arithmetic``): a GAN's z, a VAE's z. Refused where images are not a function of z alone."""
+        raise ConfigError(f"task={self.name} has no latent space for arithmetic")
 
     # -- evaluation -----------------------------------------------------------------------------------
     @abstractmethod

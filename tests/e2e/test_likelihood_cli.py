@@ -111,13 +111,20 @@ def test_pixelcnn_samples_by_class_and_evaluates_from_the_cli(
     )
 
 
-def test_vae_interpolates_between_prior_draws(
+def test_vae_interpolates_and_refuses_arithmetic_it_cannot_do(
     runs: dict[str, tuple[Path, Path, Path, str]], tmp_path: Path
 ) -> None:
     out = tmp_path / "walk.png"
     ckpt = runs["vae"][0] / "checkpoints" / "step-00000004"
     run_cli("sample", str(ckpt), "--interpolate", "--rows", "2", "--steps", "5", "--out", str(out))
     assert Image.open(out).size == (5 * 34 + 2, 2 * 34 + 2)
+    # arithmetic on its latents: four steps of training draw blobs the digits classifier cannot read
+    refused = run_cli("sample", str(ckpt), "--arithmetic", "1:thick - 1:thin + 7:thin", "--pool", "20",
+                      "--out", str(out), check=False)  # fmt: skip
+    assert refused.returncode != 0 and "samples read confidently as 1; raise --pool" in refused.stderr
+    pixelcnn = runs["pixelcnn"][0] / "checkpoints" / "step-00000004"
+    refused = run_cli("sample", str(pixelcnn), "--arithmetic", "1:thick", "--out", str(out), check=False)
+    assert refused.returncode != 0 and "model=pixelcnn has no latent space for arithmetic" in refused.stderr
 
 
 def test_likelihood_refuses_a_bad_pixel_format(mnist_shards: Path, tmp_path: Path) -> None:

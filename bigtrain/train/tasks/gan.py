@@ -24,6 +24,7 @@ from bigtrain.checkpoint.manager import load_component
 from bigtrain.config.schema import EvalConfig, ModelConfig, OptimConfig, OptimizerConfig, TrainConfig
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.distributed.sync_bn import convert_cross_replica_bn
+from bigtrain.errors import ConfigError
 from bigtrain.eval.source import EvalSource, Judged
 from bigtrain.losses import build_loss, gradient_penalty
 from bigtrain.losses.regularizers import orthogonal_penalty
@@ -32,6 +33,7 @@ from bigtrain.train.augment import diff_augment, parse_policy
 from bigtrain.train.bn_modes import G_BN_MODES
 from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
 from bigtrain.train.gan_sampling import GeneratorSampling
+from bigtrain.train.latent_arithmetic import LatentSpace
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.stages import StageDriver, StagedTask, build_driver, fade_reals
 from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, apply_frozen
@@ -478,6 +480,20 @@ class GANTask(StagedTask):
 
     def interpolate(self, rows: int, steps: int, generator: torch.Generator, **options: Any) -> torch.Tensor:  # noqa: ARG002
         return self.sampling.interpolate(rows, steps, generator)
+
+    def latent_space(self) -> LatentSpace:
+        """z ~ N(0, I) through the EMA generator (unconditional models: a class given beside z
+        is not in z, so arithmetic on z cannot move it)."""
+        if self.num_classes:
+            raise ConfigError(
+                "--arithmetic needs an unconditional generator: this one takes its class beside z"
+            )
+        z_dim = self.sampling.z_dim
+        return LatentSpace(
+            z_dim,
+            lambda n, generator: torch.randn(n, z_dim, generator=generator, device=generator.device),
+            lambda z: self.sampling.generate(z, None),
+        )
 
     # -- evaluation -------------------------------------------------------------------------------
     def eval_source(self) -> EvalSource:

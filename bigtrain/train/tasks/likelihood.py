@@ -36,6 +36,7 @@ from bigtrain.eval.source import EvalSource, Judged, Need
 from bigtrain.models import build_model
 from bigtrain.models.density import LN2, DensityModel, DensityShape, quantize, to_unit
 from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
+from bigtrain.train.latent_arithmetic import LatentSpace
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, rank_means, record_updates
 from bigtrain.train.task import Batches, Task, eval_recipe, register_task
@@ -278,6 +279,22 @@ class LikelihoodTask(Task):
                 y = y.to(self.device).repeat_interleave(steps)
             with torch.no_grad():
                 return net.mean_image(path, y).float().clamp(-1, 1).cpu()
+
+    def latent_space(self) -> LatentSpace:
+        """A VAE's z ~ N(0, I) through the decoder's mean (unconditional models only)."""
+        net = self.judged
+        if not hasattr(net, "latent_dim"):
+            raise ConfigError(f"model={self.cfg.model.name} has no latent space for arithmetic")
+        if self.num_classes:
+            raise ConfigError("--arithmetic needs an unconditional VAE: this one takes its class beside z")
+        dim = int(net.latent_dim)
+
+        @torch.no_grad()
+        def decode(z: torch.Tensor) -> torch.Tensor:
+            with self._eval_mode() as model:
+                return model.mean_image(z.to(self.device), None).float().clamp(-1, 1).cpu()
+
+        return LatentSpace(dim, lambda n, g: torch.randn(n, dim, generator=g, device=g.device), decode)
 
     # -- evaluation -------------------------------------------------------------------------------
     def _real(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
