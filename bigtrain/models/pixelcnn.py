@@ -64,10 +64,17 @@ def _down(t: torch.Tensor) -> torch.Tensor:
 
 class GatedLayer(nn.Module):
     """One layer of the gated PixelCNN: vertical and horizontal stacks, the link between them and
-    the class bias."""
+    the condition's bias (a class's, or a map of a condition vector: :mod:`bigtrain.models.pixelcnn_prior`)."""
 
     def __init__(
-        self, in_ch: int, width: int, kernel: int, groups: int, first: bool, num_classes: int
+        self,
+        in_ch: int,
+        width: int,
+        kernel: int,
+        groups: int,
+        first: bool,
+        num_classes: int,
+        cond_dim: int = 0,
     ) -> None:
         super().__init__()
         r = kernel // 2
@@ -82,8 +89,9 @@ class GatedLayer(nn.Module):
         )  # fmt: skip
         self.link = nn.Conv2d(2 * width, 2 * width, 1)  # vertical -> horizontal (rows above only)
         self.h_out = MaskedConv2d(width, width, (1, 1), mask_type="B", groups=groups)
-        self.cls_v = class_bias(num_classes, 2 * width)
-        self.cls_h = class_bias(num_classes, 2 * width)
+        # the condition's term V^T h (eq. 4): a bias per class, or a linear map of a vector h
+        self.cls_v = self._condition(num_classes, cond_dim, 2 * width)
+        self.cls_h = self._condition(num_classes, cond_dim, 2 * width)
 
     def vertical(self, v: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The vertical stack's output and what it adds to the horizontal stack's pre-activation
@@ -105,7 +113,12 @@ class GatedLayer(nn.Module):
         return self._class(self.link(zero), self.cls_h, y)
 
     @staticmethod
-    def _class(t: torch.Tensor, bias: nn.Embedding | None, y: torch.Tensor | None) -> torch.Tensor:
+    def _condition(num_classes: int, cond_dim: int, out: int) -> nn.Module | None:
+        """A class's bias (labels ``[B]``), or with ``cond_dim`` a linear map of a vector ``[B, cond_dim]``."""
+        return nn.Linear(cond_dim, out, bias=False) if cond_dim else class_bias(num_classes, out)
+
+    @staticmethod
+    def _class(t: torch.Tensor, bias: nn.Module | None, y: torch.Tensor | None) -> torch.Tensor:
         return t + bias(y)[:, :, None, None] if bias is not None and y is not None else t
 
     def horizontal(self, h: torch.Tensor, link: torch.Tensor) -> torch.Tensor:

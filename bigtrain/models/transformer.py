@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -216,7 +217,49 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class TokenPrior(nn.Module):
+class NextCodePrior(nn.Module):
+    """What ``task=prior`` trains and samples through, whatever the network: a condition prefix of
+    ``prefix_len`` positions (``embed_prefix``), then ``forward(tokens, labels, cache, prefix=,
+    drop=)`` -> logits ``[B, prefix_len - 1 + T + 1, vocab]`` predicting each code from those
+    before it, and ``new_cache`` (None: sampling recomputes every step). ``cfg`` has ``vocab``,
+    ``seq_len``, ``num_classes`` and ``label_dropout``. :class:`TokenPrior` is the transformer;
+    :mod:`bigtrain.models.pixelcnn_prior` the gated PixelCNN over the code grid."""
+
+    cfg: Any
+    prefix_len: int
+    cls_emb: nn.Embedding | None
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
+    def class_prefix(self, cond: Tensor | None, batch: int, drop: Tensor | None = None) -> Tensor:
+        """Class labels ``[B]`` as ``[B, 1, dim]``; None (or ``drop`` true for a row) gives the
+        null class, the last row of ``cls_emb``."""
+        assert self.cls_emb is not None
+        device = self.cls_emb.weight.device
+        if cond is None:
+            cond = torch.full((batch,), self.null_class, dtype=torch.long, device=device)
+        if drop is not None:
+            cond = torch.where(drop, torch.full_like(cond, self.null_class), cond)
+        return self.cls_emb(cond)[:, None]
+
+    def code_logits(self, tokens: Tensor, cond: Tensor | None, drop: Tensor | None = None) -> Tensor:
+        """Training's logits ``[B, seq_len, vocab]``: position ``t`` predicts code ``t`` from the
+        condition (replaced by the null prefix where ``drop``) and ``tokens[:, :t]``."""
+        return self(tokens[:, :-1], cond, drop=drop)[:, self.prefix_len - 1 :]
+
+    def loss(self, tokens: Tensor, labels: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
+        """Next-token cross-entropy over all ``seq_len`` codes, with condition dropout for CFG."""
+        drop = None
+        if labels is not None and self.training and self.cfg.label_dropout > 0:
+            u = torch.rand(tokens.shape[0], generator=generator, device=tokens.device)
+            drop = u < self.cfg.label_dropout
+        logits = self.code_logits(tokens, labels, drop)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+
+
+class TokenPrior(NextCodePrior):
     def __init__(self, cfg: PriorConfig, condition: Condition | None = None) -> None:
         super().__init__()
         condition = condition or Condition("class", cfg.num_classes)
@@ -268,21 +311,12 @@ class TokenPrior(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
-    @property
-    def null_class(self) -> int:
-        return self.cfg.num_classes
-
     def embed_prefix(self, cond: Tensor | None, batch: int, drop: Tensor | None = None) -> Tensor:
         """The condition as ``[batch, prefix_len, dim]``: class labels ``[B]``, caption word ids
         ``[B, L]`` or features ``[B, L, F]``, or condition codes ``[B, P]``; None (or ``drop``
         true for a row) gives the null prefix."""
         if self.cls_emb is not None:
-            device = self.cls_emb.weight.device
-            if cond is None:
-                cond = torch.full((batch,), self.null_class, dtype=torch.long, device=device)
-            if drop is not None:
-                cond = torch.where(drop, torch.full_like(cond, self.null_class), cond)
-            return self.cls_emb(cond)[:, None]
+            return self.class_prefix(cond, batch, drop)
         assert self.prefix is not None
         if cond is None:
             return self.prefix.null_prefix(batch)
@@ -329,23 +363,9 @@ class TokenPrior(nn.Module):
             cache.length += t
         return self.head(self.ln_f(x))
 
-    def code_logits(self, tokens: Tensor, cond: Tensor | None, drop: Tensor | None = None) -> Tensor:
-        """Training's logits ``[B, seq_len, vocab]``: position ``t`` predicts code ``t`` from the
-        condition (replaced by the null prefix where ``drop``) and ``tokens[:, :t]``."""
-        return self(tokens[:, :-1], cond, drop=drop)[:, self.prefix_len - 1 :]
-
     def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> KVCache:
         c = self.cfg
         return KVCache(c.layers, batch, c.heads, self.prefix_len + c.seq_len, c.dim // c.heads, device, dtype)
-
-    def loss(self, tokens: Tensor, labels: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
-        """Next-token cross-entropy over all ``seq_len`` codes, with condition dropout for CFG."""
-        drop = None
-        if labels is not None and self.training and self.cfg.label_dropout > 0:
-            u = torch.rand(tokens.shape[0], generator=generator, device=tokens.device)
-            drop = u < self.cfg.label_dropout
-        logits = self.code_logits(tokens, labels, drop)
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
 
 
 def _filter(logits: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -489,6 +509,7 @@ __all__ = [
     "GPTArch",
     "KVCache",
     "PriorConfig",
+    "NextCodePrior",
     "TokenPrior",
     "build_gpt",
     "generate",

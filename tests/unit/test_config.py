@@ -24,7 +24,8 @@ GROUP_OPTIONS = [
 DEBUG_ON = {"debug=tiny_gan": "experiment=mnist_dcgan", "debug=tiny_tokenizer": "experiment=mnist_vqgan",
             "debug=tiny_prior": "experiment=mnist_transformer", "debug=tiny_pix2pix": "experiment=mnist_pix2pix",
             "debug=tiny_cyclegan": "experiment=mnist_cyclegan", "debug=tiny_text_gan": "experiment=mnist_text_gan",
-            "debug=tiny_likelihood": "experiment=mnist_pixelcnn"}  # fmt: skip
+            "debug=tiny_likelihood": "experiment=mnist_pixelcnn",
+            "debug=tiny_pixelcnn_prior": "experiment=mnist_pixelcnn_prior"}  # fmt: skip
 
 
 @pytest.mark.parametrize("override", GROUP_OPTIONS)
