@@ -72,7 +72,14 @@ def test_it_learns_and_refuses_what_it_cannot_do() -> None:
         losses.append(float(loss))
     assert losses[-1] < 0.3 * losses[0]
     with pytest.raises(ValueError, match="conditions on a class only"):
-        build_model("pixelcnn_prior", {}, vocab=7, seq_len=16, num_classes=0, condition=Condition("image", cond_vocab=7, cond_len=16))
+        build_model(
+            "pixelcnn_prior",
+            {},
+            vocab=7,
+            seq_len=16,
+            num_classes=0,
+            condition=Condition("image", cond_vocab=7, cond_len=16),
+        )
     with pytest.raises(ValueError, match="square code grid"):
         build_model("pixelcnn_prior", {}, vocab=7, seq_len=12, num_classes=0)
     with pytest.raises(ValueError, match="no KV cache"):
