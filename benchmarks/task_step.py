@@ -44,19 +44,9 @@ def _synthetic(cfg: Any, batch: int, device: torch.device) -> tuple[DatasetManif
     return manifest, {**data, "label": labels}
 
 
-def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> None:
-    a = parse_args(
-        {
-            "experiment": default_experiment,
-            "batch": 64,
-            "iters": 50,
-            "warmup": 5,
-            "device": "cpu",
-            "precision": "no",  # no|fp32, bf16, fp16
-            "channels_last": False,
-            "compile": False,
-        }
-    )
+def build(a: dict[str, Any]) -> tuple[Any, Any, dict[str, torch.Tensor], int]:
+    """The preset's config with the benchmark's overrides, its task on the device, one synthetic
+    batch and the step to time from (a growing model's last stage, faded in: the costliest)."""
     precision = "no" if a["precision"] in ("no", "fp32") else a["precision"]
     cfg = compose_config(
         [
@@ -79,6 +69,25 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
     if stages is not None:  # a growing model: time its last stage, faded in (the costliest)
         first_step = stages.total_steps - stages.stages[-1].steps + stages.stages[-1].fade_steps + 1
 
+    return cfg, task, batch, first_step
+
+
+def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> None:
+    a = parse_args(
+        {
+            "experiment": default_experiment,
+            "batch": 64,
+            "iters": 50,
+            "warmup": 5,
+            "device": "cpu",
+            "precision": "no",  # no|fp32, bf16, fp16
+            "channels_last": False,
+            "compile": False,
+        }
+    )
+    cfg, task, batch, first_step = build(a)
+    device = torch.device(a["device"])
+
     def data():  # noqa: ANN202
         while True:
             yield batch
@@ -95,6 +104,7 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
     t = time.perf_counter()
     for step in range(first_step + a["warmup"], first_step + a["warmup"] + a["iters"]):
         task.train_step(step, it)
+    task.settle()  # trainer.sync_every > 1: the deferred finite checks, read as the loop would
     if device.type == "cuda":
         torch.cuda.synchronize()
     sec = (time.perf_counter() - t) / a["iters"]
@@ -110,7 +120,9 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
         "batch": a["batch"],
         "accumulation": int(cfg.trainer.accumulation),
         "params": {k: sum(p.numel() for p in m.parameters()) for k, m in nets.items()},
-        "first_losses": {k.removeprefix("loss/"): v for k, v in first.items() if k.startswith("loss/")},
+        "first_losses": {
+            k.removeprefix("loss/"): float(v) for k, v in first.items() if k.startswith("loss/")
+        },
         "first_iter_s": round(first_iter_s, 3),
         "sec_per_iter": round(sec, 5),
         "img_per_s": round(task.images_per_step() / sec, 1),

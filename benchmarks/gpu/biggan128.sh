@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# BigGAN 128x128 (imagenet128_biggan preset, G 70.4M / D 88.0M) at batch 256 on one GPU:
-# 1 D step + 1 G step + EMA per iteration (accumulation 1, as the reference is timed), in
-# fp32 eager, bf16, bf16 + channels_last, bf16 + channels_last + torch.compile.
-# One call of under 8 minutes. Prints one JSON line per configuration.
+# BigGAN 128x128 (imagenet128_biggan preset, G 70.4M / D 88.0M, real and fake through D as one batch)
+# at batch 256 on one GPU, 1 D step + 1 G step + EMA per iteration (accumulation 1, as the reference
+# is timed): fp32 eager (the first-iteration losses bf16 is held to), then bf16 + channels_last +
+# torch.compile with issue 19's levers switched on one at a time in one process
+# (benchmarks/gan_levers.py: the model compiles once), then the full config path with every lever.
+# One call of about 7 minutes (compilation ~150 s the first time). One JSON line per configuration.
 #   bash benchmarks/gpu/biggan128.sh [BATCH]
 set -u
 B=${1:-256}
+PY=${PY:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python -c "import torch; print('torch', torch.__version__)"
-run() {
-  timeout "$1" python benchmarks/biggan_step.py experiment=imagenet128_biggan batch="$B" device=cuda \
-    trainer.accumulation=1 "${@:2}" 2>&1 | tail -1
-}
-run 150 precision=fp32 iters=8 warmup=2
-run 150 precision=bf16 iters=8 warmup=2
-run 150 precision=bf16 channels_last=true iters=8 warmup=2
-run 330 precision=bf16 channels_last=true compile=true iters=8 warmup=3
+$PY -c "import torch; print('torch', torch.__version__)"
+common="experiment=imagenet128_biggan batch=$B device=cuda trainer.accumulation=1"
+timeout 150 $PY benchmarks/biggan_step.py $common precision=fp32 iters=3 warmup=1 2>&1 | tail -3
+timeout 330 $PY benchmarks/gan_levers.py $common precision=bf16 channels_last=true compile=true \
+  iters=8 warmup=2 rounds=2 sync_every=100 2>&1 | tail -3
+timeout 200 $PY benchmarks/biggan_step.py $common precision=bf16 channels_last=true compile=true \
+  optim.d.fused=true optim.g.fused=true trainer.sync_every=100 iters=16 warmup=3 2>&1 | tail -3
+# `bash benchmarks/gpu/biggan128.sh 256 modes`: also torch.compile's other modes (not yet run; each
+# compiles anew, several minutes for max-autotune)
+if [ "${2:-}" = modes ]; then
+  for M in reduce-overhead max-autotune-no-cudagraphs; do
+    timeout 420 $PY benchmarks/biggan_step.py $common precision=bf16 channels_last=true compile=true \
+      trainer.compile_mode=$M optim.d.fused=true optim.g.fused=true trainer.sync_every=100 iters=16 warmup=3 2>&1 | tail -3
+  done
+fi

@@ -11,6 +11,9 @@ from omegaconf import OmegaConf
 from bigtrain.config.schema import DOWNSAMPLE
 from bigtrain.errors import ConfigError
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile``'s modes (``trainer.compile_mode``)."""
+
 
 def common_problems(cfg: Any) -> list[str]:
     """Rules on the sections every task shares (data, trainer, schedule, stages, evaluation)."""
@@ -23,6 +26,9 @@ def common_problems(cfg: Any) -> list[str]:
         problems.append("trainer.max_steps must be >= 1")
     if cfg.trainer.accumulation < 1:
         problems.append("trainer.accumulation must be >= 1")
+    mode = str(cfg.trainer.get("compile_mode", "default"))
+    if mode not in COMPILE_MODES:
+        problems.append(f"trainer.compile_mode must be one of {', '.join(COMPILE_MODES)} (got '{mode}')")
     if cfg.trainer.max_nonfinite_skips < 0:
         problems.append("trainer.max_nonfinite_skips must be >= 0")
     for key in ("log_every", "sample_every", "ckpt_every"):

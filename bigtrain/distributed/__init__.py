@@ -7,7 +7,9 @@ backward (D on real and on fake, the gradient penalty's double backward, G's los
 DDP's reducer expects one forward per backward and fails or needs ``find_unused_parameters`` for
 that. One coalesced all-reduce of each network's gradients after its backward keeps every rank's
 weights bit-identical with no such constraint; BatchNorm running statistics are broadcast from rank
-0 after each step, as DDP's ``broadcast_buffers`` would.
+0 after each step, as DDP's ``broadcast_buffers`` would. ``bigtrain.distributed.overlap`` computes
+the same average in buckets sent while backward still runs, as DDP overlaps its reduction
+(``OptimizerStep(overlap=True)``).
 """
 
 from __future__ import annotations

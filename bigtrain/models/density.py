@@ -90,6 +90,26 @@ class DensityModel(nn.Module, ABC):
         the model is conditional (``labels`` ``[n]``), every random draw from ``generator``."""
 
 
+class LatentDensityModel(DensityModel):
+    """A density model around a latent ``z ~ N(0, I)`` with an encoder q(z|x) and a decoder p(x|z)
+    (the VAE): what reconstructions, latent interpolation and latent arithmetic need. The task asks
+    ``isinstance`` of this, not whether some attribute happens to exist."""
+
+    latent_dim: int
+
+    @abstractmethod
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Levels ``[B, C, H, W]`` -> q(z|x)'s mean and log-variance, each ``[B, latent_dim]``."""
+
+    @abstractmethod
+    def mean_image(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Latents ``[B, latent_dim]`` -> the decoder's mean as float images in [-1, 1]."""
+
+    @abstractmethod
+    def sample_mean(self, n: int, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """``n`` decoder means at ``z ~ N(0, I)`` drawn from ``generator`` (float images in [-1, 1])."""
+
+
 def _wide(t: torch.Tensor) -> torch.Tensor:
     """A likelihood is summed over thousands of sub-pixels: half precision is widened to float32
     (bf16 autocast's logits), float64 kept (the exactness tests)."""
@@ -102,6 +122,16 @@ def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
     u = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).long()
     if levels == 256:
         return u
+    if levels == 2:
+        return (u > 127).long()
+    raise ValueError(f"levels must be 256 or 2, got {levels}")
+
+
+def levels_from_uint8(u: torch.Tensor, levels: int) -> torch.Tensor:
+    """uint8 pixels (a decoded image, ``[B, C, H, W]``) -> long levels, without the float round trip
+    through [-1, 1]: exactly :func:`quantize` of ``u / 127.5 - 1`` (tested for all 256 values)."""
+    if levels == 256:
+        return u.long()
     if levels == 2:
         return (u > 127).long()
     raise ValueError(f"levels must be 256 or 2, got {levels}")
@@ -192,10 +222,12 @@ __all__ = [
     "LN2",
     "DensityModel",
     "DensityShape",
+    "LatentDensityModel",
     "bits_per_dim",
     "categorical_nll",
     "discretized_logistic_log_prob",
     "discretized_logistic_mixture_log_prob",
+    "levels_from_uint8",
     "quantize",
     "sample_categorical",
     "sample_discretized_logistic_mixture",

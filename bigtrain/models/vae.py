@@ -49,7 +49,12 @@ from torch import nn
 
 from bigtrain.config.typed import option
 from bigtrain.models.common import check_labels
-from bigtrain.models.density import DensityModel, DensityShape, discretized_logistic_log_prob, to_unit
+from bigtrain.models.density import (
+    DensityShape,
+    LatentDensityModel,
+    discretized_logistic_log_prob,
+    to_unit,
+)
 from bigtrain.models.registry import register_model
 
 LIKELIHOODS = ("auto", "bernoulli", "logistic", "gaussian")
@@ -140,7 +145,7 @@ def _at_least_f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-class VAE(DensityModel):
+class VAE(LatentDensityModel):
     """Convolutional (conditional) VAE over images of :class:`DensityShape` (module docstring).
 
     The decoder's parameters (:meth:`decode`) are one tensor ``[B, P, C, H, W]``: ``P = 1`` (the

@@ -65,18 +65,36 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
+        """One EMA step over every parameter and buffer, with one foreach kernel per kind of update
+        (``torch._foreach_lerp_`` / ``_foreach_copy_``) rather than two kernels per tensor: BigGAN's
+        G has hundreds of tensors, and on a GPU the launches, not the arithmetic, were the cost. The
+        foreach kernels compute each element exactly as the per-tensor ``lerp_``/``copy_`` do."""
         d = self.current_decay(step)
-        for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            if d == 0.0:
-                e.copy_(p.detach())
-            else:
-                e.lerp_(p.detach().to(e.dtype), 1.0 - d)
+        live = [p.detach() for p in model.parameters()]
+        mine = list(self.model.parameters())
+        if len(live) != len(mine):
+            raise ValueError(f"EMA of {len(mine)} parameters updated from a network with {len(live)}")
+        self._apply(mine, live, lerp=d > 0.0, weight=1.0 - d)
         average = self.buffers == "average" and d > 0.0
-        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            if average and e.is_floating_point():
-                e.lerp_(b.to(e.dtype), 1.0 - d)
-            else:
-                e.copy_(b)
+        ebufs, lbufs = list(self.model.buffers()), list(model.buffers())
+        if len(ebufs) != len(lbufs):
+            raise ValueError(f"EMA of {len(ebufs)} buffers updated from a network with {len(lbufs)}")
+        floats = [i for i, e in enumerate(ebufs) if average and e.is_floating_point()]
+        rest = sorted(set(range(len(ebufs))) - set(floats))
+        self._apply([ebufs[i] for i in floats], [lbufs[i] for i in floats], lerp=True, weight=1.0 - d)
+        self._apply([ebufs[i] for i in rest], [lbufs[i] for i in rest], lerp=False, weight=0.0)
+
+    @staticmethod
+    def _apply(mine: list[torch.Tensor], live: list[torch.Tensor], *, lerp: bool, weight: float) -> None:
+        """``mine <- lerp(mine, live, weight)`` (or a copy), grouped by device and dtype as the
+        foreach kernels require; a live tensor of another dtype is cast first, as before."""
+        if not mine:
+            return
+        live = [b if b.dtype == e.dtype else b.to(e.dtype) for e, b in zip(mine, live, strict=True)]
+        if lerp:
+            torch._foreach_lerp_(mine, live, weight)
+        else:
+            torch._foreach_copy_(mine, live)
 
     def state_dict(self) -> dict[str, Any]:
         return self.model.state_dict()

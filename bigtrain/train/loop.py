@@ -352,8 +352,18 @@ class Trainer:
         return self.checkpoints.last
 
     # -- checkpoint ---------------------------------------------------------------------------------
+    def settle(self) -> None:
+        """Read the task's deferred finite checks (``trainer.sync_every``) before anything is
+        logged, evaluated or saved, so no checkpoint holds weights a non-finite update reached."""
+        try:
+            self.task.settle()
+        except NonFiniteLossError as exc:
+            exc.last_checkpoint = self.last_checkpoint
+            raise
+
     def save(self) -> Path:
         """Collective: the checkpoint of this step (nothing new if this step is already saved)."""
+        self.settle()
         if self.checkpoints.saved(self.step) and self.last_checkpoint is not None:
             return self.last_checkpoint
         weights = {k: digest(m.state_dict()) for k, m in self.task.digest_modules().items()}
@@ -393,10 +403,19 @@ class Trainer:
         grid = grid_uint8(images, nrow)  # the same pixels in the PNG and in MLflow
         Image.fromarray(grid).save(out)
         self.tracker.log_image(grid, "samples", self.step)
+        for name, (extra, rows) in self.task.extra_grids(
+            self.cfg.sample.seed, self.cfg.sample.grid_rows
+        ).items():
+            picture = grid_uint8(extra, rows)
+            path = self.run_dir / name / f"step-{self.step:08d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(picture).save(path)
+            self.tracker.log_image(picture, name, self.step)
         return out
 
     def evaluate(self) -> float | None:
         """Collective: the metrics of ``eval.metrics`` on the main process, logged at this step."""
+        self.settle()
         value = score = None
         self.task.before_sampling()
         t = time.time()
@@ -503,6 +522,8 @@ class Trainer:
                     window[unit] = window.get(unit, 0) + n * self.world
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    self.settle()
+                    metrics = {k: float(v) for k, v in metrics.items()}  # device scalars read here
                     now = time.time()
                     for unit, n in window.items():  # img_per_s, and tokens_per_s for sequence models
                         metrics[f"{unit}_per_s"] = n / max(now - window_t, 1e-9)

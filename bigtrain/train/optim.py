@@ -16,11 +16,16 @@ import torch
 def build_optimizer(params: Any, c: Any) -> torch.optim.Optimizer:
     """The optimizer an ``optim.<name>`` block names (``name``: adam, the default, or rmsprop)."""
     name = str(getattr(c, "name", "adam"))
+    fused = bool(getattr(c, "fused", False))
+    if fused and name != "adam":
+        raise ValueError(f"optim fused=true is Adam's fused kernel; {name} has none (set fused=false)")
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps, weight_decay=c.weight_decay)
     if name != "adam":
         raise ValueError(f"unknown optimizer {name!r}; choose adam or rmsprop")
-    return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay)
+    return torch.optim.Adam(
+        params, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, fused=fused or None
+    )
 
 
 def lr_factor(step: int, schedule: Any, max_steps: int) -> float:

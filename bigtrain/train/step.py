@@ -7,7 +7,9 @@ back-propagate each loss divided by that count (scaled by the fp16 loss scale), 
    rank is seen by every rank at the same step, before anything is applied; the run stops
    (``trainer.on_nonfinite=stop``) or the update is dropped and counted (``skip``);
 2. average the gradients over ranks (one flat all-reduce; see ``bigtrain.distributed`` for why
-   not DDP);
+   not DDP), or, with ``overlap``, finish the bucketed reductions the last backward started
+   (``bigtrain.distributed.overlap``; done before step 1, whose all-reduce must not come between
+   them);
 3. clip the global gradient norm (when the task asks);
 4. step the optimizer (through the fp16 loss scaler, which skips overflowing steps on every rank
    alike because the scaled gradients were all-reduced before it looks);
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from bigtrain import distributed as bdist
+from bigtrain.distributed.overlap import DEFAULT_BUCKET_MB, GradBuckets
 from bigtrain.errors import NonFiniteLossError
 from bigtrain.train.optim import build_optimizer
 
@@ -34,17 +37,41 @@ from bigtrain.train.optim import build_optimizer
 class NonFiniteGuard:
     """``trainer.on_nonfinite`` for one task: a loss that is NaN/inf on any rank either stops the run
     (``stop``) or drops that update and counts it (``skip``), up to ``max_nonfinite_skips`` in a row.
-    Its counters are checkpointed in the task's ``task`` component."""
+    Its counters are checkpointed in the task's ``task`` component.
 
-    def __init__(self, trainer_cfg: Any) -> None:
+    ``deferred`` (``trainer.sync_every`` > 1, ``stop`` only, for a task that declares
+    ``Task.defers_checks``): reading a loss on the host waits for the GPU to finish everything queued
+    before it, and every such wait leaves the GPU idle while Python queues the next kernels. A
+    deferred guard keeps each loss's finite flag on the device and reads them all at once every
+    ``sync_every`` steps and whenever the loop is about to write a checkpoint or evaluate
+    (:meth:`settle`); a non-finite loss then stops the run naming its exact network and step, and
+    no checkpoint is ever written from weights a non-finite update reached.
+    """
+
+    def __init__(self, trainer_cfg: Any, *, deferred: bool = False) -> None:
         self.policy = str(trainer_cfg.on_nonfinite)
         self.max_skips = int(trainer_cfg.max_nonfinite_skips)
+        self.every = int(trainer_cfg.get("sync_every", 1)) if deferred else 1
+        if self.every > 1 and self.policy != "stop":
+            raise ValueError("trainer.sync_every > 1 checks losses late: it needs trainer.on_nonfinite=stop")
         self.skips = 0  # in a row; reset by a good step
         self.total = 0
+        self._pending: list[tuple[str, int, torch.Tensor]] = []  # deferred: (name, step, finite flag)
 
-    def check(self, loss_sum: torch.Tensor, name: str, step: int) -> float | None:
-        """The rank-averaged loss, or None when the update must be dropped; raises to stop."""
-        value = float(bdist.all_reduce_mean(loss_sum.detach().float()))
+    @property
+    def deferred(self) -> bool:
+        return self.every > 1
+
+    def check(self, loss_sum: torch.Tensor, name: str, step: int) -> float | torch.Tensor | None:
+        """The rank-averaged loss, or None when the update must be dropped; raises to stop. A
+        deferred guard returns it as a 0-dim tensor on the device and reads it later."""
+        mean = bdist.all_reduce_mean(loss_sum.detach().float())
+        if self.deferred:
+            self._pending.append((name, step, torch.isfinite(mean)))
+            if step % self.every == 0:
+                self.settle()
+            return mean
+        value = float(mean)
         if math.isfinite(value):
             return value
         if self.policy == "skip" and self.skips < self.max_skips:
@@ -52,6 +79,17 @@ class NonFiniteGuard:
             self.total += 1
             return None
         raise NonFiniteLossError(name, step)
+
+    def settle(self) -> None:
+        """Read every deferred finite flag (one host-device synchronisation) and raise for the first
+        non-finite loss; a no-op when nothing is pending."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        finite = torch.stack([flag for _, _, flag in pending]).cpu()
+        if not bool(finite.all()):
+            name, step, _ = pending[int((~finite).nonzero()[0])]
+            raise NonFiniteLossError(name, step)
 
     def good_step(self) -> None:
         self.skips = 0
@@ -76,7 +114,7 @@ class Update(Protocol):
         """One micro-batch's loss (its mean over the micro-batch)."""
         ...
 
-    def apply(self, loss_sum: torch.Tensor, step: int) -> float | None:
+    def apply(self, loss_sum: torch.Tensor, step: int) -> float | torch.Tensor | None:
         """After the micro-batches: check, reduce, clip, step, broadcast. The rank-averaged loss, or
         None when the update was dropped (``on_nonfinite=skip``). Raises to stop."""
         ...
@@ -102,7 +140,7 @@ def accumulate(update: Update, micro: Callable[[], torch.Tensor]) -> torch.Tenso
 
 def apply_frozen(
     update: Update, micro: Callable[[], torch.Tensor], step: int, frozen: nn.Module
-) -> float | None:
+) -> float | torch.Tensor | None:
     """:func:`accumulate` and apply ``update`` with ``frozen``'s parameters out of autograd: a
     generator's step through its discriminator, whose weights must collect no gradient from it."""
     frozen.requires_grad_(False)
@@ -136,6 +174,15 @@ def rank_means(sums: Mapping[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, (float(v) for v in reduced), strict=True))
 
 
+def grad_overlap(trainer_cfg: Any) -> dict[str, Any]:
+    """The :class:`OptimizerStep` options ``trainer.grad_overlap`` and ``trainer.grad_bucket_mb`` set
+    (every task passes them to each of its updates)."""
+    return {
+        "overlap": bool(trainer_cfg.get("grad_overlap", False)),
+        "bucket_mb": float(trainer_cfg.get("grad_bucket_mb", DEFAULT_BUCKET_MB)),
+    }
+
+
 def set_lr(optimizer: Any, lr: float) -> None:
     """Every parameter group of a torch or DeepSpeed optimizer at ``lr``."""
     for group in optimizer.param_groups:
@@ -148,6 +195,12 @@ class OptimizerStep:
     ``clip``: None leaves the gradients alone; a number clips their global norm to it (``inf``
     only measures it) and :attr:`grad_norm` holds the norm before clipping. ``broadcast``: the
     networks whose buffers (BatchNorm statistics) rank 0 sends to every rank after the step.
+
+    ``overlap``: average the gradients in buckets of ``bucket_mb`` MiB that the last micro-batch's
+    backward sends as they fill (:class:`~bigtrain.distributed.overlap.GradBuckets`), instead of
+    one all-reduce after it: the same averages (bit for bit on two ranks), communication hidden
+    behind the earlier layers' backward. The buckets are armed by the ``accumulation``-th
+    :meth:`backward` call since :meth:`zero`, so the earlier micro-batches send nothing.
     """
 
     def __init__(
@@ -162,6 +215,8 @@ class OptimizerStep:
         accumulation: int = 1,
         clip: float | None = None,
         broadcast: Sequence[nn.Module] = (),
+        overlap: bool = False,
+        bucket_mb: float = DEFAULT_BUCKET_MB,
     ) -> None:
         self.name, self.optimizer, self.guard = name, optimizer, guard
         self.hparams = hparams  # the optim.<name> block: lr, betas, eps, weight_decay
@@ -173,6 +228,8 @@ class OptimizerStep:
         self.clip = clip
         self.broadcast = tuple(broadcast)
         self.grad_norm = float("nan")
+        self._buckets = GradBuckets(self.params, bucket_mb) if overlap else None
+        self._backwards = 0  # backward() calls since zero(): the last micro-batch's arms the buckets
 
     @classmethod
     def build(
@@ -186,17 +243,29 @@ class OptimizerStep:
 
     def zero(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        self._backwards = 0
+        if self._buckets is not None:
+            self._buckets.reset()
 
     def backward(self, loss: torch.Tensor) -> None:
+        self._backwards += 1
+        if self._buckets is not None and self._backwards >= self.accumulation:
+            self._buckets.arm()  # a no-op alone (no process group)
         scaled = loss / self.accumulation
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
 
-    def apply(self, loss_sum: torch.Tensor, step: int) -> float | None:
+    def apply(self, loss_sum: torch.Tensor, step: int) -> float | torch.Tensor | None:
+        if self._buckets is not None:
+            # before the guard's all-reduce, even when the update is then dropped: every rank must
+            # issue every bucket once, whichever its backward already sent (GradBuckets' ordering)
+            self._buckets.finish()
+            self._backwards = 0
         value = self.guard.check(loss_sum, self.name, step)
         if value is None:
             self.zero()
             return None
-        bdist.all_reduce_grads(self.params)
+        if self._buckets is None:
+            bdist.all_reduce_grads(self.params)
         if self.clip is not None:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
@@ -230,10 +299,14 @@ class OptimizerStep:
                 if "alpha" in group:
                     group["alpha"] = float(self.hparams.alpha)
 
-    def gradient_norm(self) -> float:
-        """The global norm of the gradients the last step applied (they are kept until the next zero)."""
-        norms = [p.grad.detach().norm() for p in self.params if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+    def gradient_norm(self) -> float | torch.Tensor:
+        """The global norm of the gradients the last step applied (they are kept until the next
+        zero); under a deferred guard a 0-dim tensor on the device, read when the loop logs it."""
+        norms = [p.grad.detach() for p in self.params if p.grad is not None]
+        if not norms:
+            return 0.0
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(norms)))
+        return total if self.guard.deferred else float(total)
 
 
 __all__ = [
@@ -242,6 +315,7 @@ __all__ = [
     "Update",
     "accumulate",
     "apply_frozen",
+    "grad_overlap",
     "rank_means",
     "record_updates",
     "set_lr",

@@ -84,6 +84,11 @@ class Task(ABC):
     image to translate), ``text`` (``bigtrain sample --prompt``: a caption to draw, task=text_gan);
     None: the task samples without one."""
 
+    defers_checks: ClassVar[bool] = False
+    """Whether :meth:`train_step` honours ``trainer.sync_every`` > 1: it keeps losses and metrics on
+    the device (0-dim tensors, read by the loop when it logs) and its non-finite checks wait for
+    :meth:`settle`. Other tasks refuse the key."""
+
     num_classes: int = 0  # 0 = unconditional
 
     @classmethod
@@ -194,6 +199,11 @@ class Task(ABC):
     def sample_grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:
         """The run's fixed grid: images in [-1, 1] and how many per row."""
 
+    def extra_grids(self, seed: int, rows: int) -> dict[str, tuple[torch.Tensor, int]]:  # noqa: ARG002
+        """More pictures written beside the samples at each ``sample_every`` step, by name: images in
+        [-1, 1] and the images per row (a VAE's ``reconstructions``). None by default."""
+        return {}
+
     def sample(
         self, n: int, generator: torch.Generator, *, classes: list[int] | None = None, **options: Any
     ) -> torch.Tensor:
@@ -238,6 +248,10 @@ class Task(ABC):
         """Every source an evaluation judges: one for most tasks; a translation in both directions
         gives one per direction (their metric keys carry the source's ``tag``)."""
         return [self.eval_source()]
+
+    def settle(self) -> None:  # noqa: B027 - optional hook, a no-op unless defers_checks
+        """Read every deferred non-finite check now and raise :class:`NonFiniteLossError` for the
+        first bad loss; the loop calls it before logging, evaluating and saving."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """The run is over (on every rank, before the process group ends): release engines."""
@@ -286,6 +300,18 @@ def check_config(cfg: Any, manifest: DatasetManifest | None = None) -> None:
     ``model.arch`` options, the metrics, and the task's own rules."""
     cls = task_class(str(cfg.task))
     problems = common_problems(cfg)
+    sync_every = int(cfg.trainer.get("sync_every", 1))
+    if sync_every < 1:
+        problems.append(f"trainer.sync_every must be >= 1 (got {sync_every})")
+    elif sync_every > 1 and not cls.defers_checks:
+        problems.append(
+            f"trainer.sync_every={sync_every}: task={cls.name} reads its losses every step (keep 1)"
+        )
+    elif sync_every > 1 and str(cfg.trainer.on_nonfinite) != "stop":
+        problems.append(
+            f"trainer.sync_every={sync_every} checks losses late: it needs trainer.on_nonfinite=stop "
+            "(skip must read each loss before its update)"
+        )
     owned = OmegaConf.get_type(cfg) is cls.config
     if not owned:  # `task: NAME` set in a YAML without its config group: no sections of its own
         problems.append(

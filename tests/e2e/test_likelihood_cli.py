@@ -87,6 +87,10 @@ def test_likelihood_models_train_evaluate_and_resume_exactly(
         assert m["nll/nats"] == pytest.approx(m["nll/bits_per_dim"] * 1024 * np.log(2), rel=1e-6)
     grid = Image.open(straight / "samples" / "step-00000004.png")
     assert grid.size == (4 * 34 + 2, 4 * 34 + 2)
+    recon = straight / "reconstructions" / "step-00000004.png"
+    assert recon.is_file() == (name == "vae")  # a row of digits, then their reconstructions
+    if name == "vae":
+        assert Image.open(recon).size == (4 * 34 + 2, 4 * 34 + 2)  # 2 pairs of rows of 4
 
 
 def test_pixelcnn_samples_by_class_and_evaluates_from_the_cli(

@@ -248,7 +248,12 @@ def test_absent_inception_weights_say_what_to_do(mnist_shards: Path, tmp_path: P
     assert not (tmp_path / "r" / "checkpoints").exists()  # failed before training started
 
 
-def test_nan_loss_stops_and_names_the_last_good_checkpoint(mnist_shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync_every", [1, 50])
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(
+    mnist_shards: Path, tmp_path: Path, sync_every: int
+) -> None:
+    """``sync_every=50`` reads the losses late, yet a checkpoint is due every step: the deferred
+    checks are read before each save, so the run stops at the same step with the same checkpoints."""
     run = tmp_path / "r"
     _train(mnist_shards, run, tmp_path / "m.db", "trainer.max_steps=10", "eval.enabled=false")
     # an absurd learning rate drives the discriminator's weights to inf within a few steps
@@ -260,14 +265,20 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(mnist_shards: Path, t
         "eval.enabled=false",
         "optim.d.lr=1e30",
         "optim.g.lr=1e30",
-        "allow_changes=[optim.d.lr,optim.g.lr]",  # the same run, continued with another recipe on purpose
-        "trainer.ckpt_every=1000",
+        # the same run, continued with another recipe on purpose
+        "allow_changes=[optim.d.lr,optim.g.lr,trainer.sync_every,trainer.ckpt_every,trainer.keep_last]",
+        f"trainer.ckpt_every={1000 if sync_every == 1 else 1}",
+        "trainer.keep_last=100",
+        f"trainer.sync_every={sync_every}",
         check=False,
     )
     line = _one_line_error(proc)
-    assert proc.returncode == 3 and "non-finite" in line and "step-00000010" in line
+    assert proc.returncode == 3 and "non-finite" in line
+    bad_step = int(line.split(" at step ")[1].split(":")[0])
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert ckpts == ["step-00000010"]
+    last_good = bad_step - 1 if sync_every > 1 else 10  # a checkpoint every step, or none after 10
+    assert f"step-{last_good:08d}" in line
+    assert ckpts == [f"step-{s:08d}" for s in range(10, last_good + 1)]
     _inspect(run / "checkpoints" / "step-00000010")  # still verifies
 
 

@@ -75,3 +75,30 @@ def test_average_buffers_is_the_references_whole_state_dict_ema() -> None:
     assert not torch.allclose(ema.model[1].running_mean, net[1].running_mean)  # averaged, not copied
     with pytest.raises(ValueError, match="ema.buffers must be one of copy, average"):
         EMA(net, buffers="mean")
+
+
+@pytest.mark.parametrize("buffers", ["copy", "average"])
+def test_foreach_update_equals_a_per_tensor_update_bit_for_bit(buffers: str) -> None:
+    """The foreach kernels are a speed lever only: every element is what ``lerp_``/``copy_`` on each
+    tensor in turn gives, BatchNorm's integer counter is copied, and the ramp's decays apply."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4))
+    ema = EMA(net, decay=0.999, start_step=2, warmup=True, buffers=buffers)
+    reference = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    for step in range(1, 6):
+        net(torch.randn(4, 3, 8, 8)).sum().backward()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        ema.update(net, step)
+        d = ema.current_decay(step)
+        live = dict(net.state_dict())
+        params = {n for n, _ in net.named_parameters()}
+        for k, v in reference.items():
+            averaged = d > 0.0 and v.is_floating_point() and (k in params or buffers == "average")
+            if averaged:
+                v.lerp_(live[k], 1.0 - d)
+            else:
+                v.copy_(live[k])
+        for k, v in ema.model.state_dict().items():
+            assert torch.equal(v, reference[k]), (step, k)

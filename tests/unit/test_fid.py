@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cleanfid.resize import make_resizer
 from scipy import linalg
 
 from bigtrain.eval import (
@@ -225,3 +226,18 @@ def test_frechet_fallback_when_cleanfid_breaks_on_new_scipy(monkeypatch):
 
     monkeypatch.setattr(fid_mod, "_cleanfid_frechet_distance", old_api)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(with_cleanfid, rel=1e-9)
+
+
+def test_threaded_resize_is_the_one_thread_resize_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resize spread over threads (the FID speed lever on a GPU machine) changes nothing."""
+    from bigtrain.eval import fid as fid_module
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (9, 20, 20, 3), dtype=np.uint8)
+    resize = make_resizer("PIL", False, "bicubic", (37, 37))
+    monkeypatch.setenv("BIGTRAIN_RESIZE_THREADS", "1")
+    one = fid_module._network_input(images, resize)
+    monkeypatch.setenv("BIGTRAIN_RESIZE_THREADS", "4")
+    monkeypatch.setattr(fid_module, "_POOL", None)
+    many = fid_module._network_input(images, resize)
+    assert fid_module.resize_threads() == 4 and torch.equal(one, many) and one.shape == (9, 3, 37, 37)

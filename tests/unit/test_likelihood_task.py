@@ -12,6 +12,7 @@ import torch
 
 from bigtrain.data.manifest import DatasetManifest
 from bigtrain.errors import ConfigError
+from bigtrain.models.density import levels_from_uint8, quantize, to_unit
 from bigtrain.train.task import build_task, check_config
 from bigtrain.train.tasks.likelihood import kl_weight
 from tests.conftest import compose, cpu, declared_manifest
@@ -73,3 +74,19 @@ def test_bad_options_are_one_line_each(mnist_shards: Path) -> None:
     cfg = compose("experiment=mnist_pixelcnn", "model.arch.width=10")
     with pytest.raises(ConfigError, match=r"model.arch.width \(10\) and head_width must be multiples"):
         build_task(cfg, declared_manifest(channels=3), torch.device("meta"), cpu())
+
+
+@pytest.mark.parametrize("levels", [256, 2])
+def test_levels_from_uint8_is_quantize_of_the_float_image(levels: int) -> None:
+    u = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    assert torch.equal(levels_from_uint8(u, levels), quantize(u.float() / 127.5 - 1.0, levels))
+
+
+def test_a_vae_shows_reconstructions_and_an_autoregressive_model_none(mnist_shards: Path) -> None:
+    vae = _task(mnist_shards, experiment="mnist_vae")
+    images, rows = vae.extra_grids(seed=0, rows=4)["reconstructions"]
+    assert rows == 4 and images.shape == (16, 1, 32, 32)
+    real = next(iter(vae._real()))[0][:4]
+    assert torch.equal(images[:4], to_unit(real, 2).cpu())  # first row: the digits themselves
+    assert images[4:8].min() >= -1 and images[4:8].max() <= 1 and not torch.equal(images[4:8], images[:4])
+    assert _task(mnist_shards).extra_grids(seed=0, rows=4) == {}

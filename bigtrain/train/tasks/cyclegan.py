@@ -49,6 +49,7 @@ from bigtrain.train.step import (
     OptimizerStep,
     accumulate,
     apply_frozen,
+    grad_overlap,
     rank_means,
     record_updates,
 )
@@ -208,10 +209,22 @@ class CycleGANTask(Task):
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         self.guard = NonFiniteGuard(cfg.trainer)
         self.g_update = OptimizerStep.build(
-            "G", self.G, cfg.optim.g, self.guard, accumulation=self.accumulation, broadcast=(self.G, self.D)
+            "G",
+            self.G,
+            cfg.optim.g,
+            self.guard,
+            accumulation=self.accumulation,
+            **grad_overlap(cfg.trainer),
+            broadcast=(self.G, self.D),
         )
         self.d_update = OptimizerStep.build(
-            "D", self.D, cfg.optim.d, self.guard, accumulation=self.accumulation, broadcast=(self.D,)
+            "D",
+            self.D,
+            cfg.optim.d,
+            self.guard,
+            accumulation=self.accumulation,
+            **grad_overlap(cfg.trainer),
+            broadcast=(self.D,),
         )
         self.pools = _Pools(int(cfg.loss.pool_size), int(cfg.seed) * 1000 + 2 * bdist.rank())
         self.resolution = int(manifest.resolution)

@@ -36,7 +36,7 @@ from bigtrain.train.gan_sampling import GeneratorSampling
 from bigtrain.train.latent_arithmetic import LatentSpace
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.stages import StageDriver, StagedTask, build_driver, fade_reals
-from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, apply_frozen
+from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, apply_frozen, grad_overlap
 from bigtrain.train.task import Batches, eval_recipe, register_task
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ class GANTask(StagedTask):
     inference_components = ("G_ema",)
     default_metrics = ("fid", "is", "pr")
     sample_options = frozenset({"truncation"})
+    defers_checks = True  # trainer.sync_every: losses and metrics stay on the device between reads
 
     @classmethod
     def check_config(cls, cfg: Any, manifest: DatasetManifest) -> list[str]:  # noqa: ARG003
@@ -190,14 +191,15 @@ class GANTask(StagedTask):
         )
         if cfg.trainer.get("compile"):
             # in place (nn.Module.compile), so state_dict keys and the EMA copy are unaffected
-            self.G.compile()
-            self.D.compile()
+            mode = str(cfg.trainer.get("compile_mode", "default"))
+            self.G.compile(mode=None if mode == "default" else mode)
+            self.D.compile(mode=None if mode == "default" else mode)
         self.z_dim = cfg.model.z_dim
         self.batch_size = cfg.data.batch_size
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         fp16 = str(cfg.trainer.precision) == "fp16"
         dev_type = device.type if device.type in ("cuda", "cpu") else "cpu"
-        self.guard = NonFiniteGuard(cfg.trainer)
+        self.guard = NonFiniteGuard(cfg.trainer, deferred=True)
         self.d_update = OptimizerStep.build(
             "D",
             self.D,
@@ -205,6 +207,7 @@ class GANTask(StagedTask):
             self.guard,
             scaler=torch.amp.GradScaler(dev_type, enabled=fp16),
             accumulation=self.accumulation,
+            **grad_overlap(cfg.trainer),
             broadcast=(self.D,),
         )
         self.g_update = OptimizerStep.build(
@@ -214,6 +217,7 @@ class GANTask(StagedTask):
             self.guard,
             scaler=torch.amp.GradScaler(dev_type, enabled=fp16),
             accumulation=self.accumulation,
+            **grad_overlap(cfg.trainer),
             broadcast=(self.G, self.D),  # D's BatchNorm statistics also moved in G's forward
         )
         # BigGAN's shared class embedding is exempt from the orthogonal penalty (as in the reference)
@@ -328,9 +332,14 @@ class GANTask(StagedTask):
 
     # -- one step ---------------------------------------------------------------------------------
     def _labels(self, n: int) -> torch.Tensor | None:
+        """Classes for ``n`` fakes, drawn on the CPU (the same for a seed on every device). On a GPU
+        through pinned memory without blocking: a copy from ordinary memory would wait for the GPU."""
         if not self.num_classes:
             return None
-        return torch.randint(0, self.num_classes, (n,)).to(self.device)
+        y = torch.randint(0, self.num_classes, (n,))
+        if self.device.type == "cuda":
+            return y.pin_memory().to(self.device, non_blocking=True)
+        return y.to(self.device)
 
     def images_per_step(self) -> int:
         return self.batch_size * self.cfg.loss.d_steps * self.accumulation
@@ -350,7 +359,7 @@ class GANTask(StagedTask):
             )
             if fade < 1.0:  # ProGAN: the reals blend towards their coarser level like G's image
                 real = fade_reals(real, fade)
-            y_real = batch["label"].to(self.device) if self.num_classes else None
+            y_real = batch["label"].to(self.device, non_blocking=True) if self.num_classes else None
             n = real.shape[0]
             z = torch.randn(n, self.z_dim, device=self.device)
             y_fake = self._labels(n)
@@ -443,9 +452,10 @@ class GANTask(StagedTask):
                     ]
                 )
             )
-            metrics["D/real_logit"], metrics["D/fake_logit"] = float(scores[0]), float(scores[1])
+            read = (lambda v: v) if self.guard.deferred else float  # deferred: the loop reads them
+            metrics["D/real_logit"], metrics["D/fake_logit"] = read(scores[0]), read(scores[1])
             if self.loss.gradient_penalty:
-                metrics["loss/gp"] = float(scores[2])
+                metrics["loss/gp"] = read(scores[2])
         metrics["train/nonfinite_skips"] = float(self.guard.total)
         if self.scaler_G.is_enabled():
             metrics["amp/scale_G"], metrics["amp/scale_D"] = (
@@ -453,6 +463,9 @@ class GANTask(StagedTask):
                 self.scaler_D.get_scale(),
             )
         return metrics
+
+    def settle(self) -> None:
+        self.guard.settle()
 
     # -- sampling ---------------------------------------------------------------------------------
     def _eval_G(self) -> nn.Module:

@@ -34,11 +34,26 @@ from bigtrain.data.read import iter_labelled
 from bigtrain.errors import ConfigError
 from bigtrain.eval.source import EvalSource, Judged, Need
 from bigtrain.models import build_model
-from bigtrain.models.density import LN2, DensityModel, DensityShape, quantize, to_unit
+from bigtrain.models.density import (
+    LN2,
+    DensityModel,
+    DensityShape,
+    LatentDensityModel,
+    levels_from_uint8,
+    quantize,
+    to_unit,
+)
 from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
 from bigtrain.train.latent_arithmetic import LatentSpace
 from bigtrain.train.optim import lr_factor
-from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, rank_means, record_updates
+from bigtrain.train.step import (
+    NonFiniteGuard,
+    OptimizerStep,
+    accumulate,
+    grad_overlap,
+    rank_means,
+    record_updates,
+)
 from bigtrain.train.task import Batches, Task, eval_recipe, register_task
 
 PIXELS = {"8bit": 256, "binary": 2}
@@ -138,7 +153,13 @@ class LikelihoodTask(Task):
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         self.guard = NonFiniteGuard(cfg.trainer)
         self.update = OptimizerStep.build(
-            "net", self.net, cfg.optim.net, self.guard, accumulation=self.accumulation, broadcast=(self.net,)
+            "net",
+            self.net,
+            cfg.optim.net,
+            self.guard,
+            accumulation=self.accumulation,
+            **grad_overlap(cfg.trainer),
+            broadcast=(self.net,),
         )
         e = cfg.ema
         self.ema = EMA(self.net, e.decay, e.start_step, e.warmup, str(e.buffers)) if e.enabled else None
@@ -231,16 +252,19 @@ class LikelihoodTask(Task):
             net.train(was)
 
     @torch.no_grad()
-    def sample_labels(
-        self, labels: torch.Tensor | None, generator: torch.Generator, n: int = 0, **options: Any
-    ) -> torch.Tensor:  # noqa: ARG002
-        """One image per label (or ``n`` unconditional ones), in [-1, 1] on the CPU."""
-        count = len(labels) if labels is not None else n
+    def sample_labels(self, labels: torch.Tensor, generator: torch.Generator, **options: Any) -> torch.Tensor:  # noqa: ARG002
+        """One image per label, in [-1, 1] on the CPU."""
+        return self._draw(len(labels), labels, generator)
+
+    @torch.no_grad()
+    def _draw(self, n: int, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """``n`` images (one per label when the model is conditional), in [-1, 1] on the CPU: draws
+        from the model, or a VAE's decoder means with ``density.vae_samples=mean``."""
         y = labels.to(self.device) if labels is not None and self.num_classes else None
         with self._eval_mode() as net:
-            if hasattr(net, "sample_mean") and str(self.cfg.density.vae_samples) == "mean":
-                return net.sample_mean(count, y, generator).float().clamp(-1, 1).cpu()
-            return to_unit(net.sample(count, y, generator), self.shape.levels).cpu()
+            if isinstance(net, LatentDensityModel) and str(self.cfg.density.vae_samples) == "mean":
+                return net.sample_mean(n, y, generator).float().clamp(-1, 1).cpu()
+            return to_unit(net.sample(n, y, generator), self.shape.levels).cpu()
 
     def sample(
         self, n: int, generator: torch.Generator, *, classes: list[int] | None = None, **options: Any
@@ -253,7 +277,7 @@ class LikelihoodTask(Task):
             ]
         elif classes:
             raise ConfigError("the model is unconditional: --class does not apply")
-        return self.sample_labels(labels, generator, n=n, **options)
+        return self._draw(n, labels, generator)
 
     def sample_grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:
         """``rows`` x ``rows`` samples; a conditional model's row ``r`` shows class ``r mod K``."""
@@ -263,10 +287,36 @@ class LikelihoodTask(Task):
             return self.sample_labels(labels, g), rows
         return self.sample(rows * rows, g), rows
 
+    @torch.no_grad()
+    def extra_grids(self, seed: int, rows: int) -> dict[str, tuple[torch.Tensor, int]]:  # noqa: ARG002
+        """A latent model's ``reconstructions``: rows of evaluation images (as the model sees them:
+        binarised for binary pixels), each followed by a row of the decoder's mean at the
+        posterior mean of their z (the same fixed images at every step)."""
+        if not isinstance(self.judged, LatentDensityModel):
+            return {}
+        n = rows * max(1, rows // 2)
+        xs, ys = [], []
+        for x, y in self._real():
+            xs.append(x)
+            ys.append(y)
+            if sum(len(t) for t in xs) >= n:
+                break
+        if not xs:
+            return {}
+        x = torch.cat(xs)[:n]
+        y = torch.cat(ys)[:n] if self.num_classes else None  # type: ignore[arg-type]
+        with self._eval_mode() as net:
+            assert isinstance(net, LatentDensityModel)
+            mu, _ = net.encode(x, y)
+            rec = net.mean_image(mu, y).float().clamp(-1, 1).cpu()
+        real = to_unit(x, self.shape.levels).cpu()
+        pairs = [t for i in range(0, len(x), rows) for t in (real[i : i + rows], rec[i : i + rows])]
+        return {"reconstructions": (torch.cat(pairs), rows)}
+
     def interpolate(self, rows: int, steps: int, generator: torch.Generator, **options: Any) -> torch.Tensor:  # noqa: ARG002
         """A latent model's walks between two prior draws (the decoder's mean along each line)."""
         with self._eval_mode() as net:
-            if not hasattr(net, "latent_dim"):
+            if not isinstance(net, LatentDensityModel):
                 raise ConfigError(f"model={self.cfg.model.name} has no latent space to interpolate in")
             z = torch.randn(2, rows, net.latent_dim, generator=generator, device=generator.device).to(
                 self.device
@@ -283,7 +333,7 @@ class LikelihoodTask(Task):
     def latent_space(self) -> LatentSpace:
         """A VAE's z ~ N(0, I) through the decoder's mean (unconditional models only)."""
         net = self.judged
-        if not hasattr(net, "latent_dim"):
+        if not isinstance(net, LatentDensityModel):
             raise ConfigError(f"model={self.cfg.model.name} has no latent space for arithmetic")
         if self.num_classes:
             raise ConfigError("--arithmetic needs an unconditional VAE: this one takes its class beside z")
@@ -304,9 +354,11 @@ class LikelihoodTask(Task):
             self.manifest, str(self.cfg.eval.ref_split), int(self.cfg.eval.batch_size), limit,
             method=eval_recipe(self.cfg),
         ):  # fmt: skip
-            x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+            x = levels_from_uint8(
+                torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2), self.shape.levels
+            )
             y = torch.from_numpy(labels).to(self.device).clamp(min=0) if self.num_classes else None
-            yield quantize(x, self.shape.levels), y
+            yield x, y
 
     @torch.no_grad()
     def likelihood(self) -> dict[str, float]:

@@ -46,6 +46,7 @@ from bigtrain.train.step import (
     OptimizerStep,
     accumulate,
     apply_frozen,
+    grad_overlap,
     rank_means,
     record_updates,
 )
@@ -182,11 +183,23 @@ class Pix2PixTask(Task):
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         self.guard = NonFiniteGuard(cfg.trainer)
         self.d_update = OptimizerStep.build(
-            "D", self.D, cfg.optim.d, self.guard, accumulation=self.accumulation, broadcast=(self.D,)
+            "D",
+            self.D,
+            cfg.optim.d,
+            self.guard,
+            accumulation=self.accumulation,
+            **grad_overlap(cfg.trainer),
+            broadcast=(self.D,),
         )
         # D's BatchNorm statistics also move in G's forward through it
         self.g_update = OptimizerStep.build(
-            "G", self.G, cfg.optim.g, self.guard, accumulation=self.accumulation, broadcast=(self.G, self.D)
+            "G",
+            self.G,
+            cfg.optim.g,
+            self.guard,
+            accumulation=self.accumulation,
+            **grad_overlap(cfg.trainer),
+            broadcast=(self.G, self.D),
         )
         self.resolution = int(manifest.resolution)
         self._sampled: Callable[[int, torch.Generator], torch.Tensor] | None = None  # sample()'s draw

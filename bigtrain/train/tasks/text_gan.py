@@ -66,6 +66,7 @@ from bigtrain.train.step import (
     OptimizerStep,
     accumulate,
     apply_frozen,
+    grad_overlap,
     rank_means,
     record_updates,
 )
@@ -238,10 +239,17 @@ class TextGANTask(Task):
             self.guard,
             hparams=cfg.optim.d,
             accumulation=self.accumulation,
+            **grad_overlap(cfg.trainer),
             broadcast=(self.D,),
         )
         self.g_update = OptimizerStep.build(
-            "G", self.G, cfg.optim.g, self.guard, accumulation=self.accumulation, broadcast=(self.G, self.D)
+            "G",
+            self.G,
+            cfg.optim.g,
+            self.guard,
+            accumulation=self.accumulation,
+            **grad_overlap(cfg.trainer),
+            broadcast=(self.G, self.D),
         )
         self.resolution = int(manifest.resolution)
         self.captions = Captions(manifest, str(cfg.eval.ref_split))  # what it samples for and is judged on

@@ -43,7 +43,7 @@ from bigtrain.models.patchgan import PatchDiscriminator
 from bigtrain.models.vqgan import VQModel
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.stages import StagedTask, build_driver
-from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate
+from bigtrain.train.step import NonFiniteGuard, OptimizerStep, accumulate, grad_overlap
 from bigtrain.train.task import Batches, eval_recipe, register_task
 
 
@@ -151,7 +151,12 @@ class TokenizerTask(StagedTask):
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         self.guard = NonFiniteGuard(cfg.trainer)
         self.vq_update = OptimizerStep.build(
-            "tokenizer", self.vq, cfg.optim.vq, self.guard, accumulation=self.accumulation
+            "tokenizer",
+            self.vq,
+            cfg.optim.vq,
+            self.guard,
+            accumulation=self.accumulation,
+            **grad_overlap(cfg.trainer),
         )
         self.d_update: OptimizerStep | None = None
         if self.D is not None:
@@ -163,6 +168,7 @@ class TokenizerTask(StagedTask):
                 cfg.optim.d,
                 self.guard,
                 accumulation=self.accumulation,  # one pass over the autoencoder step's micro-batches
+                **grad_overlap(cfg.trainer),
                 broadcast=(self.D,),
             )
         self.lpips: nn.Module | None = None

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One device call for issue 19 (the device README: carry .whl, the wheels the GPU image lacks):
+#   PART=1: biggan128.sh and prior_gpt_b.sh (~8 min); PART=2: fid50k.sh standin (~4 min).
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PY=python3
+O=${OUT:-/tmp/out}; mkdir -p "$O"
+if [ "${PART:-1}" = 1 ]; then
+  bash benchmarks/gpu/biggan128.sh 2>&1 | tee "$O/biggan128.log"
+  bash benchmarks/gpu/prior_gpt_b.sh 2>&1 | tee "$O/prior.log"
+else
+  bash benchmarks/gpu/fid50k.sh standin 2>&1 | tee "$O/fid50k.log"
+  # first-iteration losses with no update (lr 0): G's loss then reads the same D in both precisions
+  c="experiment=imagenet128_biggan batch=256 device=cuda trainer.accumulation=1 optim.d.lr=0 optim.g.lr=0 iters=1 warmup=1"
+  timeout 60 python3 benchmarks/biggan_step.py $c precision=fp32 2>&1 | tail -1 | tee -a "$O/losses.log"
+  timeout 90 python3 benchmarks/biggan_step.py $c precision=bf16 channels_last=true compile=true 2>&1 | tail -1 | tee -a "$O/losses.log"
+fi
