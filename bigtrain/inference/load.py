@@ -9,7 +9,13 @@ import torch
 
 from bigtrain.checkpoint.io import resolve_checkpoint
 from bigtrain.errors import CheckpointError
-from bigtrain.inference.models import GeneratorModel, InferenceModel, PriorModel, TokenizerModel
+from bigtrain.inference.models import (
+    DensityInference,
+    GeneratorModel,
+    InferenceModel,
+    PriorModel,
+    TokenizerModel,
+)
 from bigtrain.train.describe import describe
 from bigtrain.train.model_export import CONFIG, read_export
 
@@ -64,12 +70,14 @@ def build(
         return GeneratorModel(desc, weights, device)
     if kind == "tokenizer":
         return TokenizerModel(desc, weights, device)
+    if kind == "density":
+        return DensityInference(desc, weights, device)
     if kind == "prior":
         if tokenizer is None:
             raise CheckpointError("a prior export needs its tokenizer/ folder")
         tok = TokenizerModel(tokenizer["description"], tokenizer["weights"], device)
         return PriorModel(desc, weights, tok, device)
-    raise CheckpointError(f"unknown model kind {kind!r} (generator, tokenizer or prior)")
+    raise CheckpointError(f"unknown model kind {kind!r} (generator, tokenizer, prior or density)")
 
 
 __all__ = ["build", "load"]

@@ -1,7 +1,7 @@
 """The three inference objects, each rebuilt from a *description*: a JSON-able dict of what the
 network is (``config.json`` of an export) and its weights (``model.safetensors``).
 
-Description keys shared by all kinds: ``kind`` (``generator`` | ``tokenizer`` | ``prior``),
+Description keys shared by all kinds: ``kind`` (``generator`` | ``tokenizer`` | ``prior`` | ``density``),
 ``model`` (``name``, ``arch`` and the kind's shape keys), ``data`` (``resolution``, ``channels``,
 ``classes``), ``source`` (checkpoint, step) and ``metrics``.
 """
@@ -9,6 +9,7 @@ Description keys shared by all kinds: ``kind`` (``generator`` | ``tokenizer`` | 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -17,7 +18,15 @@ from torch import nn
 
 from bigtrain.errors import CheckpointError, ConfigError
 from bigtrain.models import build_gan, build_model
+from bigtrain.models.density import (
+    DensityModel,
+    DensityShape,
+    LatentDensityModel,
+    levels_from_uint8,
+    quantize,
+)
 from bigtrain.models.growing import Growing
+from bigtrain.train.density_sampling import draw_images, draw_labels
 from bigtrain.train.gan_sampling import GeneratorSampling
 from bigtrain.train.prior_sampling import SETTINGS, PriorSampling
 
@@ -251,6 +260,112 @@ class PriorModel(InferenceModel):
         return out
 
 
+class DensityInference(InferenceModel):
+    """A ``task=likelihood`` model (PixelCNN, PixelRNN, VAE): samples as ``bigtrain sample`` draws
+    them, and what only an explicit density gives: the likelihood of images, and for a latent model
+    its encoder and decoder."""
+
+    kind = "density"
+
+    def __init__(
+        self, description: Mapping[str, Any], weights: Weights, device: str | torch.device | None = None
+    ):
+        super().__init__(description, _device(device))
+        m, s = description["model"], description["sampling"]
+        self.num_classes = int(m["num_classes"])
+        self.levels = int(m["levels"])
+        self.vae_samples = str(s["vae_samples"])
+        shape = DensityShape(self.resolution, self.channels, self.num_classes, self.levels)
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's RNG
+            net = build_model(m["name"], m["arch"], shape=shape)
+        _load_weights(net, weights, "density model")
+        self.net: DensityModel = net.to(self.device).eval().requires_grad_(False)
+
+    def sample(
+        self, n: int, classes: list[int] | torch.Tensor | None = None, seed: int | None = None
+    ) -> torch.Tensor:
+        """``n`` images ``[n, C, H, W]`` in [-1, 1] on the CPU, the ones ``bigtrain sample --seed``
+        draws; ``classes``: a pool labels are drawn from."""
+        if n < 1:
+            raise ConfigError("sample(n): n must be >= 1")
+        pool = None if classes is None else [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
+        bad = [c for c in pool or [] if not 0 <= c < self.num_classes]
+        if bad and self.num_classes:
+            raise ConfigError(f"class {bad[0]} is out of range: the model has {self.num_classes} classes")
+        g = _generator(seed)
+        labels = draw_labels(n, self.num_classes, pool, g)
+        return draw_images(self.net, n, labels, g, levels=self.levels, vae_samples=self.vae_samples,
+                           device=self.device)  # fmt: skip
+
+    def _levels(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images, or floats in [-1, 1], ``[B, C, H, W]`` -> the model's levels."""
+        x = torch.as_tensor(images)
+        if x.ndim != 4 or tuple(x.shape[1:]) != (self.channels, self.resolution, self.resolution):
+            raise ConfigError(
+                f"images must be [B, {self.channels}, {self.resolution}, {self.resolution}], got {list(x.shape)}"
+            )
+        x = levels_from_uint8(x, self.levels) if x.dtype == torch.uint8 else quantize(x, self.levels)
+        return x.to(self.device)
+
+    def _labels(self, labels: torch.Tensor | list[int] | None, n: int) -> torch.Tensor | None:
+        if not self.num_classes:
+            return None
+        if labels is None:
+            raise ConfigError("labels: this model is class-conditional; give one class per image")
+        y = torch.as_tensor(labels).long().reshape(-1)
+        if len(y) != n:
+            raise ConfigError(f"labels: {len(y)} for {n} images")
+        return y.to(self.device)
+
+    @torch.no_grad()
+    def log_likelihood(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | list[int] | None = None,
+        *,
+        iw_samples: int = 0,
+        seed: int = 0,
+    ) -> dict[str, torch.Tensor]:
+        """Negative log-likelihoods per image in nats ``[B]`` (CPU, float64), by name, as evaluation
+        computes them: ``nll`` (exact, autoregressive models) or ``elbo`` and, with ``iw_samples``
+        K > 1, ``iw`` (the importance-weighted bound; a VAE), each with ``<name>_bpd`` in bits per
+        sub-pixel. Images as uint8 or floats in [-1, 1]; latent noise from ``seed``."""
+        x = self._levels(images)
+        g = torch.Generator(device=self.device).manual_seed(int(seed))
+        out = self.net.bounds(x, self._labels(labels, len(x)), generator=g, iw_samples=iw_samples)
+        dims = self.channels * self.resolution * self.resolution
+        nats = {k: v.double().cpu() for k, v in out.items()}
+        return nats | {f"{k}_bpd": v / (dims * math.log(2)) for k, v in nats.items()}
+
+    def _latent(self) -> LatentDensityModel:
+        if not isinstance(self.net, LatentDensityModel):
+            raise ConfigError(f"model={self.description['model']['name']} has no latent space")
+        return self.net
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, labels: torch.Tensor | list[int] | None = None) -> torch.Tensor:
+        """A latent model's posterior means ``[B, latent_dim]`` (CPU) of the images."""
+        x = self._levels(images)
+        mu, _ = self._latent().encode(x, self._labels(labels, len(x)))
+        return mu.float().cpu()
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | list[int] | None = None) -> torch.Tensor:
+        """A latent model's decoder means ``[B, C, H, W]`` in [-1, 1] (CPU) at latents ``z``."""
+        net = self._latent()
+        z = torch.as_tensor(z, dtype=torch.float32)
+        if z.ndim != 2 or z.shape[1] != net.latent_dim:
+            raise ConfigError(f"z must be [n, {net.latent_dim}], got {list(z.shape)}")
+        y = self._labels(labels, len(z))
+        return net.mean_image(z.to(self.device), y).float().clamp(-1, 1).cpu()
+
+    def reconstruct(
+        self, images: torch.Tensor, labels: torch.Tensor | list[int] | None = None
+    ) -> torch.Tensor:
+        """Decoder means at the images' posterior means (a VAE's reconstructions grid)."""
+        return self.decode(self.encode(images, labels), labels)
+
+
 def build_generator(description: Mapping[str, Any], weights: Weights) -> nn.Module:
     """The generator alone, on the CPU, with ``weights`` loaded and the recorded stage set.
 
@@ -295,4 +410,11 @@ def build_generator(description: Mapping[str, Any], weights: Weights) -> nn.Modu
     return G
 
 
-__all__ = ["GeneratorModel", "InferenceModel", "PriorModel", "TokenizerModel", "build_generator"]
+__all__ = [
+    "DensityInference",
+    "GeneratorModel",
+    "InferenceModel",
+    "PriorModel",
+    "TokenizerModel",
+    "build_generator",
+]

@@ -7,7 +7,7 @@ data (``bigtrain.tracking.mlflow_tracker``): nothing is pickled, the weights sta
 ``predict`` takes one row per image: a DataFrame (or a dict of lists) with a ``seed`` column and,
 for a class-conditional model, an optional ``class`` column; it returns float32 images
 ``[rows, C, H, W]`` in [-1, 1], row ``i`` being ``bigtrain.load(...).sample(1, classes=[class_i],
-seed=seed_i)`` (for a prior, ``generate``). A generator sampled with ``eval.g_bn=batch`` draws the
+seed=seed_i)`` (for a prior, ``generate``; a density model samples the same way). A generator sampled with ``eval.g_bn=batch`` draws the
 rows as one batch instead (its images depend on the batch), from the same per-row latents."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from bigtrain.inference.load import load
-from bigtrain.inference.models import GeneratorModel, InferenceModel, PriorModel
+from bigtrain.inference.models import DensityInference, GeneratorModel, InferenceModel, PriorModel
 from bigtrain.train.gan_sampling import truncated_normal
 
 
 class BigtrainPyfunc:
     def __init__(self, model: InferenceModel) -> None:
-        if not isinstance(model, GeneratorModel | PriorModel):
+        if not isinstance(model, GeneratorModel | PriorModel | DensityInference):
             raise TypeError(f"a {model.kind} does not generate: no pyfunc for it")
         self.model = model
 

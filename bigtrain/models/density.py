@@ -127,6 +127,10 @@ def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
     raise ValueError(f"levels must be 256 or 2, got {levels}")
 
 
+PIXEL_LEVELS = {"8bit": 256, "binary": 2}
+"""``density.pixels`` -> how many values a sub-pixel takes."""
+
+
 def levels_from_uint8(u: torch.Tensor, levels: int) -> torch.Tensor:
     """uint8 pixels (a decoded image, ``[B, C, H, W]``) -> long levels, without the float round trip
     through [-1, 1]: exactly :func:`quantize` of ``u / 127.5 - 1`` (tested for all 256 values)."""
@@ -222,6 +226,7 @@ __all__ = [
     "LN2",
     "DensityModel",
     "DensityShape",
+    "PIXEL_LEVELS",
     "LatentDensityModel",
     "bits_per_dim",
     "categorical_nll",

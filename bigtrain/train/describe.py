@@ -14,11 +14,12 @@ from omegaconf import OmegaConf
 from bigtrain.checkpoint.exported import FORMAT, VERSION
 from bigtrain.checkpoint.io import Checkpoint, open_checkpoint
 from bigtrain.errors import CheckpointError, ConfigError
+from bigtrain.models.density import PIXEL_LEVELS
 from bigtrain.train.prior_sampling import SETTINGS
 from bigtrain.train.snapshot import checkpoint_config
 from bigtrain.train.task import eval_metrics
 
-KINDS = {"gan": "generator", "tokenizer": "tokenizer", "prior": "prior"}
+KINDS = {"gan": "generator", "tokenizer": "tokenizer", "prior": "prior", "likelihood": "density"}
 
 
 def _tensors(state: Any, what: str) -> dict[str, torch.Tensor]:
@@ -56,7 +57,7 @@ def describe(
     """``(description, weights, tokenizer)`` of checkpoint ``path``; ``tokenizer`` is the
     ``(description, weights)`` pair a prior decodes with (None for other kinds).
 
-    ``what`` (``generator`` | ``tokenizer`` | ``prior``) must match the checkpoint's task; None takes it."""
+    ``what`` (``generator`` | ``tokenizer`` | ``prior`` | ``density``) must match the checkpoint's task; None takes it."""
     ck = open_checkpoint(path)
     cfg = checkpoint_config(ck)
     task = str(cfg.task)
@@ -91,6 +92,8 @@ def describe(
     elif kind == "tokenizer":
         weights, sampling = _tensors(ck.load("vq", weights_only=True), "vq"), {}
         desc["model"]["digest"] = ck.meta.get("digests", {}).get("vq")
+    elif kind == "density":
+        weights, sampling = _density_part(ck, cfg, desc)
     else:
         weights, sampling, tokenizer = _prior_part(ck, cfg, desc)
     desc["sampling"] = sampling
@@ -120,6 +123,23 @@ def _generator_part(
     desc["output_resolution"] = (
         int(sampling["stage"]["resolution"]) if "stage" in sampling else desc["data"]["resolution"]
     )
+    return _tensors(ck.load(source, weights_only=True), source), sampling
+
+
+def _density_part(
+    ck: Checkpoint, cfg: Any, desc: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A ``task=likelihood`` model: the EMA copy when the run kept one (what evaluation and
+    sampling judge), its pixel levels and how its images are drawn."""
+    source = "net_ema" if "net_ema" in ck.component_names() else "net"
+    pixels = str(cfg.density.pixels)
+    desc["model"] |= {
+        "num_classes": len(desc["data"]["classes"]) if cfg.model.conditional else 0,
+        "pixels": pixels,
+        "levels": PIXEL_LEVELS[pixels],
+        "weights": source,
+    }
+    sampling = {"vae_samples": str(cfg.density.vae_samples), "seed": int(cfg.eval.seed)}
     return _tensors(ck.load(source, weights_only=True), source), sampling
 
 

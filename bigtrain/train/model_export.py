@@ -48,7 +48,7 @@ def model_info(folder: Path) -> ModelInfo:
     and priors sample through ``bigtrain.inference.pyfunc`` (named, not imported: it sits above)."""
     desc = json.loads((Path(folder) / CONFIG).read_text())  # the description only, not the weights
     data = desc["data"]
-    samples = desc["kind"] in ("generator", "prior")
+    samples = desc["kind"] in ("generator", "prior", "density")
     return ModelInfo(
         kind=str(desc["kind"]),
         channels=int(data["channels"]),
@@ -99,7 +99,8 @@ def _write_card(out: Path, desc: dict[str, Any], weights_of: dict[str, torch.Ten
         shown = ", ".join(f"{k}={v}" for k, v in desc["sampling"].items())
         lines += ["", f"Sampling as evaluated: {shown}."]
     use = {"generator": "images = m.sample(16, seed=0)", "prior": "images = m.generate(16, seed=0)",
-           "tokenizer": "codes = m.encode(images); images = m.decode(codes)"}[desc["kind"]]  # fmt: skip
+           "tokenizer": "codes = m.encode(images); images = m.decode(codes)",
+           "density": "images = m.sample(16, seed=0); nats = m.log_likelihood(images)"}[desc["kind"]]  # fmt: skip
     lines += ["", "```python", "import bigtrain", "m = bigtrain.load('THIS_FOLDER')", use, "```", "",
               f"`{CONFIG}` holds the full training config under `train_config`.", ""]  # fmt: skip
     (out / CARD).write_text("\n".join(lines))

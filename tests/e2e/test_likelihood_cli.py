@@ -135,3 +135,56 @@ def test_likelihood_refuses_a_bad_pixel_format(mnist_shards: Path, tmp_path: Pat
     out = run_cli("train", *PRESETS["pixelcnn"], f"data.path={mnist_shards}", f"run.dir={tmp_path}",
                   "tracking.enabled=false", "density.pixels=4bit", check=False)  # fmt: skip
     assert out.returncode != 0 and "density.pixels must be one of 8bit, binary" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["pixelcnn", "vae"])
+def test_export_and_load_sample_and_score_as_the_run_does(
+    runs: dict[str, tuple[Path, Path, Path, str]], mnist_shards: Path, name: str, tmp_path: Path
+) -> None:
+    """``bigtrain export`` of a likelihood checkpoint and ``bigtrain.load`` of the export (or the
+    checkpoint): the CLI's grid for a seed, pixel for pixel, and the evaluation's likelihood."""
+    import torch
+
+    import bigtrain
+    from bigtrain.data.manifest import DatasetManifest
+    from bigtrain.data.read import iter_labelled
+    from bigtrain.inference import DensityInference
+    from bigtrain.utils.images import save_grid
+
+    straight, _, db, _ = runs[name]
+    ckpt = straight / "checkpoints" / "step-00000004"
+    out = json.loads(run_cli("export", str(ckpt), str(tmp_path / "export")).stdout)
+    assert out["kind"] == "density" and out["step"] == 4
+    model, direct = bigtrain.load(tmp_path / "export", device="cpu"), bigtrain.load(ckpt, device="cpu")
+    assert isinstance(model, DensityInference) and model.levels == 2 ** (8 if name == "pixelcnn" else 1)
+
+    run_cli("sample", str(ckpt), "--out", str(tmp_path / "cli.png"), "--rows", "3", "--seed", "3")
+    save_grid(model.sample(9, seed=3), tmp_path / "api.png", 3)
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "cli.png")), np.asarray(Image.open(tmp_path / "api.png"))
+    )
+    assert torch.equal(model.sample(4, seed=1), direct.sample(4, seed=1))
+    # the run logged the same export as its MLflow model: a pyfunc that samples the same images
+    import mlflow
+
+    run_id = json.loads((ckpt / "meta.json").read_text())["mlflow_run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    try:
+        x = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict({"seed": [0, 7]})
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert x.shape == (2, 1, 32, 32) and torch.equal(torch.from_numpy(x[1:]), direct.sample(1, seed=7))
+
+    # the 20 validation digits the run's last evaluation scored (density.eval_images=20)
+    images, labels = next(iter_labelled(DatasetManifest.load(mnist_shards), "val", 20, 20))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    scores = model.log_likelihood(x, labels=torch.from_numpy(labels) if model.num_classes else None)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    logged = MlflowClient(f"sqlite:///{db}").get_run(meta["mlflow_run_id"]).data.metrics
+    if name == "pixelcnn":  # exact: the same number as evaluation
+        assert float(scores["nll_bpd"].mean()) == pytest.approx(logged["nll/bits_per_dim"], rel=1e-6)
+    else:  # a bound with its own latent noise (one batch here, batches of 10 there)
+        assert float(scores["elbo_bpd"].mean()) == pytest.approx(logged["nll/elbo_bpd"], rel=0.05)
+        z = model.encode(x)
+        assert z.shape == (20, 32) and model.reconstruct(x).shape == (20, 1, 32, 32)
+        assert model.decode(torch.zeros(2, 32)).abs().max() <= 1

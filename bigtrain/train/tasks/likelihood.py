@@ -36,6 +36,7 @@ from bigtrain.eval.source import EvalSource, Judged, Need
 from bigtrain.models import build_model
 from bigtrain.models.density import (
     LN2,
+    PIXEL_LEVELS,
     DensityModel,
     DensityShape,
     LatentDensityModel,
@@ -43,6 +44,7 @@ from bigtrain.models.density import (
     quantize,
     to_unit,
 )
+from bigtrain.train.density_sampling import draw_images, draw_labels
 from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
 from bigtrain.train.latent_arithmetic import LatentSpace
 from bigtrain.train.optim import lr_factor
@@ -56,7 +58,7 @@ from bigtrain.train.step import (
 )
 from bigtrain.train.task import Batches, Task, eval_recipe, register_task
 
-PIXELS = {"8bit": 256, "binary": 2}
+PIXELS = PIXEL_LEVELS
 
 
 @dataclass
@@ -258,26 +260,18 @@ class LikelihoodTask(Task):
 
     @torch.no_grad()
     def _draw(self, n: int, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        """``n`` images (one per label when the model is conditional), in [-1, 1] on the CPU: draws
-        from the model, or a VAE's decoder means with ``density.vae_samples=mean``."""
-        y = labels.to(self.device) if labels is not None and self.num_classes else None
+        """``n`` images (one per label when the model is conditional), in [-1, 1] on the CPU
+        (:func:`~bigtrain.train.density_sampling.draw_images`)."""
         with self._eval_mode() as net:
-            if isinstance(net, LatentDensityModel) and str(self.cfg.density.vae_samples) == "mean":
-                return net.sample_mean(n, y, generator).float().clamp(-1, 1).cpu()
-            return to_unit(net.sample(n, y, generator), self.shape.levels).cpu()
+            return draw_images(
+                net, n, labels if self.num_classes else None, generator, levels=self.shape.levels,
+                vae_samples=str(self.cfg.density.vae_samples), device=self.device,
+            )  # fmt: skip
 
     def sample(
         self, n: int, generator: torch.Generator, *, classes: list[int] | None = None, **options: Any
     ) -> torch.Tensor:
-        labels = None
-        if self.num_classes:
-            pool = torch.tensor(classes if classes else list(range(self.num_classes)))
-            labels = pool[
-                torch.randint(0, len(pool), (n,), generator=generator, device=generator.device).cpu()
-            ]
-        elif classes:
-            raise ConfigError("the model is unconditional: --class does not apply")
-        return self._draw(n, labels, generator)
+        return self._draw(n, draw_labels(n, self.num_classes, classes, generator), generator)
 
     def sample_grid(self, seed: int, rows: int) -> tuple[torch.Tensor, int]:
         """``rows`` x ``rows`` samples; a conditional model's row ``r`` shows class ``r mod K``."""
