@@ -368,3 +368,8 @@ def test_likelihood_trains_on_two_ranks_and_resumes_exactly(
     run("b", 3)
     run("b", 6)
     _same_pair_of_runs(tmp_path, {"net", "net_ema"} if "ema.enabled=true" in preset else {"net"})
+    grid = tmp_path / "grid.png"  # and the CLI samples from the 2-rank checkpoint
+    run_cli(
+        "sample", str(tmp_path / "a" / "checkpoints" / "step-00000006"), "--rows", "2", "--out", str(grid)
+    )
+    assert grid.is_file()
