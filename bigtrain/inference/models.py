@@ -48,6 +48,20 @@ def _load_weights(net: nn.Module, weights: Weights, what: str) -> None:
         raise CheckpointError(f"the {what} weights do not fit its config: {lines[-1]}") from None
 
 
+def _class_pool(classes: list[int] | torch.Tensor | None, num_classes: int, what: str) -> list[int] | None:
+    """``classes`` as a list of valid class indices (a pool to draw labels from), or None; one
+    :class:`ConfigError` line for an unconditional model or a class out of range."""
+    if classes is None:
+        return None
+    if not num_classes:
+        raise ConfigError(f"classes: this {what} is unconditional")
+    pool = [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
+    bad = [c for c in pool if not 0 <= c < num_classes]
+    if bad:
+        raise ConfigError(f"class {bad[0]} is out of range: the model has {num_classes} classes")
+    return pool
+
+
 def _generator(seed: int | None) -> torch.Generator:
     return torch.Generator().manual_seed(torch.seed() if seed is None else int(seed))
 
@@ -131,15 +145,7 @@ class GeneratorModel(InferenceModel):
         return self.sampling.sample(n, _generator(seed), classes=pool, truncation=truncation or 0.0)
 
     def _pool(self, classes: list[int] | torch.Tensor | None) -> list[int] | None:
-        if classes is None:
-            return None
-        if not self.num_classes:
-            raise ConfigError("classes: this generator is unconditional")
-        pool = [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
-        bad = [c for c in pool if not 0 <= c < self.num_classes]
-        if bad:
-            raise ConfigError(f"class {bad[0]} is out of range: the model has {self.num_classes} classes")
-        return pool
+        return _class_pool(classes, self.num_classes, "generator")
 
     def _labels_for(
         self, n: int, classes: list[int] | torch.Tensor | None, seed: int | None
@@ -239,12 +245,7 @@ class PriorModel(InferenceModel):
         Unset settings are the run's ``prior.*``; ``classes`` is a pool labels are drawn from."""
         if n < 1:
             raise ConfigError("generate(n): n must be >= 1")
-        if classes is not None and not self.num_classes:
-            raise ConfigError("classes: this prior is unconditional")
-        pool = None if classes is None else [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
-        bad = [c for c in pool or [] if not 0 <= c < self.num_classes]
-        if bad:
-            raise ConfigError(f"class {bad[0]} is out of range: the model has {self.num_classes} classes")
+        pool = _class_pool(classes, self.num_classes, "prior")
         g = _generator(seed)
         opts = dict(zip(SETTINGS, (temperature, top_k, top_p, cfg_scale), strict=True))
         codes = self.sampling.tokens(self.sampling.labels(n, g, pool), n, g, **opts)
@@ -288,12 +289,8 @@ class DensityInference(InferenceModel):
         draws; ``classes``: a pool labels are drawn from."""
         if n < 1:
             raise ConfigError("sample(n): n must be >= 1")
-        pool = None if classes is None else [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
-        bad = [c for c in pool or [] if not 0 <= c < self.num_classes]
-        if bad and self.num_classes:
-            raise ConfigError(f"class {bad[0]} is out of range: the model has {self.num_classes} classes")
         g = _generator(seed)
-        labels = draw_labels(n, self.num_classes, pool, g)
+        labels = draw_labels(n, self.num_classes, _class_pool(classes, self.num_classes, "model"), g)
         return draw_images(self.net, n, labels, g, levels=self.levels, vae_samples=self.vae_samples,
                            device=self.device)  # fmt: skip
 

@@ -164,6 +164,11 @@ def test_export_and_load_sample_and_score_as_the_run_does(
         np.asarray(Image.open(tmp_path / "cli.png")), np.asarray(Image.open(tmp_path / "api.png"))
     )
     assert torch.equal(model.sample(4, seed=1), direct.sample(4, seed=1))
+    from bigtrain.errors import ConfigError
+
+    refusal = "class 12 is out of range" if model.num_classes else "classes: this model is unconditional"
+    with pytest.raises(ConfigError, match=refusal):
+        model.sample(2, classes=[12])
     # the run logged the same export as its MLflow model: a pyfunc that samples the same images
     import mlflow
 
