@@ -83,6 +83,7 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
             "precision": "no",  # no|fp32, bf16, fp16
             "channels_last": False,
             "compile": False,
+            "flops": False,  # also count the step's model FLOPs (step_flops.py): TFLOP/s and MFU
         }
     )
     cfg, task, batch, first_step = build(a)
@@ -133,7 +134,29 @@ def main(default_experiment: str = "mnist_dcgan", bench: str = "gan_step") -> No
     for unit, n in task.units_per_step().items():
         if unit != "img":
             result[f"{unit}_per_s"] = round(n / sec, 1)
+    if a["flops"]:
+        result |= _utilisation(a, sec)
     emit(result)
+
+
+def _utilisation(a: dict[str, Any], sec: float) -> dict[str, Any]:
+    """The timed step's model TFLOP/s (its FLOPs counted by step_flops.py) and MFU over the card's
+    measured dense matmul rate in the step's precision (prior_step.py's measure, so the two
+    benchmarks' MFUs compare)."""
+    from prior_step import matmul_tflops
+    from step_flops import step_flops
+
+    f = step_flops(a["experiment"], a["overrides"])
+    tflops = (f["fixed"] + a["batch"] * f["per_image"]) / sec / 1e12
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a["precision"], torch.float32)
+    peak = matmul_tflops(a["device"], dtype)
+    return {
+        "gflop_per_image": round(f["per_image"] / 1e9, 2),
+        "gflop_fixed": round(f["fixed"] / 1e9, 2),
+        "model_tflops": round(tflops, 2),
+        "measured_matmul_tflops": round(peak, 2),
+        "mfu": round(tflops / peak, 4),
+    }
 
 
 if __name__ == "__main__":

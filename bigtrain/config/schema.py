@@ -182,6 +182,12 @@ class TrainerConfig:
     # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune |
     # max-autotune-no-cudagraphs
     compile_mode: str = "default"
+    # BigGAN self-attention: matmul (the release's ops, bit for bit) | sdpa (one fused kernel that
+    # never stores the attention weights; equal to float rounding). task=gan
+    attention_kernel: str = "matmul"
+    # cuDNN times its convolution algorithms on each new input shape and keeps the fastest (GPU;
+    # BigGAN-PyTorch's train.py sets the same). false: its heuristic pick, no timing runs
+    cudnn_benchmark: bool = True
     # Read losses and metrics on the host every N steps instead of every step (GPU speed: each read
     # waits for the GPU). N > 1: non-finite checks run every N steps and before every log, evaluation
     # and checkpoint (needs on_nonfinite=stop; task=gan)

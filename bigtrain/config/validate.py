@@ -14,6 +14,10 @@ from bigtrain.errors import ConfigError
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """``torch.compile``'s modes (``trainer.compile_mode``)."""
 
+ATTENTION_KERNELS = ("matmul", "sdpa")
+"""BigGAN self-attention's kernels (``trainer.attention_kernel``): the release's three ops, or one
+fused ``scaled_dot_product_attention``."""
+
 
 def common_problems(cfg: Any) -> list[str]:
     """Rules on the sections every task shares (data, trainer, schedule, stages, evaluation)."""
@@ -29,6 +33,13 @@ def common_problems(cfg: Any) -> list[str]:
     mode = str(cfg.trainer.get("compile_mode", "default"))
     if mode not in COMPILE_MODES:
         problems.append(f"trainer.compile_mode must be one of {', '.join(COMPILE_MODES)} (got '{mode}')")
+    kernel = str(cfg.trainer.get("attention_kernel", "matmul"))
+    if kernel not in ATTENTION_KERNELS:
+        problems.append(
+            f"trainer.attention_kernel must be one of {', '.join(ATTENTION_KERNELS)} (got '{kernel}')"
+        )
+    elif kernel != "matmul" and str(cfg.get("task", "gan")) != "gan":
+        problems.append(f"trainer.attention_kernel={kernel} applies to task=gan only (BigGAN's attention)")
     if cfg.trainer.max_nonfinite_skips < 0:
         problems.append("trainer.max_nonfinite_skips must be >= 0")
     for key in ("log_every", "sample_every", "ckpt_every"):

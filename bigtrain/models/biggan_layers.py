@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from bigtrain.config.typed import option
+from bigtrain.config.validate import ATTENTION_KERNELS
 
 NormFactory = Callable[[int], nn.Module]
 """``make_norm(num_channels) -> norm layer``; a :class:`ConditionalBatchNorm` or a plain BN layer."""
@@ -239,6 +240,9 @@ class SelfAttention(nn.Module):
         if channels % 8 != 0:
             raise ValueError(f"SelfAttention needs channels divisible by 8, got {channels}")
         self.channels = channels
+        # "matmul": the release's three ops (its exact arithmetic); "sdpa": one fused kernel
+        # (set by :func:`use_attention_kernel`, i.e. ``trainer.attention_kernel``)
+        self.kernel = "matmul"
         kw = {"kernel_size": 1, "padding": 0, "bias": False, "sn_eps": sn_eps, "sn_itrs": sn_itrs}
         self.theta = sn_conv2d(channels, channels // 8, **kw)
         self.phi = sn_conv2d(channels, channels // 8, **kw)
@@ -251,9 +255,46 @@ class SelfAttention(nn.Module):
         theta = self.theta(x).flatten(2)  # [B, C/8, HW]
         phi = F.max_pool2d(self.phi(x), 2).flatten(2)  # [B, C/8, HW/4]
         g = F.max_pool2d(self.g(x), 2).flatten(2)  # [B, C/2, HW/4]
-        attn = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # [B, HW, HW/4]
-        out = (g @ attn.transpose(1, 2)).view(b, c // 2, h, w)
+        if self.kernel == "sdpa":
+            out = _fused_attention(theta, phi, g).view(b, c // 2, h, w)
+        else:
+            attn = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # [B, HW, HW/4]
+            out = (g @ attn.transpose(1, 2)).view(b, c // 2, h, w)
         return x + self.gamma * self.o(out)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kernel={self.kernel}"
+
+
+def _fused_attention(theta: Tensor, phi: Tensor, g: Tensor) -> Tensor:
+    """``g @ softmax(theta^T phi)^T`` as one ``scaled_dot_product_attention`` call: a single head,
+    scale 1 (the release does not divide by sqrt(d)). The [HW, HW/4] weights are never stored, which
+    is what saves time and memory at 64x64 (a 4096 x 1024 matrix per image, forward and backward).
+
+    Query and key get zero channels up to a multiple of 8: the dot products are unchanged, and the
+    GPU's fused kernels want 16-byte aligned rows (BigGAN-128's D attends with 96 / 8 = 12).
+    Inputs are ``[B, C, N]``; the result is ``[B, C_g, HW]`` like the matmul path's.
+    """
+    q, k, v = (t.transpose(1, 2).unsqueeze(1) for t in (theta, phi, g))  # [B, 1, N, C]
+    pad = -q.shape[-1] % 8
+    if pad:
+        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+    out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # [B, 1, HW, C_g]
+    return out.squeeze(1).transpose(1, 2)
+
+
+def use_attention_kernel(model: nn.Module, kernel: str) -> int:
+    """Switch every :class:`SelfAttention` in ``model`` to ``kernel`` ("matmul" or "sdpa"); returns
+    how many were switched. The parameters and the function are the same (the outputs agree to
+    float rounding, ``tests/unit/test_biggan_layers.py``), so checkpoints move freely between the two."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}, got '{kernel}'")
+    n = 0
+    for m in model.modules():
+        if isinstance(m, SelfAttention):
+            m.kernel = kernel
+            n += 1
+    return n
 
 
 # --------------------------------------------------------------------------------------------------

@@ -362,6 +362,10 @@ def check_config(cfg: Any, manifest: DatasetManifest | None = None) -> None:
 def build_task(cfg: Any, manifest: DatasetManifest, device: torch.device, accelerator: Any) -> Task:
     """The configured task, built on ``device`` (``meta``: shapes only, for ``bigtrain info``)."""
     cls = task_class(str(cfg.task))
+    # cuDNN times its convolution algorithms on each new input shape and keeps the fastest (as
+    # BigGAN-PyTorch's train.py does); process-wide, so it is set where every trainer and benchmark
+    # builds its task. Off: cuDNN's heuristic pick, without the first batch's timing runs.
+    torch.backends.cudnn.benchmark = bool(cfg.trainer.get("cudnn_benchmark", True))
     try:
         return cls(cfg, manifest, device, accelerator)  # type: ignore[call-arg]
     except ValueError as exc:  # a model builder rejecting an option (bad size): one line

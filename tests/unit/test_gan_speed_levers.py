@@ -1,6 +1,6 @@
 """The GPU speed levers of the GAN step (issue 19), checked for what they must not change on the CPU:
 ``trainer.sync_every`` (losses read every N steps, non-finite checks deferred), Adam's fused kernel
-(``optim.<net>.fused``) and ``trainer.compile_mode``."""
+(``optim.<net>.fused``), ``trainer.compile_mode`` and ``trainer.attention_kernel``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bigtrain.errors import ConfigError, NonFiniteLossError
+from bigtrain.models.biggan_layers import SelfAttention, use_attention_kernel
 from bigtrain.train.task import build_task, check_config
 from bigtrain.train.tasks.gan import GANTask
 from tests.conftest import compose, cpu, declared_manifest
@@ -64,6 +65,7 @@ def test_a_deferred_check_reads_itself_every_sync_every_steps() -> None:
         (("trainer.sync_every=0",), "trainer.sync_every must be >= 1"),
         (("trainer.sync_every=5", "trainer.on_nonfinite=skip"), "needs trainer.on_nonfinite=stop"),
         (("trainer.compile_mode=fastest",), "trainer.compile_mode must be one of default, reduce-overhead"),
+        (("trainer.attention_kernel=flash",), "trainer.attention_kernel must be one of matmul, sdpa"),
     ],
 )
 def test_bad_lever_settings_are_one_line(overrides: tuple[str, ...], message: str) -> None:
@@ -92,3 +94,74 @@ def test_fused_needs_adam() -> None:
     cfg = _cfg("optim.d.name=rmsprop", "optim.d.fused=true")
     with pytest.raises(ConfigError, match="fused=true is Adam's fused kernel; rmsprop has none"):
         build_task(cfg, declared_manifest(16), torch.device("cpu"), cpu("no"))
+
+
+@pytest.mark.parametrize("channels", [96, 64])  # query width 12 (zero-padded to 16) and 8 (none)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_attention_is_the_release_attention_to_rounding(channels: int, channels_last: bool) -> None:
+    torch.manual_seed(0)
+    attn = SelfAttention(channels)
+    with torch.no_grad():
+        attn.gamma.fill_(0.7)  # 0 at init would hide the attention path from the output
+    start = {k: v.clone() for k, v in attn.state_dict().items()}  # u moves in each training forward
+    x = torch.randn(3, channels, 16, 16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weights = torch.linspace(-1, 1, x.numel()).view_as(x)
+    outs, grads = [], []
+    for kernel in ("matmul", "sdpa"):
+        attn.load_state_dict(start)
+        attn.zero_grad()
+        assert use_attention_kernel(attn, kernel) == 1
+        xi = x.clone().requires_grad_(True)
+        out = attn(xi)
+        (out * weights).sum().backward()
+        outs.append(out.detach())
+        grads.append([xi.grad, *(p.grad.clone() for p in attn.parameters())])
+    assert "kernel=sdpa" in repr(attn)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_kernel_reaches_g_d_and_the_ema_copy_and_trains() -> None:
+    cfg = compose(
+        "experiment=mnist_biggan",
+        "data.path=/x",
+        "model.g_width=8",
+        "model.d_width=8",
+        "model.arch.shared_dim=8",
+        "data.batch_size=4",
+        "trainer.attention_kernel=sdpa",
+    )
+    torch.manual_seed(0)
+    task = GANTask(cfg, declared_manifest(32), torch.device("cpu"), cpu("no"))
+    kernels = [
+        m.kernel
+        for net in (task.G, task.D, task.ema.model)
+        for m in net.modules()
+        if isinstance(m, SelfAttention)
+    ]
+    assert kernels == ["sdpa"] * 3
+    g = torch.Generator().manual_seed(1)
+
+    def data():  # noqa: ANN202
+        while True:
+            yield {
+                "image": torch.rand(4, 1, 32, 32, generator=g) * 2 - 1,
+                "label": torch.randint(0, 10, (4,), generator=g),
+            }
+
+    it = data()
+    for step in (1, 2):
+        assert all(math.isfinite(float(v)) for v in task.train_step(step, it).values())
+
+
+def test_attention_kernel_needs_a_model_with_attention_and_task_gan() -> None:
+    with pytest.raises(ConfigError, match="model 'dcgan' has no self-attention"):
+        build_task(
+            _cfg("trainer.attention_kernel=sdpa"), declared_manifest(16), torch.device("cpu"), cpu("no")
+        )
+    cfg = compose("experiment=mnist_vae", "data.path=/x", "trainer.attention_kernel=sdpa")
+    with pytest.raises(ConfigError, match="applies to task=gan only"):
+        check_config(cfg, declared_manifest(28))

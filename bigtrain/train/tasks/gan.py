@@ -29,6 +29,7 @@ from bigtrain.eval.source import EvalSource, Judged
 from bigtrain.losses import build_loss, gradient_penalty
 from bigtrain.losses.regularizers import orthogonal_penalty
 from bigtrain.models import D_NORMS, build_gan
+from bigtrain.models.biggan_layers import use_attention_kernel
 from bigtrain.train.augment import diff_augment, parse_policy
 from bigtrain.train.bn_modes import G_BN_MODES
 from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
@@ -175,6 +176,11 @@ class GANTask(StagedTask):
             for net in (self.G, self.D):
                 if getattr(net, "cross_replica_bn", False):
                     convert_cross_replica_bn(net)
+        kernel = str(cfg.trainer.get("attention_kernel", "matmul"))
+        if sum(use_attention_kernel(net, kernel) for net in (self.G, self.D)) == 0 and kernel != "matmul":
+            raise ConfigError(
+                f"trainer.attention_kernel={kernel}: model '{cfg.model.name}' has no self-attention"
+            )
         self.memory_format = (
             torch.channels_last if cfg.trainer.get("channels_last") else torch.contiguous_format
         )
