@@ -199,6 +199,16 @@ class RNGState:
         restore_rng(state)
 
 
+def last_eval_tags(headline: str, value: float) -> dict[str, str]:
+    """The run's tags after an evaluation: its headline metric's name and value (``eval_metric``,
+    ``eval_last``, on every run's overview whatever the task judges by), and ``fid_last`` when the
+    headline is an FID (a GAN's ``fid/...``, a tokenizer's ``rfid/...``), the tag earlier runs have."""
+    tags = {"eval_metric": headline, "eval_last": f"{value:.4f}"}
+    if headline.split("/")[0] in ("fid", "rfid"):
+        tags["fid_last"] = tags["eval_last"]
+    return tags
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig):
         raise_problems(missing_values(cfg))  # a sweep's jobs come here without the CLI's pre-check
@@ -430,7 +440,7 @@ class Trainer:
             score = results.get(self.best.metric or headline) if self.best is not None else None
             self.counters.history[self.step] = value
             self.tracker.log_metrics(results, self.step)
-            self.tracker.set_tags({"fid_last": f"{value:.4f}"})
+            self.tracker.set_tags(last_eval_tags(headline, value))
             shown = ", ".join(f"{k} = {v:.3f}" for k, v in results.items())
             log.info(
                 "step %d: %s (%d samples, %.1f s)",

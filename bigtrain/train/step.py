@@ -150,16 +150,46 @@ def apply_frozen(
         frozen.requires_grad_(True)
 
 
+def adversarial_updates(
+    g: nn.Module,
+    d: nn.Module,
+    cfg: Any,
+    guard: NonFiniteGuard,
+    accumulation: int,
+    d_params: list[nn.Parameter] | None = None,
+) -> tuple[OptimizerStep, OptimizerStep]:
+    """D's and G's updates as the two-player tasks (pix2pix, CycleGAN, GAN-CLS) build them: each
+    from its ``optim.d`` / ``optim.g`` block, with ``trainer.grad_overlap``; after D's update D's
+    buffers are made equal on every rank, after G's both nets' (D's BatchNorm statistics also move
+    in G's forward through it). ``d_params``: what D's update trains when it is more than D (the
+    text encoder GAN-CLS trains with D)."""
+    options = {"accumulation": accumulation, **grad_overlap(cfg.trainer)}
+    if d_params is None:
+        d_update = OptimizerStep.build("D", d, cfg.optim.d, guard, broadcast=(d,), **options)
+    else:
+        optimizer = build_optimizer(d_params, cfg.optim.d)
+        d_update = OptimizerStep(
+            "D", d_params, optimizer, guard, hparams=cfg.optim.d, broadcast=(d,), **options
+        )
+    g_update = OptimizerStep.build("G", g, cfg.optim.g, guard, broadcast=(g, d), **options)
+    return d_update, g_update
+
+
 def record_updates(
     metrics: dict[str, float],
     guard: NonFiniteGuard,
     updates: Mapping[str, tuple[OptimizerStep, float | None]],
+    *,
+    losses: bool = True,
 ) -> None:
     """``loss/<name>`` and ``grad_norm/<name>`` of every update that was applied (its value is not
-    None); a step in which all of them were applied counts as good for the guard."""
+    None); a step in which all of them were applied counts as good for the guard. ``losses=False``:
+    gradient norms only, for a task that logs its loss under a name of its own (``loss/bits_per_dim``)
+    and would otherwise chart the same curve twice."""
     for name, (update, value) in updates.items():
         if value is not None:
-            metrics[f"loss/{name}"] = value
+            if losses:
+                metrics[f"loss/{name}"] = value
             metrics[f"grad_norm/{name}"] = update.gradient_norm()
     if all(value is not None for _, value in updates.values()):
         guard.good_step()

@@ -155,6 +155,9 @@ def test_a_concurrent_sweep_loses_nothing_and_compares(
             (tmp_path / loss / "checkpoints" / f"step-{steps:08d}").resolve()
         )
         assert run.data.tags["checkpoint_dir"] == str((tmp_path / loss / "checkpoints").resolve())
+        last_fid = client.get_metric_history(rid, "fid/digits")[-1].value
+        assert run.data.tags["eval_metric"] == "fid/digits"
+        assert run.data.tags["eval_last"] == run.data.tags["fid_last"] == f"{last_fid:.4f}"
 
     png = tmp_path / "compare.png"
     out = run_cli("compare", "--experiment", "sweep", "--uri", mlflow_server, "--out", str(png))

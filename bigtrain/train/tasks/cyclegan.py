@@ -46,10 +46,9 @@ from bigtrain.train.in_order import InOrder, first
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.step import (
     NonFiniteGuard,
-    OptimizerStep,
     accumulate,
+    adversarial_updates,
     apply_frozen,
-    grad_overlap,
     rank_means,
     record_updates,
 )
@@ -208,24 +207,7 @@ class CycleGANTask(Task):
         self.batch_size = int(cfg.data.batch_size)
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         self.guard = NonFiniteGuard(cfg.trainer)
-        self.g_update = OptimizerStep.build(
-            "G",
-            self.G,
-            cfg.optim.g,
-            self.guard,
-            accumulation=self.accumulation,
-            **grad_overlap(cfg.trainer),
-            broadcast=(self.G, self.D),
-        )
-        self.d_update = OptimizerStep.build(
-            "D",
-            self.D,
-            cfg.optim.d,
-            self.guard,
-            accumulation=self.accumulation,
-            **grad_overlap(cfg.trainer),
-            broadcast=(self.D,),
-        )
+        self.d_update, self.g_update = adversarial_updates(self.G, self.D, cfg, self.guard, self.accumulation)
         self.pools = _Pools(int(cfg.loss.pool_size), int(cfg.seed) * 1000 + 2 * bdist.rank())
         self.resolution = int(manifest.resolution)
         self._sampled: Callable[[int, torch.Generator], torch.Tensor] | None = None  # sample()'s draw

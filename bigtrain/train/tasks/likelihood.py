@@ -225,7 +225,8 @@ class LikelihoodTask(Task):
             return loss.float().mean() * per_dim  # bits per sub-pixel: the same scale at any size
 
         value = self.update.apply(accumulate(self.update, micro), step)
-        record_updates(metrics, self.guard, {"net": (self.update, value)})
+        # the loss is loss/bits_per_dim below (the same value, averaged over ranks)
+        record_updates(metrics, self.guard, {"net": (self.update, value)}, losses=False)
         metrics |= {
             f"loss/{k}" if k == "bits_per_dim" else f"loss/{k}_bpd": v for k, v in rank_means(sums).items()
         }

@@ -43,10 +43,9 @@ from bigtrain.train.in_order import InOrder, first
 from bigtrain.train.optim import lr_factor
 from bigtrain.train.step import (
     NonFiniteGuard,
-    OptimizerStep,
     accumulate,
+    adversarial_updates,
     apply_frozen,
-    grad_overlap,
     rank_means,
     record_updates,
 )
@@ -182,25 +181,7 @@ class Pix2PixTask(Task):
         self.batch_size = int(cfg.data.batch_size)
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         self.guard = NonFiniteGuard(cfg.trainer)
-        self.d_update = OptimizerStep.build(
-            "D",
-            self.D,
-            cfg.optim.d,
-            self.guard,
-            accumulation=self.accumulation,
-            **grad_overlap(cfg.trainer),
-            broadcast=(self.D,),
-        )
-        # D's BatchNorm statistics also move in G's forward through it
-        self.g_update = OptimizerStep.build(
-            "G",
-            self.G,
-            cfg.optim.g,
-            self.guard,
-            accumulation=self.accumulation,
-            **grad_overlap(cfg.trainer),
-            broadcast=(self.G, self.D),
-        )
+        self.d_update, self.g_update = adversarial_updates(self.G, self.D, cfg, self.guard, self.accumulation)
         self.resolution = int(manifest.resolution)
         self._sampled: Callable[[int, torch.Generator], torch.Tensor] | None = None  # sample()'s draw
 

@@ -60,13 +60,12 @@ from bigtrain.models.registry import build_text_gan
 from bigtrain.models.text_encoder import TextEncoder, build_vocabulary
 from bigtrain.train.captions import Captions, read_captions
 from bigtrain.train.ema import EMA, EMA_BUFFERS, EMAConfig
-from bigtrain.train.optim import build_optimizer, lr_factor
+from bigtrain.train.optim import lr_factor
 from bigtrain.train.step import (
     NonFiniteGuard,
-    OptimizerStep,
     accumulate,
+    adversarial_updates,
     apply_frozen,
-    grad_overlap,
     rank_means,
     record_updates,
 )
@@ -231,25 +230,13 @@ class TextGANTask(Task):
         self.batch_size = int(cfg.data.batch_size)
         self.accumulation = max(1, int(cfg.trainer.get("accumulation", 1)))
         self.guard = NonFiniteGuard(cfg.trainer)
-        d_params = [*self.D.parameters(), *self.text.parameters()]
-        self.d_update = OptimizerStep(
-            "D",
-            d_params,
-            build_optimizer(d_params, cfg.optim.d),
-            self.guard,
-            hparams=cfg.optim.d,
-            accumulation=self.accumulation,
-            **grad_overlap(cfg.trainer),
-            broadcast=(self.D,),
-        )
-        self.g_update = OptimizerStep.build(
-            "G",
+        self.d_update, self.g_update = adversarial_updates(
             self.G,
-            cfg.optim.g,
+            self.D,
+            cfg,
             self.guard,
-            accumulation=self.accumulation,
-            **grad_overlap(cfg.trainer),
-            broadcast=(self.G, self.D),
+            self.accumulation,
+            [*self.D.parameters(), *self.text.parameters()],
         )
         self.resolution = int(manifest.resolution)
         self.captions = Captions(manifest, str(cfg.eval.ref_split))  # what it samples for and is judged on
