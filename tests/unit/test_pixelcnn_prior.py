@@ -1,6 +1,7 @@
 """The gated PixelCNN as the prior over codes (`model=pixelcnn_prior`): each position's logits see
 only the codes before it in raster order, the logits of a prefix are those of the whole sequence,
-the transformer's sampler draws from it (with classifier-free guidance) and it learns."""
+the transformer's sampler draws from it (with classifier-free guidance, through its row cache: the
+full pass's logits) and it learns."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from bigtrain.models.prior_prefix import Condition
 from bigtrain.models.transformer import generate
 
 
-def _prior(classes: int = 3, grid: int = 4, vocab: int = 7) -> torch.nn.Module:
+def _prior(classes: int = 3, grid: int = 4, vocab: int = 7, layers: int = 3) -> torch.nn.Module:
     torch.manual_seed(0)
-    arch = {"layers": 3, "width": 8, "dim": 8, "kernel": 3, "input_kernel": 3}
+    arch = {"layers": layers, "width": 8, "dim": 8, "kernel": 3, "input_kernel": 3}
     model = build_model("pixelcnn_prior", arch, vocab=vocab, seq_len=grid * grid, num_classes=classes)
     torch.nn.init.normal_(model.head.weight, std=0.5)  # the zero-initialised head would hide everything
     return model.double()
@@ -82,5 +83,30 @@ def test_it_learns_and_refuses_what_it_cannot_do() -> None:
         )
     with pytest.raises(ValueError, match="square code grid"):
         build_model("pixelcnn_prior", {}, vocab=7, seq_len=12, num_classes=0)
-    with pytest.raises(ValueError, match="no KV cache"):
-        model(codes[:, :2], labels, cache=object())
+    cache = model.new_cache(16, torch.device("cpu"))
+    model(codes[:, :15], labels, cache=cache)  # the last position predicted: nothing after it
+    with pytest.raises(ValueError, match="no position after 15 to predict"):
+        model(codes[:, 15:], labels, cache=cache)
+
+
+@pytest.mark.parametrize(("grid", "layers"), [(4, 3), (6, 2)])  # every column in reach; 2 of 6
+def test_the_row_cache_gives_the_full_passes_logits_at_every_position(grid: int, layers: int) -> None:
+    """Sampling's cache: each layer's vertical stack advanced a row at a time, the horizontal stack
+    run over the code's own row: the logits of the full pass at every position, CFG halves and all."""
+    model = _prior(grid=grid, layers=layers)
+    n = grid * grid
+    g = torch.Generator().manual_seed(4)
+    codes = torch.randint(0, 7, (4, n), generator=g)
+    prefix = model.embed_prefix(torch.tensor([0, 2, 1, 1]), 4, drop=torch.tensor([False, False, True, True]))
+    full = model(codes[:, :-1], prefix=prefix)  # [4, n, vocab]
+    cache = model.new_cache(4, torch.device("cpu"))
+    with torch.no_grad():
+        steps = [model(codes[:, :0], prefix=prefix, cache=cache)]
+        steps += [model(codes[:, t : t + 1], prefix=prefix, cache=cache) for t in range(n - 1)]
+    assert cache.fed == n - 1 and cache.length == n  # the class position and the codes
+    torch.testing.assert_close(torch.cat(steps, 1), full.detach(), rtol=0, atol=1e-12)
+    # several codes at once (a prefill) land in the same state
+    again = model.new_cache(4, torch.device("cpu"))
+    with torch.no_grad():
+        last = model(codes[:, : n - 1], prefix=prefix, cache=again)
+    torch.testing.assert_close(last, full[:, -1:].detach(), rtol=0, atol=1e-12)
