@@ -14,12 +14,15 @@ windows, in ``rounds`` interleaved rounds (noise on a shared machine hits every 
 - ``+foreach_ema``: the EMA as one foreach lerp over all tensors (bigtrain's code now);
 - ``+fused_adam``: ``optim.d.fused=true optim.g.fused=true``;
 - ``+sync_every``: ``trainer.sync_every=N``: losses, gradient norms and logits stay on the GPU and
-  are read every N steps (the finite checks too);
-- ``+cudnn_benchmark``: ``trainer.cudnn_benchmark=true`` (the default now): cuDNN times its
-  convolution algorithms for each shape and keeps the fastest, as BigGAN-PyTorch's ``train.py`` does.
+  are read every N steps (the finite checks too).
+
+``trainer.cudnn_benchmark`` cannot be a window here: cuDNN keeps the algorithm it first chose for a
+shape whatever the flag says later, so the windows run with the process's setting (the preset's
+default, on, unless ``trainer.cudnn_benchmark=false`` is passed) and ``biggan128.sh next`` compares
+the two in separate processes.
 
 The first two are bigtrain's behaviour now and the ``base`` window puts the old code back for the
-comparison only; the last three are config keys (``bench biggan_step.py`` with them times the real
+comparison only; the last two are config keys (``bench biggan_step.py`` with them times the real
 code path end to end). Prints one JSON line last: seconds per iteration, img/s, peak GiB and the
 speed-up over ``base`` of each configuration (median over rounds), and the first-iteration losses.
 """
@@ -37,7 +40,7 @@ from task_step import build
 
 from bigtrain.train.optim import build_optimizer
 
-LEVERS = ("base", "+pinned_labels", "+foreach_ema", "+fused_adam", "+sync_every", "+cudnn_benchmark")
+LEVERS = ("base", "+pinned_labels", "+foreach_ema", "+fused_adam", "+sync_every")
 
 
 def _per_tensor_ema(ema: Any, model: torch.nn.Module, step: int) -> None:
@@ -85,8 +88,6 @@ class Levers:
         for k, u in self.updates.items():
             u.optimizer = (self.fused if "+fused_adam" in on else self.plain)[k]
         t.guard.every = self.sync_every if "+sync_every" in on else 1
-        # process-wide; read by every convolution call at run time, compiled graphs included
-        torch.backends.cudnn.benchmark = "+cudnn_benchmark" in on
 
 
 def main() -> None:

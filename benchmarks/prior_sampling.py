@@ -1,8 +1,9 @@
 """Sampling speed of a prior with and without its cache: the transformer's KV cache, or the
-PixelCNN prior's row cache (``model=pixelcnn_prior``, ``mnist_pixelcnn_prior``'s sizes by default).
+PixelCNN prior's row cache (``model=pixelcnn_prior``; the second line is ``mnist_pixelcnn_prior``'s
+network: 8 layers of 128 features over 64-d embeddings of 256 codes on an 8x8 grid).
 
     python benchmarks/prior_sampling.py dim=256 layers=4 heads=4 seq_len=256 batch=8 device=cpu
-    python benchmarks/prior_sampling.py model=pixelcnn_prior batch=100 cfg_scale=1.5
+    python benchmarks/prior_sampling.py model=pixelcnn_prior layers=8 seq_len=64 vocab=256 batch=100 cfg_scale=1.5
 
 Builds a randomly initialised prior (sampling cost does not depend on the weights; the PixelCNN's
 zero-initialised head is given random weights so the draws are not uniform), draws ``batch``

@@ -27,13 +27,15 @@ from torch.profiler import ProfilerActivity, profile
 # Kernel name patterns, tried in order: cuDNN / CUTLASS / Triton / ATen names as they appear on a
 # GPU, and ATen operator names on the CPU.
 KINDS: tuple[tuple[str, str], ...] = (
+    # first: Inductor names its fused kernels after the ops they fuse (triton_poi_fused_convolution_
+    # relu_0 is the elementwise epilogue of a library convolution, not the convolution)
+    ("triton_reduction", r"triton_(red|per)_"),
+    ("triton_pointwise", r"triton_"),
     ("attention", r"fmha|flash|attention|softmax"),
     ("optimizer", r"adam|multi_tensor|foreach|fused_sgd"),
     ("normalisation", r"batch_norm|batchnorm|bn_fw|bn_bw|native_layer_norm|welford|_norm_"),
     ("convolution", r"conv|cudnn|implicit|dgrad|wgrad|fprop|xmma_|sm\d+_xmma|nhwc"),
     ("matmul", r"gemm|cutlass|matmul|\bmm\b|addmm|bmm|nvjet|cublas"),
-    ("triton_reduction", r"triton_(red|per)_"),
-    ("triton_pointwise", r"triton_poi_|triton_"),
     ("pooling", r"pool"),
     ("copy", r"copy|memcpy|memset|cat|contiguous|transpose|fill"),
 )

@@ -5,14 +5,14 @@
 # torch.compile with issue 19's levers switched on one at a time in one process
 # (benchmarks/gan_levers.py: the model compiles once), then the full config path with every lever.
 # One call of about 7 minutes (compilation ~150 s the first time). One JSON line per configuration.
-#   bash benchmarks/gpu/biggan128.sh [BATCH [next|modes]]
+#   bash benchmarks/gpu/biggan128.sh [BATCH [next | mode NAME]]
 set -u
 B=${1:-256}
 PY=${PY:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__)"
 common="experiment=imagenet128_biggan batch=$B device=cuda trainer.accumulation=1"
-if [ -z "${2:-}" ]; then  # the first session's measurements; `next` and `modes` below run alone
+if [ -z "${2:-}" ]; then  # the first session's measurements; `next` and `mode` below run alone
 timeout 150 $PY benchmarks/biggan_step.py $common precision=fp32 iters=3 warmup=1 2>&1 | tail -3
 timeout 330 $PY benchmarks/gan_levers.py $common precision=bf16 channels_last=true compile=true \
   iters=8 warmup=2 rounds=2 sync_every=100 2>&1 | tail -3
@@ -31,11 +31,11 @@ if [ "${2:-}" = next ]; then
   timeout 150 $PY benchmarks/biggan_step.py $full trainer.attention_kernel=sdpa iters=16 warmup=3 2>&1 | tail -1
   timeout 90 $PY benchmarks/step_profile.py $full iters=4 warmup=3 top=30 2>&1 | tail -1
 fi
-# `bash benchmarks/gpu/biggan128.sh 256 modes`: torch.compile's other modes (not yet run; each
-# compiles anew, several minutes for max-autotune)
-if [ "${2:-}" = modes ]; then
-  for M in reduce-overhead max-autotune-no-cudagraphs; do
-    timeout 420 $PY benchmarks/biggan_step.py $common precision=bf16 channels_last=true compile=true \
-      trainer.compile_mode=$M optim.d.fused=true optim.g.fused=true trainer.sync_every=100 iters=16 warmup=3 2>&1 | tail -3
-  done
+# `bash benchmarks/gpu/biggan128.sh 256 mode NAME` (not yet run): the full-lever step compiled in
+# torch.compile's mode NAME (reduce-overhead: CUDA graphs; max-autotune-no-cudagraphs), which
+# compiles anew: up to 7 minutes, so one mode per device call.
+if [ "${2:-}" = mode ]; then
+  timeout 420 $PY benchmarks/biggan_step.py $common precision=bf16 channels_last=true compile=true \
+    trainer.compile_mode=${3:?name a compile mode} optim.d.fused=true optim.g.fused=true \
+    trainer.sync_every=100 iters=16 warmup=3 2>&1 | tail -3
 fi

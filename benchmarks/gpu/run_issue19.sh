@@ -2,8 +2,8 @@
 # One device call for issue 19 (the device README: carry .whl, the wheels the GPU image lacks):
 #   PART=1: biggan128.sh and prior_gpt_b.sh (~8 min); PART=2: fid50k.sh standin (~4 min);
 #   PART=3: biggan128.sh 256 next (~9 min: cuDNN timing, fused attention, the step's profile);
-#   PART=4: biggan128.sh 256 modes (torch.compile's other modes, ~10 min).
-# Run on 2026-12-04 (H200): PART=1 and 2, benchmarks/gpu/results/h200-2026-12-04.log. Next: 3, 4.
+#   PART=4 / PART=5: biggan128.sh 256 mode reduce-overhead / max-autotune-no-cudagraphs (<= 7 min).
+# Run on 2026-12-04 (H200): PART=1 and 2, benchmarks/gpu/results/h200-2026-12-04.log. Next: 3, 4, 5.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PY=python3
@@ -11,7 +11,9 @@ O=${OUT:-/tmp/out}; mkdir -p "$O"
 if [ "${PART:-1}" = 3 ]; then
   bash benchmarks/gpu/biggan128.sh 256 next 2>&1 | tee "$O/biggan128_next.log"
 elif [ "${PART:-1}" = 4 ]; then
-  bash benchmarks/gpu/biggan128.sh 256 modes 2>&1 | tail -2 | tee "$O/biggan128_modes.log"
+  bash benchmarks/gpu/biggan128.sh 256 mode reduce-overhead 2>&1 | tee "$O/biggan128_reduce_overhead.log"
+elif [ "${PART:-1}" = 5 ]; then
+  bash benchmarks/gpu/biggan128.sh 256 mode max-autotune-no-cudagraphs 2>&1 | tee "$O/biggan128_autotune.log"
 elif [ "${PART:-1}" = 1 ]; then
   bash benchmarks/gpu/biggan128.sh 2>&1 | tee "$O/biggan128.log"
   bash benchmarks/gpu/prior_gpt_b.sh 2>&1 | tee "$O/prior.log"

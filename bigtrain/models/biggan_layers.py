@@ -275,12 +275,20 @@ def _fused_attention(theta: Tensor, phi: Tensor, g: Tensor) -> Tensor:
     GPU's fused kernels want 16-byte aligned rows (BigGAN-128's D attends with 96 / 8 = 12).
     Inputs are ``[B, C, N]``; the result is ``[B, C_g, HW]`` like the matmul path's.
     """
-    q, k, v = (t.transpose(1, 2).unsqueeze(1) for t in (theta, phi, g))  # [B, 1, N, C]
+    q, k, v = attention_heads(theta, phi, g)
+    out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # [B, 1, HW, C_g]
+    return out.squeeze(1).transpose(1, 2)
+
+
+def attention_heads(theta: Tensor, phi: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Query, key and value ``[B, 1, N, C]`` as the fused kernels take them: channels last in
+    memory (their rows must be dense: from NCHW maps this copies, from channels_last ones it is a
+    view) and the query and key widths zero-padded to a multiple of 8."""
+    q, k, v = (t.transpose(1, 2).unsqueeze(1).contiguous() for t in (theta, phi, g))
     pad = -q.shape[-1] % 8
     if pad:
         q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
-    out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # [B, 1, HW, C_g]
-    return out.squeeze(1).transpose(1, 2)
+    return q, k, v
 
 
 def use_attention_kernel(model: nn.Module, kernel: str) -> int:

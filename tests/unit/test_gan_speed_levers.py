@@ -8,9 +8,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bigtrain.errors import ConfigError, NonFiniteLossError
-from bigtrain.models.biggan_layers import SelfAttention, use_attention_kernel
+from bigtrain.models.biggan_layers import SelfAttention, attention_heads, use_attention_kernel
 from bigtrain.train.task import build_task, check_config
 from bigtrain.train.tasks.gan import GANTask
 from tests.conftest import compose, cpu, declared_manifest
@@ -119,6 +120,20 @@ def test_fused_attention_is_the_release_attention_to_rounding(channels: int, cha
         outs.append(out.detach())
         grads.append([xi.grad, *(p.grad.clone() for p in attn.parameters())])
     assert "kernel=sdpa" in repr(attn)
+    # the fused GPU kernels refuse rows that are not dense (SDPA would fall back to the math path)
+    b, n = 3, 16 * 16
+    maps = [torch.randn(b, c, 16, 16) for c in (channels // 8, channels // 8, channels // 2)]
+    if channels_last:
+        maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
+    theta, phi, g = (
+        maps[0].flatten(2),
+        F.max_pool2d(maps[1], 2).flatten(2),
+        F.max_pool2d(maps[2], 2).flatten(2),
+    )
+    q, k, v = attention_heads(theta, phi, g)
+    assert q.shape == (b, 1, n, 16 if channels == 96 else 8) and k.shape[-1] == q.shape[-1]
+    assert v.shape == (b, 1, n // 4, channels // 2)
+    assert all(t.stride(-1) == 1 for t in (q, k, v))
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
     for a, b in zip(grads[0], grads[1], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

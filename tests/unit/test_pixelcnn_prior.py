@@ -13,9 +13,11 @@ from bigtrain.models.prior_prefix import Condition
 from bigtrain.models.transformer import generate
 
 
-def _prior(classes: int = 3, grid: int = 4, vocab: int = 7, layers: int = 3) -> torch.nn.Module:
+def _prior(
+    classes: int = 3, grid: int = 4, vocab: int = 7, layers: int = 3, kernel: int = 3, input_kernel: int = 3
+) -> torch.nn.Module:
     torch.manual_seed(0)
-    arch = {"layers": layers, "width": 8, "dim": 8, "kernel": 3, "input_kernel": 3}
+    arch = {"layers": layers, "width": 8, "dim": 8, "kernel": kernel, "input_kernel": input_kernel}
     model = build_model("pixelcnn_prior", arch, vocab=vocab, seq_len=grid * grid, num_classes=classes)
     torch.nn.init.normal_(model.head.weight, std=0.5)  # the zero-initialised head would hide everything
     return model.double()
@@ -89,11 +91,21 @@ def test_it_learns_and_refuses_what_it_cannot_do() -> None:
         model(codes[:, 15:], labels, cache=cache)
 
 
-@pytest.mark.parametrize(("grid", "layers"), [(4, 3), (6, 2)])  # every column in reach; 2 of 6
-def test_the_row_cache_gives_the_full_passes_logits_at_every_position(grid: int, layers: int) -> None:
+@pytest.mark.parametrize(
+    ("grid", "layers", "kernel", "input_kernel"),
+    [
+        (4, 3, 3, 3),  # every column within reach
+        (6, 2, 3, 3),  # 2 columns of 6 reach a code
+        (8, 2, 3, 5),  # the preset's kernels: the first layer keeps 3 rows, reach 3 of 8
+        (7, 3, 5, 3),  # wider later layers: 3 rows kept, reach 5 of 7
+    ],
+)
+def test_the_row_cache_gives_the_full_passes_logits_at_every_position(
+    grid: int, layers: int, kernel: int, input_kernel: int
+) -> None:
     """Sampling's cache: each layer's vertical stack advanced a row at a time, the horizontal stack
     run over the code's own row: the logits of the full pass at every position, CFG halves and all."""
-    model = _prior(grid=grid, layers=layers)
+    model = _prior(grid=grid, layers=layers, kernel=kernel, input_kernel=input_kernel)
     n = grid * grid
     g = torch.Generator().manual_seed(4)
     codes = torch.randint(0, 7, (4, n), generator=g)
