@@ -294,7 +294,7 @@ def attention_heads(theta: Tensor, phi: Tensor, g: Tensor) -> tuple[Tensor, Tens
 def use_attention_kernel(model: nn.Module, kernel: str) -> int:
     """Switch every :class:`SelfAttention` in ``model`` to ``kernel`` ("matmul" or "sdpa"); returns
     how many were switched. The parameters and the function are the same (the outputs agree to
-    float rounding, ``tests/unit/test_biggan_layers.py``), so checkpoints move freely between the two."""
+    float rounding, ``tests/unit/test_gan_speed_levers.py``), so checkpoints move freely between the two."""
     if kernel not in ATTENTION_KERNELS:
         raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}, got '{kernel}'")
     n = 0
